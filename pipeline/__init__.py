@@ -1,0 +1,1 @@
+"""Plumbing shared by every stage (config, run folders, logging). Imports no stage."""
