@@ -1,0 +1,78 @@
+"""``python -m corpora build --config configs/corpus/NAME.yaml [key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.cli import add_config_args
+from pipeline.errors import main_guard
+
+KEYS_HELP = """\
+config keys (YAML file, or key.sub=value on the command line; unknown keys are errors):
+  run, runs_root          output folder {runs_root}/{run}/corpus/ (default runs/demo/corpus)
+  workers                 processes for the per-document steps; the output is identical for any value
+  chunk_docs, shard_docs  documents per work unit / per output shard
+  max_line_bytes          longer lines (or documents) are quarantined, read in bounded pieces
+  write_rejected_text     characters of each rejected document kept in rejected/ (0 = none)
+  exclude_heldout         drop fine-tuning dev/test text of labelled built-ins (corpora.heldout)
+  sources: list of
+    type                  text | jsonl | parquet | hf | builtin
+    label                 name in records and stats (default: builtin / dataset / file stem)
+    path | glob           file, folder (recursive) or glob; .gz/.zst for text and jsonl
+    text_field            jsonl/parquet/hf field with the text (dotted for nested)
+    doc_sep               text: line (one doc per line) | blank (blank-line separated)
+    name, config, split, data_files   hf: datasets.load_dataset(name, config, split, streaming)
+    builtin               pd1998 | reviews | msra | cantonese | english
+    max_docs, stride, group           cap, keep every stride-th record, join group records
+    licence               licence note copied to stats.json
+  normalize.{unicode_form,fullwidth,remove_control,fold_whitespace,cjk_space,t2s}
+  langid.{han_min,yue_min_ratio,yue_markers,latin_min,en_function_min}
+  filters.{keep_langs,min_chars,max_chars,min_letter_share,max_dup_line_frac,top_ngram,top_ngram_max,
+           dup_ngram,dup_ngram_max,repetition_min_units,max_replacement_share,max_mojibake,
+           max_symbol_run,max_symbol_share,cjk_ngram_scale,disabled}
+  dedup.{exact,near,threshold,num_perm,char_ngram,word_ngram,seed,lsh_index}
+  split.{valid_fraction,salt}
+Example: python -m corpora build --config configs/corpus/default.yaml run=demo workers=2
+See docs/corpora.md for what each step does and how to add a source.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m corpora",
+        description="The corpus stage: read sources, normalise, identify languages, filter, deduplicate, "
+                    "split sentences and train/valid, write runs/RUN/corpus/ (shards, stats.json, rejected/).",
+        epilog=KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    b = sub.add_parser("build", help="build the corpus of a config", description="Build runs/RUN/corpus/ from a corpus config.",
+                       epilog=KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(b)
+    b.add_argument("--dry-run", action="store_true", help="validate the config, check the sources exist, print the plan")
+    return p
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command != "build":
+        _parser().print_help()
+        return 2
+    from pipeline.config import load_config
+
+    from corpora.config import CorpusConfig
+
+    cfg = load_config(CorpusConfig, args.config, args.overrides)
+    if args.dry_run:
+        from corpora.build import plan
+
+        plan(cfg)
+        return 0
+    from corpora.build import build
+
+    build(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,738 @@
+"""``PackedLoader``: fixed-length packed windows over token shards, by a deterministic index.
+
+Contract: ``docs/contracts.md`` ("Token shards") and the batch contract in
+``pretrain/objectives/base.py`` (this module returns plain numpy dicts with those keys and does not
+import ``pretrain``).
+
+How windows are made
+--------------------
+Documents are grouped (one group ``all`` without mixing; one group per ``(lang, source)`` with
+mixing). A group's *stream* is its non-empty documents in stored order (shard order, then document
+order), each followed by ``[SEP]``. The stream is cut into consecutive windows of ``seq_len - 1``
+tokens; a window is ``[CLS]`` + those tokens, ``[PAD]`` on the right only where a group is shorter
+than a window or for the last partial window when ``drop_last`` is false (the default for
+``shuffle=False``, so validation covers every token). Windows never mix groups when mixing is on.
+
+Order and seeking
+-----------------
+Epoch ``e`` draws ``k_g`` windows from each group ``g``: ``k_g = W_g`` (its window count) without
+mixing, else ``k_g = round(p_g * W)`` with ``p_g`` from :func:`group_probabilities` and ``W`` the
+total window count (largest-remainder rounding, so ``sum k_g == W``). Group ``g``'s draws are
+positions ``[e*k_g, (e+1)*k_g)`` of an endless sequence made of *passes* over its windows, each
+pass a fresh seeded permutation ("epoch-wise interleaving": every window of a group is seen once
+before any is repeated; an up-weighted group cycles through more passes, a down-weighted one
+takes fewer windows per epoch and continues where it stopped next epoch). The draws of all groups
+are then shuffled by a seeded permutation of the epoch. ``shuffle=False`` keeps stored order.
+
+The epoch's draw table is built once per epoch (vectorised, O(windows)); after that
+``batch(epoch, index)`` is O(1) in ``index``: rank ``r`` of ``world_size`` takes draws
+``r, r + world_size, ...``, and batch ``i`` is the ``i``-th run of ``batch_size`` of them, so ranks
+are disjoint and ``len(loader)`` is the same on every rank. Dataloader workers split batch indices
+(``iter_from(..., worker=w, num_workers=n)`` yields the batches with ``index % n == w``).
+
+Aligned extra streams
+---------------------
+With ``extra_kinds=("sgt",)`` every window is trimmed to character offsets where all streams have a
+token boundary (:mod:`tokenization.align`), the extra stream's tokens over exactly those characters
+are returned as ``sgt.input_ids`` etc. (``[CLS]`` first, the same ``[SEP]`` structure, ``[PAD]`` on
+the right up to ``extra_seq_len``, default ``seq_len``); if an extra stream needs more tokens than
+that, the window is cut earlier at a common boundary. The primary window is padded on the right by
+what trimming removed.
+
+Other conventions: specials have ``char_len`` 0 and ``word_start`` 1; the first token of a window
+that starts inside a word gets ``word_start`` 1 (the cut word counts as a word); ``unit_len`` /
+``unit_ngram`` (when the shards have them) are 1 / -1 on specials and padding, and a unit cut by a
+window edge becomes single tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from pipeline.errors import UserError
+from tokenization.shards_config import MixingConfig
+
+_BLOCK = 1024  # tokens per block of the char-offset index used for aligned extra streams
+
+
+class ShardsNotFound(UserError, FileNotFoundError):
+    """The requested shards do not exist (a UserError for the CLI, FileNotFoundError for callers)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# mixing
+# ---------------------------------------------------------------------------------------------
+def mixing_config(mixing: Any) -> MixingConfig | None:
+    """``None``, a :class:`MixingConfig`, a nested dict (its fields) or a flat ``dict[str, float]``.
+
+    Flat form (what ``pretrain``'s ``data.mixing`` holds): ``alpha``, ``source_alpha`` and weights
+    keyed ``lang:XX`` / ``source:YY`` (a bare key is a language), e.g.
+    ``{"alpha": 0.3, "yue": 2.0, "source:pd1998": 0.5}``.
+    """
+    if mixing is None or isinstance(mixing, MixingConfig):
+        return mixing
+    if not isinstance(mixing, dict):
+        raise UserError(f"mixing must be a mapping or null, got {mixing!r}")
+    if any(isinstance(v, dict) for v in mixing.values()) or "unit" in mixing:
+        fields = {f.name for f in dataclasses.fields(MixingConfig)}
+        unknown = [k for k in mixing if k not in fields]
+        if unknown:
+            raise UserError(f"mixing: unknown key '{unknown[0]}'; valid: {', '.join(sorted(fields))}")
+        cfg = MixingConfig(**mixing)
+    else:
+        cfg = MixingConfig()
+        for k, v in mixing.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise UserError(f"mixing.{k} must be a number, got {v!r}")
+            if k in ("alpha", "source_alpha"):
+                setattr(cfg, k, float(v))
+            elif k.startswith("source:"):
+                cfg.source_weights[k[7:]] = float(v)
+            else:
+                cfg.lang_weights[k[5:] if k.startswith("lang:") else k] = float(v)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return cfg
+
+
+def group_probabilities(keys: Sequence[tuple[str, str]], counts: Sequence[dict], mixing: MixingConfig,
+                        strict: bool = True) -> np.ndarray:
+    """Sampling probability of each ``(lang, source)`` group.
+
+    ``p(lang) ∝ w_lang * n_lang ** alpha``; ``p(source | lang) ∝ w_source * n_source ** source_alpha``
+    (``n`` in ``mixing.unit``: chars, tokens or docs); ``p = p(lang) * p(source | lang)``.
+    Weights for a language or source that does not occur are an error with ``strict`` (a typo
+    would otherwise silently do nothing); the shard stage's summary table passes ``strict=False``
+    because one config serves both splits.
+    """
+    langs = sorted({k[0] for k in keys})
+    sources = sorted({k[1] for k in keys})
+    for name, table, known in (("lang_weights", mixing.lang_weights, langs), ("source_weights", mixing.source_weights, sources)):
+        unknown = [k for k in table if k not in known]
+        if unknown and strict:
+            raise UserError(f"mixing.{name}: no documents with {name[:-8]} {unknown[0]!r}; present: {', '.join(known)}")
+    n = np.array([float(c[mixing.unit]) for c in counts])
+    lang_of = np.array([langs.index(k[0]) for k in keys])
+    n_lang = np.bincount(lang_of, weights=n, minlength=len(langs))
+    w_lang = np.array([mixing.lang_weights.get(l, 1.0) for l in langs])
+    p_lang = np.where(n_lang > 0, w_lang * np.power(n_lang, mixing.alpha, where=n_lang > 0, out=np.zeros_like(n_lang)), 0.0)
+    if p_lang.sum() <= 0:
+        raise UserError("mixing: every language has weight 0 (or no data)")
+    p_lang = p_lang / p_lang.sum()
+    w_src = np.array([mixing.source_weights.get(k[1], 1.0) for k in keys])
+    s = np.where(n > 0, w_src * np.power(n, mixing.source_alpha, where=n > 0, out=np.zeros_like(n)), 0.0)
+    s_lang = np.bincount(lang_of, weights=s, minlength=len(langs))
+    cond = np.divide(s, s_lang[lang_of], out=np.zeros_like(s), where=s_lang[lang_of] > 0)
+    p = p_lang[lang_of] * cond
+    return p / p.sum()
+
+
+def _largest_remainder(p: np.ndarray, total: int) -> np.ndarray:
+    raw = p * total
+    k = np.floor(raw).astype(np.int64)
+    rest = total - int(k.sum())
+    if rest > 0:
+        order = np.argsort(-(raw - k), kind="stable")
+        k[order[:rest]] += 1
+    return k
+
+
+def _perm(n: int, *key: int) -> np.ndarray:
+    return np.random.default_rng(np.random.SeedSequence([int(x) for x in key])).permutation(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# one shard of one kind
+# ---------------------------------------------------------------------------------------------
+class _Shard:
+    def __init__(self, split_dir: Path, name: str, streams: dict):
+        self.dir = split_dir
+        self.name = name
+        self.offsets = np.load(split_dir / f"{name}.docs.npy")
+        self.n_tokens = int(self.offsets[-1])
+        self.arr: dict[str, np.ndarray] = {}
+        for s, dt in streams.items():
+            p = split_dir / f"{name}.{s}.bin"
+            dt = np.dtype(dt)
+            if not p.is_file():
+                raise ShardsNotFound(f"shard stream missing: {p}")
+            if p.stat().st_size != self.n_tokens * dt.itemsize:
+                raise UserError(f"{p}: size {p.stat().st_size} does not match {self.n_tokens} tokens of {dt} "
+                                f"(an incomplete shard: re-run `python -m tokenization shards`)")
+            # a plain ndarray view of the map: slicing a np.memmap subclass costs Python-level hooks
+            self.arr[s] = np.memmap(p, dtype=dt, mode="r").view(np.ndarray) if self.n_tokens else np.zeros(0, dt)
+        self._bcum: np.ndarray | None = None
+        self._blocks: dict[int, np.ndarray] = {}
+        self._docmeta: list[dict] | None = None
+
+    def docmeta(self) -> list[dict]:
+        if self._docmeta is None:
+            p = self.dir / f"{self.name}.docmeta.jsonl"
+            with open(p, encoding="utf-8") as f:
+                self._docmeta = [json.loads(line) for line in f]
+            if len(self._docmeta) != len(self.offsets) - 1:
+                raise UserError(f"{p}: {len(self._docmeta)} records for {len(self.offsets) - 1} documents")
+        return self._docmeta
+
+    # char offsets in shard coordinates (sum of char_len before a token), O(_BLOCK) per call
+    def bcum(self) -> np.ndarray:
+        if self._bcum is None:
+            cl = self.arr["char_len"]
+            nb = (self.n_tokens + _BLOCK - 1) // _BLOCK
+            sums = np.add.reduceat(np.asarray(cl, dtype=np.int64), np.arange(nb) * _BLOCK) if nb else np.zeros(0, np.int64)
+            self._bcum = np.concatenate([[0], np.cumsum(sums)]).astype(np.int64)
+        return self._bcum
+
+    def _block_ends(self, k: int) -> np.ndarray:
+        """Shard-coordinate end offsets of the tokens of block ``k`` (small LRU-free cache)."""
+        e = self._blocks.get(k)
+        if e is None:
+            if len(self._blocks) >= 512:
+                self._blocks.clear()
+            lo = k * _BLOCK
+            e = self._blocks[k] = int(self.bcum()[k]) + np.cumsum(self.arr["char_len"][lo:lo + _BLOCK], dtype=np.int64)
+        return e
+
+    def char_at(self, t: int) -> int:
+        """Characters before token ``t`` (= end of token ``t - 1``)."""
+        if t <= 0:
+            return 0
+        k, r = divmod(t - 1, _BLOCK)
+        return int(self._block_ends(k)[r])
+
+    def token_at(self, c: int) -> int:
+        """First token whose end is past character ``c`` (the token covering ``c``)."""
+        b = self.bcum()
+        k = int(np.searchsorted(b, c, side="right")) - 1
+        if k >= len(b) - 1:
+            return self.n_tokens
+        return k * _BLOCK + int(np.searchsorted(self._block_ends(k), c, side="right"))
+
+
+class _KindData:
+    """All shards of one kind and split."""
+
+    def __init__(self, shards_root: Path, kind: str, split: str):
+        self.kind = kind
+        self.dir = Path(shards_root) / kind / split
+        meta_p = self.dir / "meta.json"
+        if not meta_p.is_file():
+            raise ShardsNotFound(f"token shards not found: {meta_p} (run `python -m tokenization shards`)")
+        self.meta = json.loads(meta_p.read_text(encoding="utf-8"))
+        self.streams = self.meta["streams"]
+        self.shards = [_Shard(self.dir, s["name"], self.streams) for s in self.meta["shards"]]
+        sp = self.meta.get("special_tokens") or {}
+        self.pad, self.cls, self.sep = int(sp.get("pad", 0)), int(sp.get("cls", 2)), int(sp.get("sep", 3))
+        self.has_units = "unit_len" in self.streams
+        self.vocab_meta = self._vocab_meta()
+
+    def _vocab_meta(self) -> dict:
+        live = (self.dir / self.meta.get("vocab_dir", "") / "stats.json")
+        if self.meta.get("vocab_dir") and live.is_file():
+            try:
+                return json.loads(live.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                pass
+        return dict(self.meta.get("vocab_meta") or {})
+
+
+# ---------------------------------------------------------------------------------------------
+# the loader
+# ---------------------------------------------------------------------------------------------
+class PackedLoader:
+    """Deterministic packed windows: ``batch(epoch, index)`` is O(1) in ``index``.
+
+    ``PackedLoader(shards_root, kind, split, seq_len, batch_size, seed=0, rank=0, world_size=1,
+    extra_kinds=(), shuffle=True, mixing=None)``; extra keyword options: ``extra_seq_len`` (int or
+    ``{kind: int}``, default ``seq_len``) and ``drop_last`` (default ``shuffle``).
+    """
+
+    def __init__(self, shards_root: str | Path, kind: str, split: str, seq_len: int, batch_size: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, extra_kinds: Sequence[str] = (), shuffle: bool = True,
+                 mixing: Any = None, extra_seq_len: int | dict | None = None, drop_last: bool | None = None):
+        if seq_len < 2:
+            raise UserError(f"seq_len must be >= 2, got {seq_len}")
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.shards_root = Path(shards_root)
+        self.kind, self.split = kind, split
+        self.seq_len, self.batch_size = int(seq_len), int(batch_size)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = self.shuffle if drop_last is None else bool(drop_last)
+        self.mixing = mixing_config(mixing)
+        self.extra_kinds = tuple(k for k in extra_kinds if k != kind)
+        self.data = _KindData(self.shards_root, kind, split)
+        self.vocab_meta = self.data.vocab_meta
+        self.extras = {k: _KindData(self.shards_root, k, split) for k in self.extra_kinds}
+        self.extra_len = {}
+        for k in self.extra_kinds:
+            v = extra_seq_len.get(k, seq_len) if isinstance(extra_seq_len, dict) else (extra_seq_len or seq_len)
+            if v < 2:
+                raise UserError(f"extra_seq_len for '{k}' must be >= 2, got {v}")
+            self.extra_len[k] = int(v)
+        self._check_extras()
+        self._build_index()
+        self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    # -- index ---------------------------------------------------------------------------------
+    def _check_extras(self) -> None:
+        a = self.data.meta["shards"]
+        for k, ed in self.extras.items():
+            b = ed.meta["shards"]
+            same = len(a) == len(b) and all(x["name"] == y["name"] and x["n_docs"] == y["n_docs"] and x["n_chars"] == y["n_chars"]
+                                            for x, y in zip(a, b))
+            if not same:
+                raise UserError(f"shards of '{self.kind}' ({self.data.dir}) and '{k}' ({ed.dir}) do not hold the same "
+                                f"documents; rebuild them from the same corpus (make shards)")
+
+    def _build_index(self) -> None:
+        shards = self.data.shards
+        L = self.seq_len - 1
+        self._L = L
+        doc_shard, doc_start, doc_len = [], [], []
+        for s, sh in enumerate(shards):
+            n = len(sh.offsets) - 1
+            doc_shard.append(np.full(n, s, dtype=np.int32))
+            doc_start.append(sh.offsets[:-1].astype(np.int64))
+            doc_len.append(np.diff(sh.offsets).astype(np.int64))
+        self.doc_shard = np.concatenate(doc_shard) if doc_shard else np.zeros(0, np.int32)
+        self.doc_start = np.concatenate(doc_start) if doc_start else np.zeros(0, np.int64)
+        self.doc_len = np.concatenate(doc_len) if doc_len else np.zeros(0, np.int64)
+        n_docs = len(self.doc_len)
+        need_meta = self.mixing is not None or bool(self.extras)
+        if need_meta:
+            metas = [m for sh in shards for m in sh.docmeta()]
+            self.doc_chars = np.array([m["n_chars"] for m in metas], dtype=np.int64)
+            # shard-coordinate char start of each document (identical for every kind)
+            self.doc_char_start = np.zeros(n_docs, dtype=np.int64)
+            i = 0
+            for sh in shards:
+                n = len(sh.offsets) - 1
+                c = self.doc_chars[i:i + n]
+                self.doc_char_start[i:i + n] = np.concatenate([[0], np.cumsum(c)[:-1]]) if n else c
+                i += n
+        if self.mixing is None:
+            keys = [("*", "*")]
+            gid = np.zeros(n_docs, dtype=np.int64)
+        else:
+            pairs = [(str(m.get("lang")), str(m.get("source"))) for m in metas]
+            keys = sorted(set(pairs))
+            pos = {k: i for i, k in enumerate(keys)}
+            gid = np.array([pos[p] for p in pairs], dtype=np.int64)
+        keep = self.doc_len > 0
+        self.group_keys = keys
+        counts = []
+        for g in range(len(keys)):
+            m = gid == g
+            counts.append({"docs": int(m.sum()), "tokens": int(self.doc_len[m].sum()),
+                           "chars": int(self.doc_chars[m].sum()) if need_meta else None})
+        self.group_counts = counts
+        # virtual group-major stream of non-empty documents, each followed by [SEP]
+        order = np.argsort(gid, kind="stable")
+        order = order[keep[order]]
+        self.vdoc = order
+        vlen = self.doc_len[order] + 1
+        self.vcum = np.concatenate([[0], np.cumsum(vlen)]).astype(np.int64)
+        vg = gid[order]
+        G = len(keys)
+        g_first = np.searchsorted(vg, np.arange(G), side="left")
+        g_last = np.searchsorted(vg, np.arange(G), side="right")
+        self.g_start = self.vcum[g_first]
+        self.g_end = self.vcum[g_last]
+        glen = self.g_end - self.g_start
+        if self.drop_last:
+            W = glen // L
+            W = np.where((W == 0) & (glen > 0), 1, W)  # a group shorter than one window: one padded window
+        else:
+            W = (glen + L - 1) // L
+        self.g_windows = W.astype(np.int64)
+        if self.mixing is None:
+            self.g_probs = np.ones(G)
+            self.g_draws = self.g_windows.copy()
+        else:
+            self.g_probs = group_probabilities(keys, counts, self.mixing)
+            active = self.g_probs > 0
+            total = int(self.g_windows[active].sum())
+            self.g_draws = _largest_remainder(self.g_probs, total)
+            self.g_draws[self.g_windows == 0] = 0
+        self.n_draws = int(self.g_draws.sum())
+        self.n_batches = (self.n_draws // self.world_size) // self.batch_size
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    @property
+    def windows_per_epoch(self) -> int:
+        return self.n_draws
+
+    def epoch_draws(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(group, window)`` of every draw of ``epoch`` in order (all ranks), cached."""
+        hit = self._epochs.get(epoch)
+        if hit is not None:
+            self._epochs.move_to_end(epoch)
+            return hit
+        gs, ws = [], []
+        for g, (k, W) in enumerate(zip(self.g_draws.tolist(), self.g_windows.tolist())):
+            if k == 0:
+                continue
+            idx = np.arange(epoch * k, (epoch + 1) * k, dtype=np.int64)
+            passes, pos = idx // W, idx % W
+            if self.shuffle:
+                win = np.empty_like(pos)
+                for p in np.unique(passes).tolist():
+                    m = passes == p
+                    win[m] = _perm(W, self.seed, 0x5A1E, g, p)[pos[m]]
+            else:
+                win = pos
+            gs.append(np.full(k, g, dtype=np.int64))
+            ws.append(win)
+        g_arr = np.concatenate(gs) if gs else np.zeros(0, np.int64)
+        w_arr = np.concatenate(ws) if ws else np.zeros(0, np.int64)
+        if self.shuffle and len(gs) > 1:
+            p = _perm(len(g_arr), self.seed, 0xE90C, epoch)
+            g_arr, w_arr = g_arr[p], w_arr[p]
+        self._epochs[epoch] = (g_arr, w_arr)
+        while len(self._epochs) > 2:
+            self._epochs.popitem(last=False)
+        return g_arr, w_arr
+
+    def batch_draws(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < self.n_batches:
+            raise IndexError(f"batch index {index} out of range [0, {self.n_batches})")
+        g, w = self.epoch_draws(epoch)
+        start = (index * self.batch_size) * self.world_size + self.rank
+        sl = slice(start, start + self.batch_size * self.world_size, self.world_size)
+        return g[sl], w[sl]
+
+    # -- public API ----------------------------------------------------------------------------
+    def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+        """Batch ``index`` of ``epoch`` for this rank (deterministic, O(1) in ``index``)."""
+        g, w = self.batch_draws(epoch, index)
+        return self.render(g, w)
+
+    def window(self, epoch: int, position: int) -> dict[str, np.ndarray]:
+        """The ``position``-th window of ``epoch`` in the global order (all ranks), batch of one."""
+        g, w = self.epoch_draws(epoch)
+        if not 0 <= position < len(g):
+            raise IndexError(f"window position {position} out of range [0, {len(g)})")
+        return self.render(g[position:position + 1], w[position:position + 1])
+
+    def iter_from(self, epoch: int = 0, index: int = 0, worker: int = 0, num_workers: int = 1
+                  ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+        """``(epoch, index, batch)`` from the given position forever, epoch after epoch.
+
+        With ``num_workers > 1`` only the indices ``i % num_workers == worker`` are yielded, so
+        dataloader workers share the batches of a rank without overlap.
+        """
+        if self.n_batches == 0:
+            raise UserError(f"{self.data.dir}: too little data for one batch of {self.batch_size} windows of "
+                            f"{self.seq_len} tokens on {self.world_size} rank(s)")
+        while True:
+            while index < self.n_batches:
+                if index % num_workers == worker:
+                    yield epoch, index, self.batch(epoch, index)
+                index += 1
+            epoch, index = epoch + 1, 0
+
+    def __iter__(self):
+        for _, _, b in self.iter_from(0, 0):
+            yield b
+
+    def describe(self) -> list[dict]:
+        """Per group: documents, tokens, characters, windows, probability, draws per epoch."""
+        return [{"lang": k[0], "source": k[1], **c, "windows": int(W), "p": float(p), "draws": int(d)}
+                for k, c, W, p, d in zip(self.group_keys, self.group_counts, self.g_windows, self.g_probs, self.g_draws)]
+
+    # -- rendering -----------------------------------------------------------------------------
+    def _spans(self, g: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        vs = self.g_start[g] + w * self._L
+        ve = np.minimum(vs + self._L, self.g_end[g])
+        return vs, ve
+
+    def render(self, g: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+        if self.extras:
+            return self._render_aligned(g, w)
+        return self._render_fast(g, w)
+
+    def _render_fast(self, g: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+        d = self.data
+        B, T, L = len(g), self.seq_len, self._L
+        vs, ve = self._spans(g, w)
+        pos = vs[:, None] + np.arange(L, dtype=np.int64)[None, :]
+        valid = pos < ve[:, None]
+        j = np.searchsorted(self.vcum, pos, side="right") - 1
+        j = np.clip(j, 0, max(len(self.vdoc) - 1, 0))
+        doc = self.vdoc[j] if len(self.vdoc) else np.zeros_like(j)
+        off = pos - self.vcum[j]
+        is_sep = valid & (off >= self.doc_len[doc])
+        is_tok = valid & ~is_sep
+        shard = self.doc_shard[doc]
+        local = self.doc_start[doc] + off
+        keys = ["ids", "char_len", "word_start"] + (["unit_len", "unit_ngram"] if d.has_units else [])
+        vals = {k: np.zeros((B, L), dtype=np.int64) for k in keys}
+        flat = np.flatnonzero(is_tok)
+        if flat.size:
+            ts, tl = shard.ravel()[flat], local.ravel()[flat]
+            if len(d.shards) == 1:
+                arr = d.shards[0].arr
+                for k in keys:
+                    vals[k].ravel()[flat] = arr[k][tl]
+            else:
+                for s in np.unique(ts).tolist():
+                    m = ts == s
+                    arr, sel, idx = d.shards[s].arr, flat[m], tl[m]
+                    for k in keys:
+                        vals[k].ravel()[sel] = arr[k][idx]
+        return self._assemble(vals, is_tok, is_sep, valid, d, T)
+
+    def _assemble(self, vals: dict, is_tok: np.ndarray, is_sep: np.ndarray, valid: np.ndarray, d: _KindData, T: int,
+                  cut_start: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        B = is_tok.shape[0]
+        out_ids = np.full((B, T), d.pad, dtype=np.int64)
+        out_ids[:, 0] = d.cls
+        body = np.where(is_tok, vals["ids"], np.where(is_sep, d.sep, d.pad))
+        out_ids[:, 1:] = body
+        special = np.ones((B, T), dtype=bool)
+        special[:, 1:] = ~is_tok
+        attn = np.ones((B, T), dtype=np.int64)
+        attn[:, 1:] = valid
+        char_len = np.zeros((B, T), dtype=np.int16)
+        char_len[:, 1:] = np.where(is_tok, vals["char_len"], 0)
+        ws = np.ones((B, T), dtype=bool)
+        ws[:, 1:] = np.where(is_tok, vals["word_start"] > 0, True)
+        # the first token of a window that starts inside a word begins a (cut) word
+        if cut_start is None:
+            ws[:, 1] = True
+        else:
+            ws[np.arange(B), cut_start] = True
+        out = {"input_ids": out_ids, "word_start": ws, "char_len": char_len, "special_mask": special,
+               "attention_mask": attn}
+        if d.has_units:
+            ul = np.ones((B, T), dtype=np.int16)
+            un = np.full((B, T), -1, dtype=np.int32)
+            ul[:, 1:] = np.where(is_tok, vals["unit_len"], 1)
+            un[:, 1:] = np.where(is_tok, vals["unit_ngram"], -1)
+            out["unit_len"], out["unit_ngram"] = fix_cut_units(ul, un, special)
+        return out
+
+    # -- aligned extra streams (per window: a few segments, O(_BLOCK) work each) ----------------
+    def _segments(self, vs: int, ve: int) -> list[list]:
+        """Items of one window: ``["seg", doc, t0, t1, sep_after]`` (primary token offsets in the doc)."""
+        items = []
+        j0 = int(np.searchsorted(self.vcum, vs, side="right")) - 1
+        j1 = int(np.searchsorted(self.vcum, ve - 1, side="right")) - 1
+        for j in range(j0, j1 + 1):
+            a = max(vs, int(self.vcum[j])) - int(self.vcum[j])
+            b = min(ve, int(self.vcum[j + 1])) - int(self.vcum[j])
+            doc = int(self.vdoc[j])
+            n = int(self.doc_len[doc])
+            items.append(["seg", doc, min(a, n), min(b, n), b > n])
+        return items
+
+    def _streams(self) -> list[_KindData]:
+        return [self.data] + [self.extras[k] for k in self.extra_kinds]
+
+    def _doc_char_range(self, kd: _KindData, doc: int, t0: int, t1: int) -> tuple[int, int]:
+        sh = kd.shards[int(self.doc_shard[doc])]
+        base = int(self.doc_start[doc])
+        c_doc = int(self.doc_char_start[doc])
+        return sh.char_at(base + t0) - c_doc, sh.char_at(base + t1) - c_doc
+
+    def _tok_range(self, kd: _KindData, doc: int, c0: int, c1: int) -> tuple[int, int]:
+        """Shard token range of stream ``kd`` covering document ``doc``'s characters ``[c0, c1)``."""
+        sh = kd.shards[int(self.doc_shard[doc])]
+        cs = int(self.doc_char_start[doc])
+        if kd is self.data:
+            lo, n = int(self.doc_start[doc]), int(self.doc_len[doc])
+        else:
+            lo = int(sh.offsets[self._local_doc(doc)])
+            n = int(sh.offsets[self._local_doc(doc) + 1]) - lo
+        if c1 <= c0:
+            return lo, lo
+        if c0 <= 0 and c1 >= int(self.doc_chars[doc]):
+            return lo, lo + n
+        t0 = lo if c0 <= 0 else sh.token_at(cs + c0)
+        t1 = lo + n if c1 >= int(self.doc_chars[doc]) else sh.token_at(cs + c1)
+        return t0, t1
+
+    def _local_doc(self, doc: int) -> int:
+        s = int(self.doc_shard[doc])
+        return doc - self._shard_doc_base[s]
+
+    @property
+    def _shard_doc_base(self) -> np.ndarray:
+        b = getattr(self, "_sdb", None)
+        if b is None:
+            counts = [len(sh.offsets) - 1 for sh in self.data.shards]
+            b = self._sdb = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return b
+
+    def _is_boundary(self, kd: _KindData, doc: int, c: int) -> tuple[bool, int, int]:
+        """Whether doc-local char ``c`` is a token boundary of ``kd``; plus the covering token's span."""
+        if c <= 0 or c >= int(self.doc_chars[doc]):
+            return True, c, c
+        sh = kd.shards[int(self.doc_shard[doc])]
+        cs = int(self.doc_char_start[doc])
+        t = sh.token_at(cs + c)
+        start = sh.char_at(t) - cs
+        end = start + int(sh.arr["char_len"][t])
+        return start == c, start, end
+
+    def _common_at_or_after(self, doc: int, c: int) -> int:
+        streams = self._streams()
+        while True:
+            moved = False
+            for kd in streams:
+                ok, _, end = self._is_boundary(kd, doc, c)
+                if not ok:
+                    c, moved = end, True
+            if not moved:
+                return c
+
+    def _common_at_or_before(self, doc: int, c: int) -> int:
+        streams = self._streams()
+        while True:
+            moved = False
+            for kd in streams:
+                ok, start, _ = self._is_boundary(kd, doc, c)
+                if not ok:
+                    c, moved = start, True
+            if not moved:
+                return c
+
+    def _align_window(self, vs: int, ve: int) -> list[list]:
+        """Items ``["seg", doc, c0, c1, sep_after]`` in doc-local characters, common to all streams."""
+        items = []
+        segs = self._segments(vs, ve)
+        for k, (_, doc, t0, t1, sep) in enumerate(segs):
+            n = int(self.doc_len[doc])
+            if t0 >= t1:
+                c0 = c1 = int(self.doc_chars[doc]) if t0 >= n else 0
+            else:
+                c0, c1 = self._doc_char_range(self.data, doc, t0, t1)
+                if t0 > 0:
+                    c0 = self._common_at_or_after(doc, c0)
+                if t1 < n:
+                    c1 = self._common_at_or_before(doc, c1)
+                    sep = False
+                if c1 < c0:
+                    c1 = c0
+            items.append(["seg", doc, c0, c1, sep])
+        # extra streams longer than their window: cut at an earlier common boundary
+        for kd in self._streams()[1:]:
+            budget = self.extra_len[kd.kind] - 1
+            used = 0
+            for k, it in enumerate(items):
+                _, doc, c0, c1, sep = it
+                t0, t1 = self._tok_range(kd, doc, c0, c1)
+                if used + (t1 - t0) + sep <= budget:
+                    used += (t1 - t0) + sep
+                    continue
+                room = budget - used
+                if t1 - t0 <= room:  # only the [SEP] does not fit
+                    it[4] = False
+                else:
+                    sh = kd.shards[int(self.doc_shard[doc])]
+                    c_lim = sh.char_at(t0 + room) - int(self.doc_char_start[doc])
+                    it[3] = max(c0, self._common_at_or_before(doc, c_lim))
+                    it[4] = False
+                del items[k + 1:]
+                break
+        return items
+
+    def _render_aligned(self, g: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+        vs, ve = self._spans(g, w)
+        B = len(g)
+        rows = [self._align_window(int(a), int(b)) for a, b in zip(vs.tolist(), ve.tolist())]
+        out: dict[str, np.ndarray] = {}
+        for kd in self._streams():
+            T = self.seq_len if kd is self.data else self.extra_len[kd.kind]
+            L = T - 1
+            keys = ["ids", "char_len", "word_start"] + (["unit_len", "unit_ngram"] if kd.has_units else [])
+            vals = {k: np.zeros((B, L), dtype=np.int64) for k in keys}
+            is_tok = np.zeros((B, L), dtype=bool)
+            is_sep = np.zeros((B, L), dtype=bool)
+            cut_start = np.ones(B, dtype=np.int64)
+            for r, items in enumerate(rows):
+                p = 0
+                for i, (_, doc, c0, c1, sep) in enumerate(items):
+                    t0, t1 = self._tok_range(kd, doc, c0, c1)
+                    n = t1 - t0
+                    if n > 0:
+                        sh = kd.shards[int(self.doc_shard[doc])]
+                        for k in keys:
+                            vals[k][r, p:p + n] = sh.arr[k][t0:t1]
+                        is_tok[r, p:p + n] = True
+                        if i == 0:
+                            cut_start[r] = p + 1
+                        p += n
+                    if sep:
+                        is_sep[r, p] = True
+                        p += 1
+                if p > L:  # pragma: no cover - guarded by the budget logic
+                    raise AssertionError("aligned window overflow")
+            valid = is_tok | is_sep
+            # positions after the aligned content are padding (attention 0)
+            res = self._assemble(vals, is_tok, is_sep, valid, kd, T, cut_start=cut_start)
+            if kd is self.data:
+                out.update(res)
+            else:
+                out.update({f"{kd.kind}.{k}": v for k, v in res.items()})
+        return out
+
+    def window_items(self, epoch: int, position: int) -> list[dict]:
+        """What window ``position`` of ``epoch`` holds: documents and character ranges (for inspect)."""
+        g, w = self.epoch_draws(epoch)
+        vs, ve = self._spans(g[position:position + 1], w[position:position + 1])
+        vs, ve = int(vs[0]), int(ve[0])
+        if self.extras:
+            items = self._align_window(vs, ve)
+        else:
+            items = []
+            for _, doc, t0, t1, sep in self._segments(vs, ve):
+                items.append(["tok", doc, t0, t1, sep])
+        out = []
+        for kind_, doc, a, b, sep in items:
+            s = int(self.doc_shard[doc])
+            sh = self.data.shards[s]
+            local = doc - int(self._shard_doc_base[s])
+            meta = sh.docmeta()[local]
+            out.append({"shard": sh.name, "doc": local, "id": meta.get("id"), "lang": meta.get("lang"),
+                        "source": meta.get("source"), ("chars" if kind_ == "seg" else "tokens"): [a, b], "sep": bool(sep)})
+        return out
+
+
+def fix_cut_units(unit_len: np.ndarray, unit_ngram: np.ndarray, special: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Make units that a window edge (or a special token) cuts into single tokens (vectorised).
+
+    A unit starting at ``i`` with length ``n`` is kept when the next unit start (or special token,
+    or the row end) is exactly ``i + n``; every position of any other unit becomes ``1 / -1``.
+    """
+    B, T = unit_len.shape
+    start = (unit_len > 0) | special
+    idx = np.broadcast_to(np.arange(T), (B, T))
+    # next start strictly after each position
+    nxt = np.where(start, idx, T)
+    nxt_after = np.minimum.accumulate(nxt[:, ::-1], axis=1)[:, ::-1]
+    nxt_after = np.concatenate([nxt_after[:, 1:], np.full((B, 1), T)], axis=1)
+    run = nxt_after - idx
+    ok_start = start & (run == np.where(special, 1, unit_len.astype(np.int64)))
+    # each position's owning start
+    owner = np.maximum.accumulate(np.where(start, idx, -1), axis=1)
+    owner_ok = np.take_along_axis(ok_start, np.maximum(owner, 0), axis=1) & (owner >= 0)
+    ul = np.where(owner_ok, unit_len, 1).astype(np.int16)
+    un = np.where(owner_ok, unit_ngram, -1).astype(np.int32)
+    ul[special] = 1
+    un[special] = -1
+    return ul, un

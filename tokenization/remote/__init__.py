@@ -1,0 +1,1 @@
+"""Code saved into vocabulary folders (loaded there with ``trust_remote_code=True``)."""

@@ -1,0 +1,254 @@
+"""``python -m tokenization vocab``: segment (cached), build every requested kind, print metrics.
+
+Order: segment train + valid (worker processes, cached per shard) -> count units and characters
+on train -> build ``char`` / ``sgt`` / ``word`` -> ``ngram`` over its base kind -> metrics on
+the valid split and held-out gold data. Each kind is written into a temporary folder and renamed
+into place with ``stats.json`` written last, so an interrupted build never leaves a folder that
+looks finished.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from corpora.io import iter_corpus, list_shards
+from pipeline.config import save_config
+from pipeline.errors import UserError
+from pipeline.log import get_logger, print_table
+from pipeline.runs import atomic_dir, atomic_write_json
+from tokenization import metrics as M
+from tokenization.config import TokenizationConfig
+from tokenization.ngram import build_lexicon, max_match
+from tokenization.segcache import ensure_segmented, iter_split
+from tokenization.segment import Segmenter, from_config
+from tokenization.vocab import (SPECIAL_IDS, attach_spaces, build_char, build_word, learn_sgt,
+                                load_token_encoder, load_vocab_meta, save_segmented_folder)
+
+log = get_logger("tokenization")
+BATCH = 256
+
+
+def _batches(it, n=BATCH):
+    buf = []
+    for x in it:
+        buf.append(x)
+        if len(buf) >= n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def count_units(run_dir: Path) -> tuple[Counter, Counter, int]:
+    """Unit (word with attached space) and character counts over the segmented train split."""
+    units: Counter = Counter()
+    chars: Counter = Counter()
+    n = 0
+    for doc, words in iter_split(run_dir, "train"):
+        units.update(attach_spaces(words))
+        chars.update(doc["text"])
+        n += 1
+    return units, chars, n
+
+
+def valid_stats(run_dir: Path, encoder) -> dict:
+    st = M.StreamStats(encoder.unk_id)
+    for batch in _batches(iter_split(run_dir, "valid")):
+        for (doc, _), (ids, cl, _) in zip(batch, encoder.encode_batch([w for _, w in batch])):
+            st.add(doc["text"], ids, cl)
+    return st.summary()
+
+
+def gold_metrics(spans, gold, ents) -> dict:
+    return {"pd_boundary_violation": M.boundary_violations(gold, spans),
+            "ner_entity_violation": M.entity_violations(ents, spans)}
+
+
+def _finish_kind(tmp: Path, info: dict, run_dir: Path, seg: Segmenter, gold, ents, t0: float) -> dict:
+    """Metrics for a built folder (still under its temporary name); writes stats.json last."""
+    info.setdefault("special_tokens", SPECIAL_IDS)
+    info.setdefault("tokens_per_char", None)
+    # a provisional stats.json lets the encoder load the folder; rewritten below
+    atomic_write_json(tmp / "stats.json", info)
+    enc = load_token_encoder(tmp)
+    vs = valid_stats(run_dir, enc)
+    info.update(tokens_per_char=vs["tokens_per_char"], mean_seq_len=vs["mean_seq_len"], unk_rate=vs["unk_rate"],
+                valid=vs)
+    info.update(gold_metrics(M.encoder_spans(enc, seg), gold, ents))
+    info["build_seconds"] = round(time.perf_counter() - t0, 2)
+    atomic_write_json(tmp / "stats.json", info)
+    return info
+
+
+def main_vocab(cfg: TokenizationConfig) -> int:
+    run_dir = cfg.run_dir
+    corpus = run_dir / "corpus"
+    if not list_shards(corpus, "train"):
+        raise UserError(f"no corpus shards under {corpus}/train; run `make corpus RUN={cfg.run}` first")
+    seg = from_config(cfg.segmenter)
+    vocab_root = cfg.vocab_root
+    vocab_root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, vocab_root / "config.yaml")
+
+    seg_rows = []
+    for split in ("train", "valid"):
+        s = ensure_segmented(run_dir, split, seg, cfg.workers)
+        seg_rows.append([split, s.shards, s.segmented, s.reused, s.docs, s.chars,
+                         f"{s.chars_per_s / 1e6:.2f}M" if s.segmented else "cached"])
+    print_table("segmentation", ["split", "shards", "segmented", "reused", "docs", "chars", "chars/s"], seg_rows)
+
+    t = time.perf_counter()
+    unit_counts, char_counts, n_docs = count_units(run_dir)
+    log.info("counted %d distinct units, %d distinct characters in %d train documents (%.1fs)",
+             len(unit_counts), len(char_counts), n_docs, time.perf_counter() - t)
+    gold = M.pd_gold_test(cfg.metrics.pd_lines)
+    ents = M.msra_test_entities(cfg.metrics.ner_sentences)
+    seg_info = {"backend": seg.backend, "hmm": seg.hmm, "user_dict": bool(seg.user_dict),
+                "fingerprint": seg.fingerprint()}
+
+    results: dict[str, dict] = {}
+    order = [k for k in ("char", "sgt", "word", "ngram") if k in cfg.kinds]
+    for kind in order:
+        t0 = time.perf_counter()
+        out = vocab_root / kind
+        log.info("building %s vocabulary", kind)
+        with atomic_dir(out) as tmp:
+            if kind == "char":
+                c = cfg.char
+                info = build_char((d["text"] for d in iter_corpus(corpus, "train")), tmp, c.vocab_size,
+                                  c.lowercase, char_counts, c.min_char_count)
+                info["min_char_count"] = c.min_char_count
+            elif kind == "sgt":
+                c = cfg.sgt
+                tk = learn_sgt(unit_counts, char_counts, c.learner, c.vocab_size, c.min_char_count,
+                               c.max_piece_len, c.spm_input_words, workdir=vocab_root)
+                save_segmented_folder(tk, tmp, seg, word_fallback=False)
+                info = {"kind": "sgt", "size": tk.get_vocab_size(), "trust_remote_code": True,
+                        "learner": c.learner, "target_size": c.vocab_size, "min_char_count": c.min_char_count,
+                        "tokenizer_class": "SegmentedTokenizer"}
+            elif kind == "word":
+                c = cfg.word
+                tk, extra = build_word(unit_counts, char_counts, c.min_count, c.max_size, c.min_char_count)
+                save_segmented_folder(tk, tmp, seg, word_fallback=True)
+                info = {"kind": "word", "size": tk.get_vocab_size(), "trust_remote_code": True,
+                        "min_count": c.min_count, "max_size": c.max_size, **extra,
+                        "tokenizer_class": "SegmentedTokenizer"}
+            else:
+                info = _build_ngram(cfg, run_dir, tmp)
+                info["build_seconds"] = round(time.perf_counter() - t0, 2)
+                atomic_write_json(tmp / "stats.json", info)
+                results[kind] = info
+                continue
+            info["segmenter"] = seg_info
+            info["train_docs"] = n_docs
+            results[kind] = _finish_kind(tmp, info, run_dir, seg, gold, ents, t0)
+
+    if cfg.metrics.bpe_baseline and "sgt" in results:
+        t0 = time.perf_counter()
+        tk = M.train_bpe_raw((d["text"] for d in iter_corpus(corpus, "train")), int(results["sgt"]["size"]),
+                             cfg.sgt.max_piece_len)
+        spans = M.hf_spans(tk)
+        st = M.StreamStats(1)
+        for batch in _batches(iter_corpus(corpus, "valid")):
+            texts = [d["text"] for d in batch]
+            for text, enc in zip(texts, tk.encode_batch(texts, add_special_tokens=False)):
+                ends = np.asarray([e for _, e in enc.offsets], np.int64)
+                cl = np.diff(np.maximum.accumulate(ends), prepend=0) if len(ends) else np.zeros(0, np.int64)
+                if len(cl):
+                    cl[-1] += len(text) - ends[-1]
+                st.add(text, np.asarray(enc.ids), cl)
+        vs = st.summary()
+        base = {"kind": "bpe_raw (comparison only)", "size": tk.get_vocab_size(), "tokens_per_char": vs["tokens_per_char"],
+                "mean_seq_len": vs["mean_seq_len"], "unk_rate": vs["unk_rate"], "valid": vs,
+                **gold_metrics(spans, gold, ents), "build_seconds": round(time.perf_counter() - t0, 2)}
+        atomic_write_json(vocab_root / "bpe_raw_baseline.json", base)
+        results["bpe_raw"] = base
+
+    _print_metrics(results, gold, ents)
+    atomic_write_json(vocab_root / "summary.json", {k: {kk: v for kk, v in r.items() if kk != "valid"}
+                                                    for k, r in results.items()})
+    return 0
+
+
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _print_metrics(results: dict, gold, ents) -> None:
+    rows = []
+    for k, r in results.items():
+        rows.append([k, r.get("size"), r.get("tokens_per_char"), r.get("mean_seq_len", "-"), _pct(r.get("unk_rate")),
+                     _pct(r.get("pd_boundary_violation")), _pct(r.get("ner_entity_violation")),
+                     r.get("build_seconds")])
+    print_table(f"vocabularies (valid split; gold: {len(gold)} PD test lines, {len(ents)} MSRA test sentences)",
+                ["kind", "size", "tokens/char", "mean len", "UNK %", "PD boundary viol. %", "NER entity viol. %",
+                 "build s"], rows)
+    script_rows = []
+    for k, r in results.items():
+        for s, v in (r.get("valid") or {}).get("per_script", {}).items():
+            script_rows.append([k, s, v["chars"], v["tokens"], v["tokens_per_char"], _pct(v["unk_rate"])])
+    if script_rows:
+        print_table("per script (valid split)", ["kind", "script", "chars", "tokens", "tokens/char", "UNK %"],
+                    script_rows)
+
+
+def _build_ngram(cfg: TokenizationConfig, run_dir: Path, tmp: Path) -> dict:
+    c = cfg.ngram
+    base_dir = cfg.vocab_root / c.base_kind
+    if not (base_dir / "stats.json").is_file():
+        raise UserError(f"ngram.base_kind={c.base_kind!r}: build that kind first (add it to kinds); "
+                        f"no {base_dir}/stats.json")
+    enc = load_token_encoder(base_dir)
+    base_meta = load_vocab_meta(base_dir)
+    excluded = set(enc.special_ids.values())
+    for i in range(enc.vocab_size):
+        tok = enc.id_to_token(i)
+        if tok is None:
+            continue
+        s = tok[2:] if tok.startswith("##") else tok
+        s = s.replace("\u2581", " ")
+        if not s.strip() or all(M.char_scripts(ch)[0] in (M.SCRIPTS.index("punct"), M.SCRIPTS.index("space"))
+                                for ch in s):
+            excluded.add(i)
+
+    def streams():
+        for batch in _batches(iter_split(run_dir, "train")):
+            docs = [w for _, w in batch]
+            if c.within_words:
+                for ids, _, ws in enc.encode_batch(docs):
+                    yield ids, ws
+            else:  # word starts are not needed: the ids-only path skips offsets
+                for ids in enc.ids_batch(docs):
+                    yield ids, np.zeros(len(ids), np.uint8)
+
+    def surface(g):
+        return "".join((enc.id_to_token(i) or "?").removeprefix("##") for i in g).replace("\u2581", " ")
+
+    lex = build_lexicon(streams(), c.base_kind, c.max_n, c.top_k, c.min_count, c.score, excluded, surface,
+                        c.within_words)
+    lex.save(tmp)
+    # the folder also carries the base kind's tokenizer files, so AutoTokenizer loads it as the base
+    for f in base_dir.iterdir():
+        if f.is_file() and f.name != "stats.json":
+            shutil.copyfile(f, tmp / f.name)
+    # units per character on valid after maximum matching
+    units = chars = 0
+    lens = Counter()
+    for batch in _batches(iter_split(run_dir, "valid")):
+        for (doc, _), (ids, _, ws) in zip(batch, enc.encode_batch([w for _, w in batch])):
+            ul, _ = max_match(ids, lex, ws if c.within_words else None)
+            units += int((ul > 0).sum())
+            chars += len(doc["text"])
+            lens.update(ul[ul > 1].tolist())
+    by_n = Counter(len(g) for g in lex.ngrams)
+    return {"kind": "ngram", "size": len(lex), "base_kind": c.base_kind, "base_size": base_meta["size"],
+            "max_n": c.max_n, "top_k": c.top_k, "min_count": c.min_count, "score": c.score,
+            "within_words": c.within_words, "by_n": {str(k): v for k, v in sorted(by_n.items())},
+            "special_tokens": base_meta["special_tokens"], "trust_remote_code": base_meta["trust_remote_code"],
+            "tokens_per_char": round(units / max(1, chars), 4), "units_per_char_valid": round(units / max(1, chars), 4),
+            "matched_ngram_units_valid": {str(k): v for k, v in sorted(lens.items())}}
