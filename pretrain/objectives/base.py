@@ -80,6 +80,8 @@ class Objective(nn.Module):
     name: ClassVar[str] = ""
     model_type: ClassVar[str] = "encoder"  # "encoder" (BERT family) or "decoder" (Llama family)
     extra_streams: ClassVar[tuple[str, ...]] = ()  # additional shard kinds read aligned by characters
+    # how finetune.encoders loads the export ("hf" = stock AutoModel); written to pretrain_meta.json
+    finetune_adapter: ClassVar[str] = "hf"
 
     @dataclass
     class Config:
@@ -113,6 +115,15 @@ class Objective(nn.Module):
     def export(self):
         """The ``transformers.PreTrainedModel`` that ships (backbone + LM head)."""
         raise NotImplementedError
+
+    def export_files(self) -> list:
+        """Extra files (``pathlib.Path``) copied next to the exported weights: the modelling code of an
+        export that needs ``trust_remote_code`` (its config carries ``auto_map``). Default: none."""
+        return []
+
+    def export_meta(self) -> dict:
+        """Extra fields merged into ``pretrain_meta.json`` (e.g. ``{"trust_remote_code": True}``)."""
+        return {}
 
     def flops_per_token(self) -> float:
         """Training FLOPs per input token (for MFU); subclasses refine. 0 means unknown."""

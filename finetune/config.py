@@ -1,0 +1,46 @@
+"""The fine-tuning suite's config (``configs/finetune/*.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from finetune.tasks import TaskConfig
+
+
+@dataclass
+class FinetuneConfig:
+    run: str = "demo"
+    runs_root: str = "runs"
+    tasks: list[TaskConfig] = field(default_factory=lambda: [TaskConfig(name="sentiment"), TaskConfig(name="msra_ner")])
+    # grid per model x task (a task may override lrs/epochs/batch_size); best dev point per seed
+    lrs: list[float] = field(default_factory=lambda: [1e-4])
+    epochs: list[int] = field(default_factory=lambda: [3])
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    warmup: float = 0.1             # fraction of optimizer steps with linear warm-up, then linear decay
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    dropout: float = 0.1
+    evals_per_epoch: int = 1        # dev evaluations per epoch (the best one is kept)
+    random_init_twins: bool = True  # also fine-tune a randomly initialised twin of every model (the floor)
+    baseline: Optional[str] = None  # model name the report's deltas are taken against (default: the first)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = None   # torch CPU threads (None: torch's default)
+    alignment: Literal["auto", "offsets", "words"] = "auto"  # token -> character map (finetune.charmap)
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise ValueError("'tasks' is empty")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError("a task is listed twice in 'tasks'")
+        if not self.lrs or not self.epochs or not self.seeds:
+            raise ValueError("lrs, epochs and seeds must not be empty")
+        if any(lr <= 0 for lr in self.lrs) or any(e < 1 for e in self.epochs):
+            raise ValueError("learning rates must be > 0 and epochs >= 1")
+        if self.batch_size < 1 or self.eval_batch_size < 1 or self.evals_per_epoch < 1:
+            raise ValueError("batch sizes and evals_per_epoch must be >= 1")
+        if not 0 <= self.warmup < 1:
+            raise ValueError("warmup must be in [0, 1)")

@@ -1,0 +1,115 @@
+"""The task-kind interface: one module per kind owns its head, its collate and its metric.
+
+A kind is an ``nn.Module`` (the head) built for one task and one encoder width. The training
+loop (``finetune.train``) only calls the methods below, never a kind's name:
+
+* ``features(examples, split)`` -> the units the model sees (default: the examples themselves;
+  span extraction cuts long contexts into windows);
+* ``collate(features)`` -> a batch dict (texts stay Python strings, the encoder tokenizes them;
+  labels become tensors);
+* ``forward(encoder, batch)`` -> ``{"loss": scalar (when the batch has labels), "logits": ...}``;
+* ``predict(outputs, batch)`` -> one prediction per feature (plain Python values);
+* ``score(predictions, features)`` -> ``{metric: value in %}``; ``main_metric`` names the one used
+  for model selection and the report.
+
+Example records (what a task loader produces) per kind:
+
+* ``classification`` / ``pair_classification``: ``{"text": str, "text_b": str (pairs), "label": int}``
+* ``sequence_labeling``: ``{"text": str, "tags": [str per character]}``
+* ``span_extraction``: ``{"id": str, "context": str, "question": str, "answers": [{"text": str, "start": int}]}``
+* ``multiple_choice``: ``{"context": str, "question": str, "choices": [str], "label": int}``
+
+Register a kind with ``@register_kind``; other modules may add kinds the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from pipeline.errors import UserError
+
+
+@dataclass
+class TaskData:
+    """One task, ready to train: examples per split plus what the head needs to know."""
+
+    name: str
+    kind: str
+    train: list[dict]
+    dev: list[dict]
+    test: list[dict]
+    labels: list[str] | None = None  # classification labels or sequence tags (None: no label set)
+    max_chars: int = 128
+    info: dict[str, Any] = field(default_factory=dict)  # provenance: files, hashes, split rule, counts
+
+
+@dataclass
+class KindOptions:
+    dropout: float = 0.1
+    max_chars: int = 128          # characters of each text fed to the encoder (after truncation)
+    max_chars_b: int | None = None  # second text / question (default: max_chars)
+
+
+class TaskKind(nn.Module):
+    name: ClassVar[str] = ""
+    main_metric: ClassVar[str] = "acc"
+
+    def __init__(self, task: TaskData, hidden_size: int, opts: KindOptions):
+        super().__init__()
+        self.task = task
+        self.hidden_size = hidden_size
+        self.opts = opts
+
+    # -- data --
+    def features(self, examples: list[dict], split: str) -> list[dict]:
+        return examples
+
+    def collate(self, features: list[dict]) -> dict:
+        raise NotImplementedError
+
+    # -- model --
+    def forward(self, encoder, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def predict(self, outputs: dict[str, torch.Tensor], batch: dict) -> list:
+        raise NotImplementedError
+
+    # -- metric --
+    def score(self, predictions: list, features: list[dict]) -> dict[str, float]:
+        raise NotImplementedError
+
+
+_KINDS: dict[str, type[TaskKind]] = {}
+
+
+def register_kind(cls: type[TaskKind]) -> type[TaskKind]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _KINDS and _KINDS[cls.name] is not cls:
+        raise ValueError(f"task kind '{cls.name}' registered twice")
+    _KINDS[cls.name] = cls
+    return cls
+
+
+def get_kind(name: str) -> type[TaskKind]:
+    from finetune import kinds  # noqa: F401  (imports every kind module)
+
+    if name not in _KINDS:
+        raise UserError(f"unknown task kind '{name}'. Known kinds: {', '.join(sorted(_KINDS))}")
+    return _KINDS[name]
+
+
+def registered_kinds() -> dict[str, type[TaskKind]]:
+    from finetune import kinds  # noqa: F401
+
+    return dict(_KINDS)
+
+
+def classifier(hidden: int, n_out: int, dropout: float) -> nn.Module:
+    """Dropout -> dense -> tanh -> dropout -> linear (the BERT/RoBERTa classification head)."""
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.Tanh(), nn.Dropout(dropout),
+                         nn.Linear(hidden, n_out))

