@@ -20,6 +20,17 @@ FINETUNE_CONFIG ?= configs/finetune/$(CONFIG).yaml
 OBJECTIVES      ?= mlm ntp
 VOCAB_KINDS     ?= char sgt
 TEST_ARGS       ?=
+# models the fine-tuning report compares (default: what `make pretrain` trained)
+FINETUNE_OBJECTIVES ?= $(OBJECTIVES)
+FINETUNE_EXPORTS = $(foreach o,$(FINETUNE_OBJECTIVES),$(R)/pretrain/$(o)/export)
+# hub repo id pattern for `make publish` ({run} and {model} are filled in); PUBLISH_ARGS=--push to upload
+HUB_REPO        ?= local/{run}-{model}
+PUBLISH_ARGS    ?=
+CORPUS_ARGS     ?=
+# every encoder objective, for the multi-seed comparison (`make compare`)
+ALL_ENCODERS    ?= mlm mlm_sgt amber hi_mvp al_mvp clower ernie_gram_explicit ernie_gram_comprehensive ernie_gram_full
+SEEDS           ?= 0 1 2
+RETRIEVAL_CONFIG ?= configs/finetune/retrieval-$(CONFIG).yaml
 
 export PYTHONHASHSEED := 0
 export TOKENIZERS_PARALLELISM := false
@@ -27,7 +38,9 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help setup demo test bench corpus vocab shards pretrain finetune publish clean-run
+.PHONY: help setup demo test bench corpus vocab shards pretrain finetune publish clean-run compare \
+        inspect retrieval attention-diag evidence-meap evidence-multivocab adversarial probes ngram-eval \
+        evidence-clower-ernie
 
 help:  ## list targets and variables
 	@echo "Targets:"
@@ -59,7 +72,7 @@ bench: setup  ## run the benchmarks in bench/ (figures also in runs/bench/*.json
 
 # ---- stages --------------------------------------------------------------------------------
 $(R)/corpus/stats.json: $(CORPUS_CONFIG) | setup
-	$(PY) -m corpora build --config $(CORPUS_CONFIG) run=$(RUN)
+	$(PY) -m corpora build --config $(CORPUS_CONFIG) run=$(RUN) $(CORPUS_ARGS)
 
 corpus: $(R)/corpus/stats.json  ## build the corpus (runs/RUN/corpus/)
 
@@ -80,9 +93,58 @@ $(R)/pretrain/%/export/model.safetensors: $(R)/shards/.done configs/pretrain/%-$
 
 pretrain: $(foreach o,$(OBJECTIVES),$(R)/pretrain/$(o)/export/model.safetensors)  ## pre-train OBJECTIVES
 
+$(R)/finetune/report/results.json: $(foreach e,$(FINETUNE_EXPORTS),$(e)/model.safetensors) $(FINETUNE_CONFIG)
+	$(PY) -m finetune --config $(FINETUNE_CONFIG) --models $(FINETUNE_EXPORTS) run=$(RUN)
+
+finetune: $(R)/finetune/report/results.json  ## fine-tune FINETUNE_OBJECTIVES + random-init twins; report in runs/RUN/finetune/report/
+
+$(R)/publish/.done: $(foreach o,$(OBJECTIVES),$(R)/pretrain/$(o)/export/model.safetensors) $(wildcard $(R)/finetune/report/results.json)
+	$(PY) -m pretrain.publish $(R) --repo-id '$(HUB_REPO)' $(PUBLISH_ARGS)
+	touch $@
+
+publish: $(R)/publish/.done  ## HF folders + model cards in runs/RUN/publish/MODEL/ (PUBLISH_ARGS=--push to upload)
+
+inspect: $(R)/shards/.done  ## print a packed window decoded (KIND=char EXTRA=sgt WINDOW=0)
+	$(PY) -m tokenization inspect --run $(RUN) --kind $(or $(KIND),char) --extra $(or $(EXTRA),sgt) --split valid --window $(or $(WINDOW),0)
+
+# ---- evidence for the objectives (heavier than the demo; CONFIG=tiny on a CPU) ------------------
+compare:  ## multi-seed comparison of every encoder objective (pre-train, fine-tune over 3 seeds, report)
+	$(MAKE) --no-print-directory pretrain finetune OBJECTIVES="$(ALL_ENCODERS)" FINETUNE_CONFIG=configs/finetune/full.yaml RUN=$(RUN) CONFIG=$(CONFIG)
+
+retrieval: $(R)/pretrain/ntp/export/model.safetensors $(R)/pretrain/meap/export/model.safetensors $(RETRIEVAL_CONFIG)  ## ntp vs meap: synthetic retrieval by depth, zero-shot + NTP/MEAP SFT
+	$(PY) -m finetune.retrieval --config $(RETRIEVAL_CONFIG) run=$(RUN) --models $(R)/pretrain/ntp/export $(R)/pretrain/meap/export
+
+attention-diag: $(R)/pretrain/meap/export/model.safetensors  ## MEAP attention diagnostics (masked vs clean input)
+	$(PY) -m pretrain.attention_diag $(R)/pretrain/meap/export --run $(RUN)
+
+evidence-meap: $(R)/shards/.done  ## ntp vs meap over SEEDS: pre-training, retrieval, attention
+	$(PY) bench/evidence_meap.py --run $(RUN) --config $(CONFIG) --seeds $(SEEDS) --retrieval-config $(RETRIEVAL_CONFIG)
+
+evidence-multivocab: $(R)/shards/.done  ## char/SGT MLM, amber, hi_mvp, al_mvp over SEEDS: pre-train, fine-tune, perturbation check
+	$(PY) bench/evidence_multivocab.py --run $(RUN) --config $(CONFIG) --seeds $(SEEDS)
+
+adversarial:  ## accuracy drop under character perturbations: make adversarial MODELS="NAME=DIR ..."
+	$(PY) -m finetune.adversarial --config $(FINETUNE_CONFIG) --models $(MODELS) run=$(RUN)
+
+probes: $(R)/pretrain/mlm/export/model.safetensors $(R)/pretrain/clower/export/model.safetensors  ## CLOWER probes (boundary probe, word retrieval)
+	$(PY) -m pretrain.probes --random-init --models $(R)/pretrain/mlm $(R)/pretrain/clower --out $(R)/evidence/probes.json
+
+ngram-eval: $(R)/pretrain/mlm/export/model.safetensors $(R)/pretrain/ernie_gram_explicit/export/model.safetensors  ## ERNIE-Gram whole-n-gram recovery vs MLM
+	$(PY) -m pretrain.ngram_eval --models $(R)/pretrain/ernie_gram_explicit $(R)/pretrain/mlm --out $(R)/evidence/ngram_eval.json
+
+evidence-clower-ernie: $(R)/shards/.done  ## CLOWER and ERNIE-Gram over SEEDS: pre-train, probes, n-gram eval, fine-tune
+	$(PY) bench/evidence_clower_ernie.py --run $(RUN) --seeds $(SEEDS)
+
 clean-run:  ## delete runs/RUN/
 	rm -rf $(R)
 
 demo: setup  ## the whole chain on the built-in corpus, tiny models, CPU
-	$(MAKE) --no-print-directory corpus vocab shards pretrain RUN=$(RUN) CONFIG=tiny
-	@echo; echo "Produced under $(R)/:"; find $(R) -maxdepth 3 -name 'stats.json' -o -maxdepth 3 -name 'summary.txt' | sort
+	$(MAKE) --no-print-directory corpus vocab shards pretrain finetune publish RUN=$(RUN) CONFIG=tiny
+	@echo
+	@echo "== make demo produced (runs/$(RUN)/):"
+	@echo "  corpus        $(R)/corpus/  (summary: $(R)/corpus/summary.txt)"
+	@echo "  vocabularies  $$(ls -d $(R)/vocab/*/ | tr '\n' ' ')"
+	@echo "  token shards  $$(ls -d $(R)/shards/*/ | tr '\n' ' ')"
+	@for o in $(OBJECTIVES); do echo "  pre-trained   $(R)/pretrain/$$o/export/  (metrics: $(R)/pretrain/$$o/metrics.jsonl)"; done
+	@echo "  report        $(R)/finetune/report/report.md  (+ results.json, *.png)"
+	@for d in $(R)/publish/*/; do echo "  published     $$d  (model card: $${d}README.md)"; done

@@ -59,6 +59,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return None
         raise ConfigError(f"{source}: key '{key}' must be null, got {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in get_args(tp)):
+            # YAML 1.1 reads a bare no/yes/off/on as a boolean; map it back to the option's word
+            for word in (("no", "false", "off") if not value else ("yes", "true", "on")):
+                if word in get_args(tp):
+                    return word
         if value in get_args(tp):
             return value
         raise ConfigError(
@@ -87,6 +92,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         kt, vt = (get_args(tp) or (Any, Any))
         return {_coerce(k, kt, f"{key}", source): _coerce(v, vt, f"{key}.{k}", source) for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: key '{key}' must be a number, got {value!r}")
         return float(value)

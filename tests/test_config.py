@@ -82,3 +82,15 @@ def test_missing_and_broken_files(tmp_path):
         load_config(Cfg, write(tmp_path, "a: [1,\n"))
     with pytest.raises(ConfigError, match="mapping"):
         load_config(Cfg, write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_yaml_11_quirks_are_read_as_meant(tmp_path):
+    @dataclass
+    class Q:
+        lr: float = 0.1
+        mp: Literal["no", "bf16"] = "bf16"
+
+    cfg = load_config(Q, write(tmp_path, "lr: 1e-3\nmp: no\n"))
+    assert cfg.lr == 0.001 and cfg.mp == "no"
+    with pytest.raises(ConfigError, match="number"):
+        load_config(Q, None, ["lr=fast"])
