@@ -32,7 +32,6 @@ class ModelConfig:
     max_position_embeddings: int = 512
     dropout: float = 0.1
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    compile: bool = False  # torch.compile the backbone (GPU runs)
     tie_word_embeddings: bool = True
     rope_theta: float = 10000.0
     num_key_value_heads: Optional[int] = None  # decoders: grouped-query attention
