@@ -268,6 +268,19 @@ def read_jsonl(src: SourceConfig, name: str, max_line_bytes: int, counters: Sour
                 yield RawDoc(text, where, nbytes=len(text.encode("utf-8")))
 
 
+def _text_item(text: str, where: str, max_line_bytes: int, counters: SourceCounters) -> Item | None:
+    """A record's text field: counted, then a ``RawDoc``, a ``Quarantine`` (too long, NUL) or ``None`` (blank)."""
+    nb = len(text.encode("utf-8"))
+    counters.bytes += nb
+    if nb > max_line_bytes:
+        return Quarantine(where, "line_too_long", f"text of {nb} bytes > max_line_bytes={max_line_bytes}", text[:200])
+    if "\x00" in text:
+        return Quarantine(where, "nul_byte", "NUL character in the text", text[:200].replace("\x00", "\\0"))
+    if text.strip():
+        return RawDoc(text, where, nbytes=nb)
+    return None
+
+
 def read_parquet(src: SourceConfig, name: str, max_line_bytes: int, counters: SourceCounters) -> Iterator[Item]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -305,16 +318,9 @@ def read_parquet(src: SourceConfig, name: str, max_line_bytes: int, counters: So
                 if not isinstance(value, str):
                     yield Quarantine(where, "not_string", f"'{src.text_field}' is {type(value).__name__}, not a string")
                     continue
-                nb = len(value.encode("utf-8"))
-                counters.bytes += nb
-                if nb > max_line_bytes:
-                    yield Quarantine(where, "line_too_long", f"text of {nb} bytes > max_line_bytes={max_line_bytes}", value[:200])
-                    continue
-                if "\x00" in value:
-                    yield Quarantine(where, "nul_byte", "NUL character in the text", value[:200].replace("\x00", "\\0"))
-                    continue
-                if value.strip():
-                    yield RawDoc(value, where, nbytes=nb)
+                item = _text_item(value, where, max_line_bytes, counters)
+                if item is not None:
+                    yield item
 
 
 def read_hf(src: SourceConfig, name: str, max_line_bytes: int, counters: SourceCounters) -> Iterator[Item]:
@@ -350,16 +356,9 @@ def read_hf(src: SourceConfig, name: str, max_line_bytes: int, counters: SourceC
         if not isinstance(text, str):
             yield Quarantine(where, "not_string", f"field '{src.text_field}' is {type(text).__name__}, not a string")
             continue
-        nb = len(text.encode("utf-8"))
-        counters.bytes += nb
-        if nb > max_line_bytes:
-            yield Quarantine(where, "line_too_long", f"text of {nb} bytes > max_line_bytes={max_line_bytes}", text[:200])
-            continue
-        if "\x00" in text:
-            yield Quarantine(where, "nul_byte", "NUL character in the text", text[:200].replace("\x00", "\\0"))
-            continue
-        if text.strip():
-            yield RawDoc(text, where, nbytes=nb)
+        item = _text_item(text, where, max_line_bytes, counters)
+        if item is not None:
+            yield item
 
 
 def read_source(src: SourceConfig, name: str, max_line_bytes: int, counters: SourceCounters) -> Iterator[Item]:

@@ -142,13 +142,11 @@ def fine_to_coarse_index(fine, coarse) -> torch.Tensor:
     return out
 
 
-@register_encoder("multivocab_pair")
-class MultiVocabPairEncoder(TextEncoder):
-    """AMBERT-style two-view encoder: per-char state = [fine ; coarse] (+ offset in the coarse token)."""
+class _TwoViewEncoder(TextEncoder):
+    """Shared plumbing of the encoders that read a text through both views (fine and coarse)."""
 
-    def __init__(self, model, fine: _View, coarse: _View, model_dir=None, meta=None):
-        h = model.config.hidden_size
-        super().__init__(2 * h, model_dir, meta)
+    def __init__(self, hidden_size: int, model, fine: _View, coarse: _View, model_dir=None, meta=None):
+        super().__init__(hidden_size, model_dir, meta)
         self.model = model
         self.fine, self.coarse = fine, coarse
         self.max_tokens = int(getattr(model.config, "max_position_embeddings", 512) or 512)
@@ -161,11 +159,24 @@ class MultiVocabPairEncoder(TextEncoder):
         coarse = _View(*load_view_tokenizer(model_dir, "coarse"), alignment)
         return cls(model, fine, coarse, model_dir, meta)
 
-    def encode(self, texts_a, texts_b=None, max_chars=None) -> EncodedBatch:
+    def _pack_views(self, texts_a, texts_b, max_chars):
+        """Truncate, then pack with both views: ``(texts_b, fine_packed, coarse_packed)``."""
         texts_a, texts_b = _truncate(texts_a, texts_b, max_chars)
         pf = self.fine.pack(texts_a, texts_b, self.max_tokens)
         pc = self.coarse.pack(texts_a, texts_b, self.max_tokens)
         self.n_cut_chars += max(pf.n_cut_chars, pc.n_cut_chars)
+        return texts_b, pf, pc
+
+
+@register_encoder("multivocab_pair")
+class MultiVocabPairEncoder(_TwoViewEncoder):
+    """AMBERT-style two-view encoder: per-char state = [fine ; coarse] (+ offset in the coarse token)."""
+
+    def __init__(self, model, fine: _View, coarse: _View, model_dir=None, meta=None):
+        super().__init__(2 * model.config.hidden_size, model, fine, coarse, model_dir, meta)
+
+    def encode(self, texts_a, texts_b=None, max_chars=None) -> EncodedBatch:
+        texts_b, pf, pc = self._pack_views(texts_a, texts_b, max_chars)
         dev = self.device
         out = self.model(input_ids=pf.input_ids.to(dev), attention_mask=pf.attention_mask.to(dev),
                          token_type_ids=pf.token_type_ids.to(dev), coarse_input_ids=pc.input_ids.to(dev),
@@ -188,28 +199,14 @@ class MultiVocabPairEncoder(TextEncoder):
 
 
 @register_encoder("hi_mvp")
-class HiMvpEncoder(TextEncoder):
+class HiMvpEncoder(_TwoViewEncoder):
     """Hierarchical Hi-MVP encoder (reconstruction): per-char state = fused char-decoder state."""
 
     def __init__(self, model, fine: _View, coarse: _View, model_dir=None, meta=None):
-        super().__init__(model.config.hidden_size, model_dir, meta)
-        self.model = model
-        self.fine, self.coarse = fine, coarse
-        self.max_tokens = int(getattr(model.config, "max_position_embeddings", 512) or 512)
-        self.n_cut_chars = 0
-
-    @classmethod
-    def from_pretrained(cls, model_dir, meta, random_init=False, alignment: str = "auto", **options):
-        model = _load_model(model_dir, meta, random_init)
-        fine = _View(*load_view_tokenizer(model_dir, "fine"), alignment)
-        coarse = _View(*load_view_tokenizer(model_dir, "coarse"), alignment)
-        return cls(model, fine, coarse, model_dir, meta)
+        super().__init__(model.config.hidden_size, model, fine, coarse, model_dir, meta)
 
     def encode(self, texts_a, texts_b=None, max_chars=None) -> EncodedBatch:
-        texts_a, texts_b = _truncate(texts_a, texts_b, max_chars)
-        pf = self.fine.pack(texts_a, texts_b, self.max_tokens)
-        pc = self.coarse.pack(texts_a, texts_b, self.max_tokens)
-        self.n_cut_chars += max(pf.n_cut_chars, pc.n_cut_chars)
+        texts_b, pf, pc = self._pack_views(texts_a, texts_b, max_chars)
         index = fine_to_coarse_index(pf, pc)
         dev = self.device
         out = self.model(input_ids=pf.input_ids.to(dev), attention_mask=pf.attention_mask.to(dev),

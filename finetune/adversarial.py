@@ -145,11 +145,10 @@ def train_model(model_dir: str, task, tcfg, cfg, seed: int):
     import copy
 
     import torch
-    from torch import nn
 
     from finetune.encoders import load_encoder
     from finetune.kinds.base import KindOptions, get_kind
-    from finetune.train import Finetuner, _batches, _optimizer, evaluate, pick_device, set_seed
+    from finetune.train import Finetuner, _batches, _optimizer, _train_step, evaluate, pick_device, set_seed
 
     device = pick_device(cfg.device)
     set_seed(seed)
@@ -174,13 +173,7 @@ def train_model(model_dir: str, task, tcfg, cfg, seed: int):
         order = torch.randperm(len(train), generator=gen).tolist()
         for chunk in _batches(train, bs, order):
             model.train()
-            out = model(kind.collate(chunk))
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
+            _train_step(model, opt, sched, kind.collate(chunk), cfg.grad_clip)
         score = evaluate(model, dev, cfg.eval_batch_size)[kind.main_metric]
         if score > best:
             best, best_state = score, copy.deepcopy(model.state_dict())

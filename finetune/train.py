@@ -60,6 +60,18 @@ def _batches(items: list, size: int, order: list[int] | None = None):
         yield [items[j] for j in idx[i:i + size]]
 
 
+def _train_step(model: Finetuner, opt, sched, batch: dict, grad_clip: float) -> dict:
+    """One optimiser step on ``batch`` (gradient clipping when ``grad_clip > 0``); the model's outputs."""
+    out = model(batch)
+    opt.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+    return out
+
+
 @torch.no_grad()
 def evaluate(model: Finetuner, features: list[dict], batch_size: int) -> dict[str, float]:
     model.eval()
@@ -111,14 +123,7 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
         for step, chunk in enumerate(_batches(train, bs, order), 1):
             model.train()
             ts = time.time()
-            batch = kind.collate(chunk)
-            out = model(batch)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
+            out = _train_step(model, opt, sched, kind.collate(chunk), cfg.grad_clip)
             train_time += time.time() - ts
             n_seen += len(chunk)
             loss_sum += float(out["loss"].detach())

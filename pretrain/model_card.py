@@ -111,6 +111,13 @@ def _fmt_int(n: Any) -> str:
         return str(n)
 
 
+def _count_cells(s: Any) -> str:
+    """``documents | characters`` table cells of one source / language entry of the corpus stats."""
+    s = s if isinstance(s, dict) else {}
+    return (f"{_fmt_int(s.get('docs', s.get('documents', '-')))} | "
+            f"{_fmt_int(s.get('chars', s.get('characters', '-')))}")
+
+
 def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpus_stats: dict | None,
                 vocab_stats: dict | None, results: dict | None, model_key: str | None,
                 n_params: int, license: str | None = None, files: list[str] | None = None) -> str:
@@ -199,17 +206,13 @@ def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpu
     if srcs:
         lines += ["| source | documents | characters | licence |", "|---|---|---|---|"]
         for name, s in sorted(srcs.items()):
-            s = s if isinstance(s, dict) else {}
-            lines.append(f"| {name} | {_fmt_int(s.get('docs', s.get('documents', '-')))} | "
-                         f"{_fmt_int(s.get('chars', s.get('characters', '-')))} | {lic.get(name, '-')} |")
+            lines.append(f"| {name} | {_count_cells(s)} | {lic.get(name, '-')} |")
         lines += [""]
         langs = (corpus_stats or {}).get("languages") or {}
         if isinstance(langs, dict) and langs:
             lines += ["| language | documents | characters |", "|---|---|---|"]
             for lg, s in sorted(langs.items()):
-                s = s if isinstance(s, dict) else {}
-                lines.append(f"| {lg} | {_fmt_int(s.get('docs', s.get('documents', '-')))} | "
-                             f"{_fmt_int(s.get('chars', s.get('characters', '-')))} |")
+                lines.append(f"| {lg} | {_count_cells(s)} |")
             lines += [""]
         lines += ["Texts used as fine-tuning dev/test sets were excluded from pre-training by the "
                   "pipeline's shared held-out rule (`corpora/heldout.py`).", ""]

@@ -589,25 +589,15 @@ class PackedLoader:
         end = start + int(sh.arr["char_len"][t])
         return start == c, start, end
 
-    def _common_at_or_after(self, doc: int, c: int) -> int:
+    def _common_boundary(self, doc: int, c: int, after: bool) -> int:
+        """The nearest token start common to all streams at or after (``after``) / at or before ``c``."""
         streams = self._streams()
         while True:
             moved = False
             for kd in streams:
-                ok, _, end = self._is_boundary(kd, doc, c)
+                ok, start, end = self._is_boundary(kd, doc, c)
                 if not ok:
-                    c, moved = end, True
-            if not moved:
-                return c
-
-    def _common_at_or_before(self, doc: int, c: int) -> int:
-        streams = self._streams()
-        while True:
-            moved = False
-            for kd in streams:
-                ok, start, _ = self._is_boundary(kd, doc, c)
-                if not ok:
-                    c, moved = start, True
+                    c, moved = (end if after else start), True
             if not moved:
                 return c
 
@@ -622,9 +612,9 @@ class PackedLoader:
             else:
                 c0, c1 = self._doc_char_range(self.data, doc, t0, t1)
                 if t0 > 0:
-                    c0 = self._common_at_or_after(doc, c0)
+                    c0 = self._common_boundary(doc, c0, after=True)
                 if t1 < n:
-                    c1 = self._common_at_or_before(doc, c1)
+                    c1 = self._common_boundary(doc, c1, after=False)
                     sep = False
                 if c1 < c0:
                     c1 = c0
@@ -645,7 +635,7 @@ class PackedLoader:
                 else:
                     sh = kd.shards[int(self.doc_shard[doc])]
                     c_lim = sh.char_at(t0 + room) - int(self.doc_char_start[doc])
-                    it[3] = max(c0, self._common_at_or_before(doc, c_lim))
+                    it[3] = max(c0, self._common_boundary(doc, c_lim, after=False))
                     it[4] = False
                 del items[k + 1:]
                 break

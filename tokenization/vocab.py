@@ -51,32 +51,19 @@ MAX_CHAR_LEN = 255
 # ---------------------------------------------------------------------------------------------
 # shared helpers
 # ---------------------------------------------------------------------------------------------
-def attach_spaces(words: list[str]) -> list[str]:
-    """Merge a lone " " word into the following non-whitespace word.
+def __getattr__(name: str):
+    """``attach_spaces`` lives in ``remote/tokenization_segmented.py`` (the file copied into the
+    saved tokenizer folders), imported on first use because that module imports ``transformers``.
 
-    ``["hello", " ", "world"] -> ["hello", " world"]``. Other whitespace words stay. Same function
-    as in ``remote/tokenization_segmented.py`` (kept identical; a test checks it).
+    ``attach_spaces(["hello", " ", "world"]) -> ["hello", " world"]``: a lone " " word is merged
+    into the following non-whitespace word; other whitespace words stay.
     """
-    out: list[str] = []
-    pending = False
-    for w in words:
-        if w == " ":
-            if pending:
-                out.append(" ")
-            pending = True
-            continue
-        if pending:
-            if w.isspace():
-                out.append(" ")
-                out.append(w)
-            else:
-                out.append(" " + w)
-            pending = False
-        else:
-            out.append(w)
-    if pending:
-        out.append(" ")
-    return out
+    if name == "attach_spaces":
+        from tokenization.remote.tokenization_segmented import attach_spaces
+
+        globals()[name] = attach_spaces  # later look-ups skip this hook
+        return attach_spaces
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _finish(ids: np.ndarray, ends: np.ndarray, word_start: np.ndarray, n_chars: int, unk_id: int, where: str,
@@ -227,6 +214,8 @@ class SegmentedEncoder(_HFEncoder):
             self._cache[u] = (e.ids, [b for _, b in e.offsets])
 
     def encode_batch(self, docs):
+        from tokenization.remote.tokenization_segmented import attach_spaces
+
         cache = self._cache
         all_units = [attach_spaces(w) for w in docs]
         missing = {u for units in all_units for u in units if u not in cache}
@@ -264,6 +253,8 @@ class WordEncoder(TokenEncoder):
         self.inv = {i: t for t, i in self.vocab.items()}
 
     def encode_batch(self, docs):
+        from tokenization.remote.tokenization_segmented import attach_spaces
+
         get, unk = self.vocab.get, self.unk_id
         out = []
         for words in docs:

@@ -26,6 +26,7 @@ from tokenization.config import TokenizationConfig
 from tokenization.ngram import build_lexicon, max_match
 from tokenization.segcache import ensure_segmented, iter_split
 from tokenization.segment import Segmenter, from_config
+from tokenization.shards import _batched
 from tokenization.vocab import (SPECIAL_IDS, attach_spaces, build_char, build_word, learn_sgt,
                                 load_token_encoder, load_vocab_meta, save_segmented_folder)
 
@@ -34,14 +35,7 @@ BATCH = 256
 
 
 def _batches(it, n=BATCH):
-    buf = []
-    for x in it:
-        buf.append(x)
-        if len(buf) >= n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
+    return _batched(it, n)
 
 
 def count_units(run_dir: Path) -> tuple[Counter, Counter, int]:

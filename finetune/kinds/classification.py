@@ -9,8 +9,32 @@ from finetune.kinds.base import TaskKind, classifier, register_kind
 from finetune.metrics import accuracy
 
 
+class SingleLabelKind(TaskKind):
+    """Shared parts of the kinds with one gold class index per feature (``label``): cross-entropy
+    on ``logits``, argmax predictions, accuracy."""
+
+    @staticmethod
+    def add_labels(batch: dict, features) -> dict:
+        if all(f.get("label") is not None for f in features):
+            batch["labels"] = torch.tensor([f["label"] for f in features], dtype=torch.long)
+        return batch
+
+    @staticmethod
+    def logits_output(logits: torch.Tensor, batch: dict) -> dict:
+        out = {"logits": logits}
+        if "labels" in batch:
+            out["loss"] = F.cross_entropy(logits, batch["labels"].to(logits.device))
+        return out
+
+    def predict(self, outputs, batch):
+        return outputs["logits"].argmax(-1).tolist()
+
+    def score(self, predictions, features):
+        return {"acc": accuracy(predictions, [f["label"] for f in features])}
+
+
 @register_kind
-class Classification(TaskKind):
+class Classification(SingleLabelKind):
     name = "classification"
     main_metric = "acc"
     pair = False
@@ -25,20 +49,8 @@ class Classification(TaskKind):
         mc, mb = self.opts.max_chars, self.opts.max_chars_b or self.opts.max_chars
         batch = {"text": [f["text"][:mc] for f in features],
                  "text_b": [f["text_b"][:mb] for f in features] if self.pair else None}
-        if all(f.get("label") is not None for f in features):
-            batch["labels"] = torch.tensor([f["label"] for f in features], dtype=torch.long)
-        return batch
+        return self.add_labels(batch, features)
 
     def forward(self, encoder, batch):
         enc = encoder.encode(batch["text"], batch["text_b"])
-        logits = self.head(enc.pooled)
-        out = {"logits": logits}
-        if "labels" in batch:
-            out["loss"] = F.cross_entropy(logits, batch["labels"].to(logits.device))
-        return out
-
-    def predict(self, outputs, batch):
-        return outputs["logits"].argmax(-1).tolist()
-
-    def score(self, predictions, features):
-        return {"acc": accuracy(predictions, [f["label"] for f in features])}
+        return self.logits_output(self.head(enc.pooled), batch)

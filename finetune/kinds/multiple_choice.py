@@ -7,14 +7,13 @@ Examples may have different numbers of choices (C3 has 2-4); missing ones are ma
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from finetune.kinds.base import TaskKind, classifier, register_kind
-from finetune.metrics import accuracy
+from finetune.kinds.base import classifier, register_kind
+from finetune.kinds.classification import SingleLabelKind
 
 
 @register_kind
-class MultipleChoice(TaskKind):
+class MultipleChoice(SingleLabelKind):
     name = "multiple_choice"
     main_metric = "acc"
 
@@ -35,21 +34,9 @@ class MultipleChoice(TaskKind):
                 b.append(((q + " " if q else "") + ch)[:mb])
                 valid[i, k] = k < len(f["choices"])
         batch = {"text": a, "text_b": b, "valid": valid, "K": K}
-        if all(f.get("label") is not None for f in features):
-            batch["labels"] = torch.tensor([f["label"] for f in features], dtype=torch.long)
-        return batch
+        return self.add_labels(batch, features)
 
     def forward(self, encoder, batch):
         enc = encoder.encode(batch["text"], batch["text_b"])
         logits = self.head(enc.pooled).view(-1, batch["K"])
-        logits = logits.masked_fill(~batch["valid"].to(logits.device), -1e4)
-        out = {"logits": logits}
-        if "labels" in batch:
-            out["loss"] = F.cross_entropy(logits, batch["labels"].to(logits.device))
-        return out
-
-    def predict(self, outputs, batch):
-        return outputs["logits"].argmax(-1).tolist()
-
-    def score(self, predictions, features):
-        return {"acc": accuracy(predictions, [f["label"] for f in features])}
+        return self.logits_output(logits.masked_fill(~batch["valid"].to(logits.device), -1e4), batch)

@@ -212,6 +212,33 @@ def mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels)
 
 
+def weighted_view_loss(fine_logits: torch.Tensor, coarse_logits: torch.Tensor, batch: dict[str, torch.Tensor],
+                       fine_weight: float, coarse_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(fine_weight * fine + coarse_weight * coarse, fine, coarse)``: the two views' mean MLM losses."""
+    fine = mean_ce(fine_logits, batch["fine_labels"])
+    coarse = mean_ce(coarse_logits, batch["coarse_labels"])
+    return fine_weight * fine + coarse_weight * coarse, fine, coarse
+
+
+def view_eval_sums(fine_logits: torch.Tensor, coarse_logits: torch.Tensor,
+                   batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Evaluation sums and counts: ``loss``/``accuracy`` on the fine view, ``coarse_*`` on the coarse one."""
+    fs, fa, fn = ce_sum_count(fine_logits, batch["fine_labels"])
+    cs, ca, cn = ce_sum_count(coarse_logits, batch["coarse_labels"])
+    return {"loss": fs, "loss_count": fn, "accuracy": fa, "accuracy_count": fn,
+            "coarse_loss": cs, "coarse_loss_count": cn, "coarse_accuracy": ca, "coarse_accuracy_count": cn}
+
+
+def validate_masking(c) -> None:
+    """Checks shared by the two-view objectives' configs (``mask_prob``, ``p_mask``/``p_random``, kinds)."""
+    if not 0.0 < c.mask_prob < 1.0:
+        raise ValueError("mask_prob must be between 0 and 1")
+    if c.p_mask < 0 or c.p_random < 0 or c.p_mask + c.p_random > 1.0:
+        raise ValueError("p_mask and p_random must be >= 0 and sum to at most 1")
+    if c.fine_kind == c.coarse_kind:
+        raise ValueError("fine_kind and coarse_kind must differ")
+
+
 def check_kind(ctx: ObjectiveContext, kind: str, option: str, objective: str) -> VocabInfo:
     if kind not in ctx.vocabs:
         raise UserError(
@@ -271,9 +298,22 @@ def multivocab_config(cls, ctx: ObjectiveContext, fine: VocabInfo, coarse: Vocab
 
 
 class MultiVocabExportMixin:
-    """Shared export plumbing: remote code file, coarse tokenizer, meta."""
+    """Shared plumbing of the two-view objectives: consistent masking of both views; export
+    (remote code file, both views' tokenizers, meta)."""
 
     _export_tmp: Optional[tempfile.TemporaryDirectory] = None
+
+    def _masked_views(self, batch: dict[str, np.ndarray], generator: torch.Generator):
+        """Both views of ``batch`` (checked against the position limit), masked consistently:
+        ``(fine, coarse, consistent_mask(...))``."""
+        fine = stream(batch, self.cfg.fine_kind, self.ctx.primary)
+        coarse = stream(batch, self.cfg.coarse_kind, self.ctx.primary)
+        limit = self.model.config.max_position_embeddings
+        check_positions(fine["input_ids"].shape[1], limit, f"the '{self.cfg.fine_kind}' view")
+        check_positions(coarse["input_ids"].shape[1], limit, f"the '{self.cfg.coarse_kind}' view")
+        m = consistent_mask(fine, coarse, self.fine_vocab, self.coarse_vocab, generator, self._masking,
+                            self._fine_random, self._coarse_random)
+        return fine, coarse, m
 
     def _export_extras(self) -> list:
         # export_files() returns flat files copied next to the weights: the modelling code and both
@@ -282,6 +322,20 @@ class MultiVocabExportMixin:
         tmp = Path(self._export_tmp.name)
         return ([REMOTE_FILE] + prefixed_vocab_files(self.fine_vocab.path, tmp, VIEW_PREFIXES["fine"])
                 + prefixed_vocab_files(self.coarse_vocab.path, tmp, VIEW_PREFIXES["coarse"]))
+
+    def export(self):
+        from pretrain.remote.modeling_multivocab import set_auto_map
+
+        set_auto_map(self.model)
+        return self.model
+
+    def export_files(self) -> list:
+        return self._export_extras()
+
+    def export_meta(self) -> dict:
+        return {"trust_remote_code": True, "finetune_adapter": self.finetune_adapter,
+                "fine_kind": self.cfg.fine_kind, "coarse_kind": self.cfg.coarse_kind,
+                "view_tokenizers": dict(VIEW_PREFIXES)}
 
 
 # ---------------------------------------------------------------------------- the objective
@@ -307,12 +361,7 @@ class Ambert(MultiVocabExportMixin, Objective):
         coarse_weight: float = 1.0
 
         def validate(self) -> None:
-            if not 0.0 < self.mask_prob < 1.0:
-                raise ValueError("mask_prob must be between 0 and 1")
-            if self.p_mask < 0 or self.p_random < 0 or self.p_mask + self.p_random > 1.0:
-                raise ValueError("p_mask and p_random must be >= 0 and sum to at most 1")
-            if self.fine_kind == self.coarse_kind:
-                raise ValueError("fine_kind and coarse_kind must differ")
+            validate_masking(self)
 
     def __init__(self, cfg: Config, ctx: ObjectiveContext):
         super().__init__(cfg, ctx)
@@ -328,13 +377,7 @@ class Ambert(MultiVocabExportMixin, Objective):
 
     # ---- data
     def collate(self, batch: dict[str, np.ndarray], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        fine = stream(batch, self.cfg.fine_kind, self.ctx.primary)
-        coarse = stream(batch, self.cfg.coarse_kind, self.ctx.primary)
-        limit = self.model.config.max_position_embeddings
-        check_positions(fine["input_ids"].shape[1], limit, f"the '{self.cfg.fine_kind}' view")
-        check_positions(coarse["input_ids"].shape[1], limit, f"the '{self.cfg.coarse_kind}' view")
-        m = consistent_mask(fine, coarse, self.fine_vocab, self.coarse_vocab, generator, self._masking,
-                            self._fine_random, self._coarse_random)
+        fine, coarse, m = self._masked_views(batch, generator)
         out = {"input_ids": m["fine_input"], "coarse_input_ids": m["coarse_input"]}
         for key, attn in (("attention_mask", fine["attention_mask"]), ("coarse_attention_mask", coarse["attention_mask"])):
             a = mask_or_none(attn)
@@ -356,33 +399,15 @@ class Ambert(MultiVocabExportMixin, Objective):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         fl, cl, _ = self._heads(batch)
-        fine = mean_ce(fl, batch["fine_labels"])
-        coarse = mean_ce(cl, batch["coarse_labels"])
-        loss = self.cfg.fine_weight * fine + self.cfg.coarse_weight * coarse
+        loss, fine, coarse = weighted_view_loss(fl, cl, batch, self.cfg.fine_weight, self.cfg.coarse_weight)
         return {"loss": loss, "mlm_fine": fine.detach(), "mlm_coarse": coarse.detach()}
 
     @torch.no_grad()
     def evaluate(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         fl, cl, _ = self._heads(batch)
-        fs, fa, fn = ce_sum_count(fl, batch["fine_labels"])
-        cs, ca, cn = ce_sum_count(cl, batch["coarse_labels"])
-        return {"loss": fs, "loss_count": fn, "accuracy": fa, "accuracy_count": fn,
-                "coarse_loss": cs, "coarse_loss_count": cn, "coarse_accuracy": ca, "coarse_accuracy_count": cn}
+        return view_eval_sums(fl, cl, batch)
 
-    # ---- export
-    def export(self):
-        from pretrain.remote.modeling_multivocab import set_auto_map
-
-        set_auto_map(self.model)
-        return self.model
-
-    def export_files(self) -> list:
-        return self._export_extras()
-
-    def export_meta(self) -> dict:
-        return {"trust_remote_code": True, "finetune_adapter": self.finetune_adapter,
-                "fine_kind": self.cfg.fine_kind, "coarse_kind": self.cfg.coarse_kind,
-                "view_tokenizers": dict(VIEW_PREFIXES)}
+    # ---- export: MultiVocabExportMixin
 
     def flops_per_token(self) -> float:
         # two passes through the shared layers per window (fine + coarse), counted per fine token

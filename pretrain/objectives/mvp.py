@@ -57,20 +57,12 @@ from pretrain.flops import encoder_mlm_flops_per_token
 from pretrain.models import build_encoder, count_parameters
 from pretrain.objectives.amber import (
     VIEW_PREFIXES, MaskingOptions, MultiVocabExportMixin, ce_sum_count, check_kind, check_positions,
-    consistent_mask, flat_targets, gather_flat, mask_or_none, mean_ce, multivocab_config, random_ids, stream, vocab_needs_remote_code,
+    consistent_mask, flat_targets, gather_flat, mask_or_none, mean_ce, multivocab_config, random_ids, stream, view_eval_sums,
+    validate_masking, vocab_needs_remote_code, weighted_view_loss,
 )
 from pretrain.objectives.base import Objective, ObjectiveContext, register
 
 CHAR_DECODER_FILE = "char_decoder.safetensors"
-
-
-def _validate_masking(c) -> None:
-    if not 0.0 < c.mask_prob < 1.0:
-        raise ValueError("mask_prob must be between 0 and 1")
-    if c.p_mask < 0 or c.p_random < 0 or c.p_mask + c.p_random > 1.0:
-        raise ValueError("p_mask and p_random must be >= 0 and sum to at most 1")
-    if c.fine_kind == c.coarse_kind:
-        raise ValueError("fine_kind and coarse_kind must differ")
 
 
 def group_offsets(first: torch.Tensor) -> torch.Tensor:
@@ -109,7 +101,7 @@ class HiMvp(MultiVocabExportMixin, Objective):
         coarse_weight: float = 1.0  # SGT-vocabulary MLM
 
         def validate(self) -> None:
-            _validate_masking(self)
+            validate_masking(self)
             if self.lower_layers is not None and self.lower_layers < 1:
                 raise ValueError("lower_layers must be at least 1")
 
@@ -134,13 +126,7 @@ class HiMvp(MultiVocabExportMixin, Objective):
         self._coarse_ratio = 0.7  # running SGT/char length ratio (for FLOPs)
 
     def collate(self, batch, generator):
-        fine = stream(batch, self.cfg.fine_kind, self.ctx.primary)
-        coarse = stream(batch, self.cfg.coarse_kind, self.ctx.primary)
-        limit = self.model.config.max_position_embeddings
-        check_positions(fine["input_ids"].shape[1], limit, f"the '{self.cfg.fine_kind}' view")
-        check_positions(coarse["input_ids"].shape[1], limit, f"the '{self.cfg.coarse_kind}' view")
-        m = consistent_mask(fine, coarse, self.fine_vocab, self.coarse_vocab, generator, self._masking,
-                            self._fine_random, self._coarse_random)
+        fine, coarse, m = self._masked_views(batch, generator)
         out = {"input_ids": m["fine_input"], "coarse_index": m["first"],
                "coarse_attention_mask": coarse["attention_mask"]}
         a = mask_or_none(fine["attention_mask"])
@@ -163,9 +149,7 @@ class HiMvp(MultiVocabExportMixin, Objective):
 
     def forward(self, batch):
         fl, cl = self._heads(batch)
-        fine = mean_ce(fl, batch["fine_labels"])
-        coarse = mean_ce(cl, batch["coarse_labels"])
-        loss = self.cfg.fine_weight * fine + self.cfg.coarse_weight * coarse
+        loss, fine, coarse = weighted_view_loss(fl, cl, batch, self.cfg.fine_weight, self.cfg.coarse_weight)
         if self.cfg.char_head_on == "lower":
             # the fused character decoder is not in this loss; a zero term keeps its parameters in the
             # graph so DDP (no find_unused_parameters) sees a gradient for every parameter
@@ -176,24 +160,11 @@ class HiMvp(MultiVocabExportMixin, Objective):
     @torch.no_grad()
     def evaluate(self, batch):
         fl, cl = self._heads(batch)
-        fs, fa, fn = ce_sum_count(fl, batch["fine_labels"])
-        cs, ca, cn = ce_sum_count(cl, batch["coarse_labels"])
-        return {"loss": fs, "loss_count": fn, "accuracy": fa, "accuracy_count": fn,
-                "coarse_loss": cs, "coarse_loss_count": cn, "coarse_accuracy": ca, "coarse_accuracy_count": cn}
+        return view_eval_sums(fl, cl, batch)
 
-    def export(self):
-        from pretrain.remote.modeling_multivocab import set_auto_map
-
-        set_auto_map(self.model)
-        return self.model
-
-    def export_files(self) -> list:
-        return self._export_extras()
-
+    # export / export_files: MultiVocabExportMixin
     def export_meta(self) -> dict:
-        return {"trust_remote_code": True, "finetune_adapter": self.finetune_adapter,
-                "fine_kind": self.cfg.fine_kind, "coarse_kind": self.cfg.coarse_kind,
-                "view_tokenizers": dict(VIEW_PREFIXES), "reconstruction": True}
+        return {**super().export_meta(), "reconstruction": True}
 
     def flops_per_token(self) -> float:
         # per char token: lower layers at char length, upper layers at SGT length
@@ -261,7 +232,7 @@ class AlMvp(MultiVocabExportMixin, Objective):
         align_max_tokens: int = 1024  # (b) SGT tokens per batch in the alignment loss (random subset)
 
         def validate(self) -> None:
-            _validate_masking(self)
+            validate_masking(self)
             if self.max_offset < 1 or self.align_max_tokens < 2 or self.temperature <= 0:
                 raise ValueError("max_offset >= 1, align_max_tokens >= 2 and temperature > 0 required")
 
@@ -390,14 +361,12 @@ class AlMvp(MultiVocabExportMixin, Objective):
     # ---- export
     def export(self):
         if self.cfg.reading == "b":
-            from pretrain.remote.modeling_multivocab import set_auto_map
-
-            set_auto_map(self.model)
+            return super().export()  # MultiVocabExportMixin: the remote modelling code
         return self.model
 
     def export_files(self) -> list:
         if self.cfg.reading == "b":
-            return self._export_extras()
+            return super().export_files()
         # reading a: a stock BertForMaskedLM (the SGT tokenizer is the primary one when data.kind is
         # the coarse kind) + the pre-trained character decoder
         from safetensors.torch import save_file
