@@ -83,6 +83,16 @@ def card_license(corpus_stats: dict | None, requested: str | None) -> dict[str, 
     return {"license": "apache-2.0"}
 
 
+def licence_text(corpus_stats: dict | None, front: dict) -> str:
+    """The LICENSE file published next to a card whose licence is ``other``."""
+    lines = [f"Licence of this model: {front.get('license_name', front.get('license'))}", "",
+             "The weights were trained on the corpora below. Some are available for research use only, "
+             "so the weights are offered for research use only as well.", ""]
+    for name, lic in sorted(_licences(corpus_stats).items()):
+        lines.append(f"- {name}: {lic}")
+    return "\n".join(lines) + "\n"
+
+
 def model_index(name: str, results: dict | None, model_key: str | None) -> list[dict]:
     """The ``model-index`` block: one entry per fine-tuning task, values equal to results.json."""
     if not results or not model_key or model_key not in results.get("models", {}):
@@ -114,8 +124,8 @@ def _fmt_int(n: Any) -> str:
 def _count_cells(s: Any) -> str:
     """``documents | characters`` table cells of one source / language entry of the corpus stats."""
     s = s if isinstance(s, dict) else {}
-    return (f"{_fmt_int(s.get('docs', s.get('documents', '-')))} | "
-            f"{_fmt_int(s.get('chars', s.get('characters', '-')))}")
+    return (f"{_fmt_int(s.get('kept_docs', s.get('docs', s.get('documents', '-'))))} | "
+            f"{_fmt_int(s.get('kept_chars', s.get('chars', s.get('characters', '-'))))}")
 
 
 def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpus_stats: dict | None,
@@ -208,7 +218,7 @@ def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpu
         for name, s in sorted(srcs.items()):
             lines.append(f"| {name} | {_count_cells(s)} | {lic.get(name, '-')} |")
         lines += [""]
-        langs = (corpus_stats or {}).get("languages") or {}
+        langs = (corpus_stats or {}).get("languages") or (corpus_stats or {}).get("by_lang") or {}
         if isinstance(langs, dict) and langs:
             lines += ["| language | documents | characters |", "|---|---|---|"]
             for lg, s in sorted(langs.items()):

@@ -125,7 +125,7 @@ def locate_results(export: Path, explicit: Path | None) -> tuple[dict | None, st
 def build_folder(export: Path, out: Path, repo_id: str, results_path: Path | None = None,
                  license: str | None = None) -> Path:
     """Write the publishable folder for ``export`` into ``out`` (atomically)."""
-    from pretrain.model_card import render_card
+    from pretrain.model_card import card_license, licence_text, render_card
 
     refuse_pickles(export)
     weights, n_params = check_safetensors(export)
@@ -169,10 +169,14 @@ def build_folder(export: Path, out: Path, repo_id: str, results_path: Path | Non
             sub["models"] = {key: results["models"][key]}
             (tmp / "eval_results.json").write_text(json.dumps(sub, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
             copied.append("eval_results.json")
+        lic = card_license(corpus_stats, license)
+        written_extra = ["README.md"] + (["LICENSE"] if lic.get("license_link") == "LICENSE" else [])
         card = render_card(repo_id=repo_id, meta=meta, pretrain_config=pre_cfg, corpus_stats=corpus_stats,
                            vocab_stats=vocab_stats, results=results, model_key=key, n_params=n_params,
-                           license=license, files=sorted(copied + ["README.md"]))
+                           license=license, files=sorted(copied + written_extra))
         (tmp / "README.md").write_text(card, encoding="utf-8")
+        if "LICENSE" in written_extra:
+            (tmp / "LICENSE").write_text(licence_text(corpus_stats, lic), encoding="utf-8")
     return out
 
 

@@ -113,6 +113,7 @@ def test_model_card_front_matter_matches_results(tmp_path):
     assert fm["library_name"] == "transformers" and fm["pipeline_tag"] == "fill-mask"
     assert set(fm["language"]) == {"en", "yue", "zh"}
     assert fm["license"] == "other"  # research-use corpus source
+    assert "research use (PKU)" in (out / "LICENSE").read_text(encoding="utf-8")
     results = json.loads((tmp_path / "finetune" / "report" / "results.json").read_text())
     got = {r["task"]["name"]: r["metrics"][0]["value"] for r in fm["model-index"][0]["results"]}
     want = {t: v["mean"] for t, v in results["models"]["mlm"]["results"].items()}
@@ -188,3 +189,20 @@ def test_run_folder_publishes_every_model(tmp_path):
     assert main([str(tmp_path), "--repo-id", "me/{run}-{model}"]) == 0
     assert (tmp_path / "publish" / "mlm" / "README.md").is_file()
     assert (tmp_path / "publish" / "ntp" / "README.md").is_file()
+
+
+def test_card_reads_the_corpus_stage_stats_layout(tmp_path):
+    """The corpus stage writes by_lang / by_source with kept_docs / kept_chars."""
+    export = make_run(tmp_path)
+    (tmp_path / "corpus" / "stats.json").write_text(json.dumps({
+        "by_lang": {"zh": {"docs": 7, "chars": 700}, "en": {"docs": 2, "chars": 90}},
+        "by_source": {"pd1998": {"kept_docs": 7, "kept_chars": 700, "licence": "research use only"},
+                      "english": {"kept_docs": 2, "kept_chars": 90, "licence": "PSF"}},
+        "licences": {"pd1998": "research use only", "english": "PSF"},
+    }))
+    out = build_folder(export, tmp_path / "pub", "me/x")
+    card = (out / "README.md").read_text(encoding="utf-8")
+    fm = parse_front_matter(card)
+    assert fm["language"] == ["en", "zh"] and fm["datasets"] == ["english", "pd1998"]
+    assert "| pd1998 | 7 | 700 | research use only |" in card
+    assert "| zh | 7 | 700 |" in card
