@@ -145,6 +145,9 @@ def build_folder(export: Path, out: Path, repo_id: str, results_path: Path | Non
         for w in weights:
             shutil.copy2(w, tmp / w.name)
             copied.append(w.name)
+        for idx in sorted(export.glob("*.safetensors.index.json")):  # sharded weights load only with it
+            shutil.copy2(idx, tmp / idx.name)
+            copied.append(idx.name)
         for name in COPY_FILES:
             if (export / name).is_file():
                 shutil.copy2(export / name, tmp / name)

@@ -128,7 +128,9 @@ class Metrics:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(out / "tb"), purge_step=resume_step)
+                # events at steps >= purge_step are dropped; the records of the resume step itself are
+                # kept in metrics.jsonl and never rewritten, so keep them in tensorboard too
+                self.tb = SummaryWriter(str(out / "tb"), purge_step=None if resume_step is None else resume_step + 1)
             except ImportError:  # tensorboard not installed: jsonl only
                 log.warning("tensorboard is not installed; writing metrics.jsonl only")
 

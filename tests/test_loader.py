@@ -156,6 +156,15 @@ def test_mixing_proportions(shards):
         PackedLoader(shards, "char", "train", 64, 8, mixing={"fr": 2.0})
 
 
+def test_mixing_weight_for_a_language_missing_from_valid(shards):
+    # the train split has 'en' documents, the small valid split does not: one pretrain config's
+    # mixing serves both loaders, so the valid loader must not reject the weight
+    mix = {"alpha": 0.5, "en": 2.0, "source:big": 0.5}
+    PackedLoader(shards, "char", "train", 16, 2, mixing=mix)
+    v = PackedLoader(shards, "char", "valid", 16, 2, mixing=mix)
+    assert len(v) > 0 and "en" not in {g["lang"] for g in v.describe()}
+
+
 def test_group_probabilities_temperature():
     keys = [("zh", "a"), ("zh", "b"), ("en", "c")]
     counts = [{"chars": 600, "tokens": 0, "docs": 0}, {"chars": 300, "tokens": 0, "docs": 0},

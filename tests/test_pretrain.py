@@ -178,3 +178,25 @@ def test_configs_load(path, tmp_path):
     _build(cls.Config, dict(cfg.objective_options), str(path))
     stem = path.stem.rsplit("-", 1)[0]
     assert cfg.out_name == stem, f"{path.name}: name must equal the file stem '{stem}' (the Makefile relies on it)"
+
+
+def test_resume_keeps_the_resume_steps_tensorboard_events(tmp_path):
+    # records of the checkpoint's own step stay in metrics.jsonl and are not rewritten after a
+    # resume, so tensorboard must not purge them either (purge_step = resume step + 1)
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pretrain.trainer import Metrics
+
+    m = Metrics(tmp_path, True, True, None)
+    for s in (1, 2, 3, 4):
+        m.write({"step": s, "loss": float(s)}, "train")
+    m.write({"step": 6, "loss": 6.0}, "train")  # after the checkpoint: recomputed on resume
+    m.close()
+    m = Metrics(tmp_path, True, True, 4)
+    m.write({"step": 5, "loss": 5.0}, "train")
+    m.close()
+    ea = EventAccumulator(str(tmp_path / "tb"))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("train/loss")] == [1, 2, 3, 4, 5]
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]

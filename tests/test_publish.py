@@ -206,3 +206,18 @@ def test_card_reads_the_corpus_stage_stats_layout(tmp_path):
     assert fm["language"] == ["en", "zh"] and fm["datasets"] == ["english", "pd1998"]
     assert "| pd1998 | 7 | 700 | research use only |" in card
     assert "| zh | 7 | 700 |" in card
+
+
+def test_sharded_weights_publish_with_their_index(tmp_path):
+    from transformers import AutoModelForMaskedLM
+
+    export = make_run(tmp_path)
+    m = AutoModelForMaskedLM.from_pretrained(export)
+    (export / "model.safetensors").unlink()
+    m.save_pretrained(export, max_shard_size="20KB")  # model-0000k-of-0000n.safetensors + index
+    assert (export / "model.safetensors.index.json").is_file()
+    out = build_folder(export, tmp_path / "pub", "me/x")
+    assert (out / "model.safetensors.index.json").is_file()
+    again = AutoModelForMaskedLM.from_pretrained(out)
+    for (k, a), (_, b) in zip(m.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k

@@ -361,7 +361,9 @@ class PackedLoader:
             self.g_probs = np.ones(G)
             self.g_draws = self.g_windows.copy()
         else:
-            self.g_probs = group_probabilities(keys, counts, self.mixing)
+            # a weight for a language/source the split lacks is a typo on the training split, but
+            # normal on a small validation split (one mixing config serves both)
+            self.g_probs = group_probabilities(keys, counts, self.mixing, strict=self.split == "train")
             active = self.g_probs > 0
             total = int(self.g_windows[active].sum())
             self.g_draws = _largest_remainder(self.g_probs, total)
