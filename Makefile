@@ -44,7 +44,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 help:  ## list targets and variables
 	@echo "Targets:"
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables (current value):"
 	@echo "  RUN=$(RUN)  run folder runs/RUN/"
