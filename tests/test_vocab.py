@@ -311,3 +311,18 @@ def test_no_token_text_and_long_whitespace_keep_char_len(built):
     ids, cl, ws = enc.encode_words(words)  # 600 dropped spaces before one token: [UNK] fillers
     assert int(cl.astype(np.int64).sum()) == 601 and cl.max() <= MAX_CHAR_LEN
     assert ids.tolist()[-1] == enc.tk.token_to_id("中") and ids.tolist()[:-1] == [1, 1]
+
+
+def test_char_vocab_ids_do_not_depend_on_trainer_tie_order(tmp_path):
+    """The WordPiece trainer numbers equal-count tokens in hash-map order; the saved ids must not."""
+    from tokenization.vocab import build_char, canonical_wordpiece_order
+
+    one = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "中": 5, "a": 6, "##b": 7, "##a": 8}
+    two = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "##a": 5, "a": 6, "中": 7, "##b": 8}
+    assert canonical_wordpiece_order(one) == canonical_wordpiece_order(two) == [
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "中", "##a", "##b"]
+    texts = ["我们在北京学习中文 hello world 2024", "他们 played football, 足球 and go 围棋"] * 50
+    build_char(iter(texts), tmp_path / "a", vocab_size=120)
+    vocab = json.loads((tmp_path / "a" / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    ordered = [t for t, _ in sorted(vocab.items(), key=lambda x: x[1])]
+    assert ordered == canonical_wordpiece_order(vocab)

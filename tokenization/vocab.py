@@ -318,6 +318,18 @@ def _check_specials(vocab: dict[str, int], where: str) -> None:
             raise RuntimeError(f"{where}: special token {t} has id {vocab.get(t)}, expected {i}")
 
 
+def canonical_wordpiece_order(vocab: dict[str, int]) -> list[str]:
+    """Tokens in a deterministic order: specials first (their fixed ids), then word-initial pieces, then
+    ``##`` continuations, each sorted by string.
+
+    The ``tokenizers`` WordPiece trainer breaks frequency ties in hash-map order, so two builds from the
+    same corpus can number the same token set differently; ids must not depend on that.
+    """
+    specials = [t for t, _ in sorted(((t, i) for t, i in vocab.items() if t in SPECIALS), key=lambda x: x[1])]
+    rest = sorted((t for t in vocab if t not in SPECIALS), key=lambda t: (t.startswith("##"), t))
+    return specials + rest
+
+
 def build_char(texts: Iterable[str], out_dir: Path, vocab_size: int, lowercase: bool = True,
                char_counts: Counter | None = None, min_char_count: int = 1) -> dict:
     """Train a BERT WordPiece vocabulary (CJK characters split, ``##`` continuations) into ``out_dir``.
@@ -344,7 +356,7 @@ def build_char(texts: Iterable[str], out_dir: Path, vocab_size: int, lowercase: 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         vf = Path(tmp) / "vocab.txt"
-        vf.write_text("".join(t + "\n" for t, _ in sorted(vocab.items(), key=lambda x: x[1])), encoding="utf-8")
+        vf.write_text("".join(t + "\n" for t in canonical_wordpiece_order(vocab)), encoding="utf-8")
         bt = BertTokenizer(vocab=str(vf), do_lower_case=lowercase, tokenize_chinese_chars=True,
                            strip_accents=None, model_max_length=512, split_special_tokens=True,
                            clean_up_tokenization_spaces=False)
