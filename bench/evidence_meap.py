@@ -112,15 +112,17 @@ def main() -> int:
             for variant, mv in res.get(name, {}).items():
                 for task, t in mv["tasks"].items():
                     dst = per_variant.setdefault(variant, {}).setdefault(task, {"accuracy": [], "token_accuracy": [],
-                                                                                "cells": {}})
+                                                                                "cells": {}, "token_cells": {}})
                     dst["accuracy"].append(t["accuracy"]["mean"])
                     dst["token_accuracy"].append(t.get("token_accuracy", {}).get("mean"))
-                    for L, byd in t["by_length"].items():
-                        for d, s in byd.items():
-                            dst["cells"].setdefault(f"{L}|{d}", []).append(s["mean"])
+                    for key, cells in (("by_length", "cells"), ("token_by_length", "token_cells")):
+                        for L, byd in t.get(key, {}).items():
+                            for d, s in byd.items():
+                                dst[cells].setdefault(f"{L}|{d}", []).append(s["mean"])
         summary["retrieval"][obj] = {v: {task: {"accuracy": stats(t["accuracy"]),
                                                 "token_accuracy": stats(t["token_accuracy"]),
-                                                "cells": {k: stats(x) for k, x in t["cells"].items()}}
+                                                "cells": {k: stats(x) for k, x in t["cells"].items()},
+                                                "token_cells": {k: stats(x) for k, x in t["token_cells"].items()}}
                                          for task, t in tasks.items()} for v, tasks in per_variant.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     write_md(summary, out)
@@ -155,11 +157,19 @@ def write_md(s: dict, out: Path) -> None:
         lines.append(f"| {o} | {m['mass_on_masked']['clean']:.4f} → {m['mass_on_masked']['masked']:.4f} | "
                      f"{100 * (r['mass_on_masked'] or 0):+.1f} % | {m['var_unmasked']['clean']:.3g} → "
                      f"{m['var_unmasked']['masked']:.3g} | {100 * (r['var_unmasked'] or 0):+.1f} % |")
-    lines += ["", "![needle by depth](needle_by_depth.png)"]
+    lines += ["", "![needle by depth](needle_by_depth.png)", "",
+              "![needle answer-token accuracy by depth](needle_token_by_depth.png)"]
     (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def plot(s: dict, out: Path) -> None:
+    """``needle_by_depth.png`` (exact match) and ``needle_token_by_depth.png`` (answer-token accuracy)."""
+    for cells_key, fname, ylabel in (("cells", "needle_by_depth.png", "exact match (%)"),
+                                     ("token_cells", "needle_token_by_depth.png", "answer-token accuracy (%)")):
+        _plot_one(s, out, cells_key, fname, ylabel)
+
+
+def _plot_one(s: dict, out: Path, cells_key: str, fname: str, ylabel: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,7 +177,7 @@ def plot(s: dict, out: Path) -> None:
 
     variants = sorted({v for o in ("ntp", "meap") for v in s["retrieval"][o]}, key=lambda v: (v != "none", v))
     lengths = sorted({k.split("|")[0] for o in ("ntp", "meap") for v in s["retrieval"][o].values()
-                      for k in v.get("needle", {}).get("cells", {})}, key=int)
+                      for k in v.get("needle", {}).get(cells_key, {})}, key=int)
     if not variants or not lengths:
         return
     fig, axes = plt.subplots(len(variants), len(lengths), figsize=(4 * len(lengths), 3 * len(variants)), squeeze=False)
@@ -175,18 +185,18 @@ def plot(s: dict, out: Path) -> None:
         for j, L in enumerate(lengths):
             ax = axes[i][j]
             for o in ("ntp", "meap"):
-                cells = s["retrieval"][o].get(v, {}).get("needle", {}).get("cells", {})
+                cells = s["retrieval"][o].get(v, {}).get("needle", {}).get(cells_key, {})
                 xs = sorted((k for k in cells if k.split("|")[0] == L), key=lambda k: float(k.split("|")[1]))
                 ax.errorbar([float(k.split("|")[1]) for k in xs], [cells[k]["mean"] for k in xs],
                             yerr=[cells[k]["std"] for k in xs], marker="o", capsize=3, label=o)
             ax.set_title(f"{'zero-shot' if v == 'none' else 'SFT ' + v}, {L} tokens", fontsize=9)
             ax.set_ylim(-2, 102)
             ax.set_xlabel("depth")
-            ax.set_ylabel("accuracy (%)")
+            ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "needle_by_depth.png", dpi=100)
+    fig.savefig(out / fname, dpi=100)
     plt.close(fig)
 
 

@@ -139,6 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rates", nargs="+", default=["0.1", "0.2"])
     ap.add_argument("--smoke", action="store_true", help="1 seed, 50 steps, small fine-tuning subsets")
     ap.add_argument("--skip-adversarial", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for pre-training (train.threads)")
     ap.add_argument("--step-time", action="store_true", help="only measure the step time of every row")
     ap.add_argument("overrides", nargs="*", help="key=value for the fine-tuning CLI")
     a = ap.parse_args(argv)
@@ -167,6 +168,8 @@ def main(argv=None) -> int:
                        f"name={name}", f"train.seed={seed}", *over]
                 if a.steps:
                     cmd.append(f"train.steps={a.steps}")
+                if a.threads:
+                    cmd.append(f"train.threads={a.threads}")
                 if a.smoke:
                     cmd += SMOKE_PRETRAIN
                 sh(cmd)
@@ -207,14 +210,21 @@ def main(argv=None) -> int:
             "sentiment_acc": stats(sent), "ner_f1": stats(ner), "train_tokens_per_s": stats(tps),
             "train_chars_per_s": stats(cps), "tokens_per_char": tokens_per_char(run_dir, ROWS[row][2]),
             "input": ROWS[row][2], "adversarial_drop": {c: stats(v) for c, v in drops.items()}}
+    # step cost from --step-time (one process, interleaved rows: robust to load from other jobs,
+    # unlike the wall-clock throughput of separate pre-training runs)
+    st_file = run_dir / "evidence" / "multivocab" / "step_time.json"
+    st = json.loads(st_file.read_text(encoding="utf-8")) if st_file.is_file() else {"rows": {}}
+    for row, r in summary["rows"].items():
+        r["step_cost_vs_char_mlm"] = (st["rows"].get(row) or {}).get("ratio")
     conds = sorted({c for r in summary["rows"].values() for c in r["adversarial_drop"]})
     base = summary["rows"].get("mlm")
     lines = [f"# Multi-vocabulary evidence ({a.config}, run {a.run}, seeds {a.seeds}{', SMOKE' if a.smoke else ''})", "",
              "Mean ± std over seeds (pre-training seed = fine-tuning seed). Tokens/char: input stream(s) "
-             "of the model. 'noise' marks a difference to char MLM below the larger std.", "",
-             "| row | sentiment acc | NER F1 | tokens/char | train tok/s | train char/s | "
+             "of the model. 'noise' marks a difference to char MLM below the larger std. Step cost: "
+             "median step time / char MLM's (`--step-time`, same batch and window, one process).", "",
+             "| row | sentiment acc | NER F1 | tokens/char | train tok/s | train char/s | step cost | "
              + " | ".join(f"drop {c}" for c in conds) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(conds)]
+             "|---|---|---|---|---|---|---|" + "---|" * len(conds)]
 
     def noise(row, key):
         r, b = summary["rows"][row][key], (base or {}).get(key)
@@ -227,6 +237,7 @@ def main(argv=None) -> int:
         lines.append(f"| {row} | {fmt(r['sentiment_acc'])}{noise(row, 'sentiment_acc')} | {fmt(r['ner_f1'])}"
                      f"{noise(row, 'ner_f1')} | {tpc} | {fmt(r['train_tokens_per_s'], 0)} | "
                      f"{fmt(r['train_chars_per_s'], 0)} | "
+                     + (f"{r['step_cost_vs_char_mlm']:.2f}x | " if r["step_cost_vs_char_mlm"] else "- | ")
                      + " | ".join(fmt(r["adversarial_drop"].get(c, {"mean": None})) for c in conds) + " |")
     out = run_dir / "evidence" / "multivocab"
     out.mkdir(parents=True, exist_ok=True)

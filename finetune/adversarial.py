@@ -1,7 +1,7 @@
 """Character-perturbation robustness check, in the spirit of MVP-BERT's adversarial evaluation.
 
 ``python -m finetune.adversarial --config configs/finetune/tiny.yaml --models DIR [DIR ...]
-[--task sentiment] [--modes pinyin random] [--rates 0.1 0.2] [key=value ...]``
+[--task sentiment] [--modes pinyin visual random] [--rates 0.1 0.2] [key=value ...]``
 
 For every model (an export folder, ``NAME=DIR`` to name it) and seed: fine-tune on the task's
 train split exactly as the suite does (same encoder adapter, head, optimizer, schedule; best dev
@@ -18,11 +18,17 @@ when the text has any), replace the character by
   character with several readings can be replaced by a homophone of any of them. Characters
   without a homophone in the table are never chosen, so the realised rate can be below ``rate``
   on texts with few common characters (the realised rate is reported).
-* ``random`` -- a random different character of the same table (the random-substitution control).
+* ``visual`` -- a different character of similar shape (形近字: 鸟/岛/鸣, 齐/济/挤), the OCR and
+  handwriting confusion. The table is pycorrector's packaged ``data/same_stroke.txt`` (Apache-2.0;
+  831 groups of mutually similar characters; installed with ``--no-deps`` by ``make setup``, only
+  the data file is read, the package is never imported). As for ``pinyin``, characters outside
+  the table are never chosen and the realised rate is reported.
+* ``random`` -- a random different character of the pinyin table (the random-substitution control).
 
-Visual (same radical / shape) substitutions need a shape table that no installed package ships;
-they are not implemented (say so when quoting the paper). Every perturbation is deterministic: the
-positions and replacements of a text depend only on (seed, mode, rate, text).
+MVP-BERT's exact attack (which similarity lists, which rates) is not published in detail; these
+three modes follow its description (visually or phonetically similar, or random, characters).
+Every perturbation is deterministic: the positions and replacements of a text depend only on
+(seed, mode, rate, text).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from pipeline.log import get_logger, print_table
 
 log = get_logger("finetune.adversarial")
 
-MODES = ("pinyin", "random")
+MODES = ("pinyin", "visual", "random")
 
 
 def _is_cjk(ch: str) -> bool:
@@ -82,6 +88,36 @@ def load_pinyin_table(path: str | None = None) -> dict[str, tuple[str, ...]]:
     return table
 
 
+@lru_cache(maxsize=2)
+def load_shape_table(path: str | None = None) -> dict[str, tuple[str, ...]]:
+    """char -> characters of similar shape (itself excluded), from pycorrector's ``same_stroke.txt``.
+
+    Each line of the file is one group of mutually similar characters (tab-separated); a character
+    in several groups gets the union of them.
+    """
+    if path is None:
+        spec = importlib.util.find_spec("pycorrector")  # locates the package without importing it
+        if spec is None or not spec.submodule_search_locations:
+            raise UserError("the shape-similarity table comes with the pycorrector package: "
+                            "pip install --no-deps pycorrector (make setup)")
+        path = str(Path(spec.submodule_search_locations[0]) / "data" / "same_stroke.txt")
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"shape-similarity table not found: {p}")
+    similar: dict[str, set[str]] = defaultdict(set)
+    with p.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            group = [c for c in line.split() if c]
+            if not group:
+                continue
+            bad = [c for c in group if len(c) != 1 or not _is_cjk(c)]
+            if bad:
+                raise UserError(f"{p}: line {lineno}: expected single CJK characters, got {bad[0]!r}")
+            for c in group:
+                similar[c].update(group)
+    return {c: tuple(sorted(v - {c})) for c, v in similar.items() if v - {c}}
+
+
 class Perturber:
     """Replace ``rate`` of the CJK characters of a text (see the module docstring)."""
 
@@ -91,7 +127,9 @@ class Perturber:
         if not 0.0 < rate <= 1.0:
             raise UserError(f"perturbation rate must be in (0, 1], got {rate}")
         self.mode, self.rate, self.seed = mode, rate, seed
-        self.table = load_pinyin_table() if table is None else table
+        if table is None:
+            table = load_shape_table() if mode == "visual" else load_pinyin_table()
+        self.table = table  # the substitution table of the mode (random: its keys are the pool)
         self.pool = sorted(self.table)
 
     def _rng(self, text: str) -> np.random.Generator:
@@ -103,7 +141,7 @@ class Perturber:
         cjk = [i for i, c in enumerate(text) if _is_cjk(c)]
         if not cjk:
             return text, 0, 0
-        if self.mode == "pinyin":
+        if self.mode != "random":
             cand = [i for i in cjk if self.table.get(text[i])]
         else:
             cand = cjk
@@ -115,7 +153,7 @@ class Perturber:
         chars = list(text)
         for k in sorted(int(p) for p in pos):
             i = cand[k]
-            if self.mode == "pinyin":
+            if self.mode != "random":
                 options = self.table[chars[i]]
             else:
                 options = self.pool
@@ -187,8 +225,28 @@ def score(model, kind, examples: list[dict], batch_size: int) -> float:
     return evaluate(model, kind.features(examples, "test"), batch_size)[kind.main_metric]
 
 
-def run(models: list[tuple[str, str]], cfg, task_name: str, modes: list[str], rates: list[float]) -> dict:
+def _fingerprint(model_dir: str, task_name: str, tcfg, cfg, seed: int, conditions: list) -> str:
+    """What one (model, seed) result depends on: a cached result is reused only when it matches."""
+    import dataclasses
+    import hashlib
+    import json
+
+    key = {"dir": str(Path(model_dir).resolve()), "task": task_name, "seed": seed,
+           "task_cfg": dataclasses.asdict(tcfg) if dataclasses.is_dataclass(tcfg) else repr(tcfg),
+           "lr": cfg.lrs[0], "epochs": cfg.epochs[0], "batch_size": cfg.batch_size,
+           "conditions": [f"{m}@{r:g}" for m, r in conditions]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run(models: list[tuple[str, str]], cfg, task_name: str, modes: list[str], rates: list[float],
+        cache_dir: Path | None = None) -> dict:
+    """Fine-tune and score every (model, seed). With ``cache_dir``, each (model, seed) result is
+    written there as soon as it is done and reused by a re-run with the same inputs, so an
+    interrupted check resumes where it stopped."""
+    import json
+
     from finetune.tasks import load_task
+    from pipeline.runs import atomic_write_json
 
     tcfgs = [t for t in cfg.tasks if t.name == task_name]
     if not tcfgs:
@@ -206,12 +264,24 @@ def run(models: list[tuple[str, str]], cfg, task_name: str, modes: list[str], ra
     for name, d in models:
         per = {"clean": []} | {f"{m}@{r:g}": [] for m, r in conditions}
         for seed in cfg.seeds:
-            log.info("%s: fine-tuning on %s, seed %d", name, task_name, seed)
-            model, kind = train_model(d, task, tcfg, cfg, seed)
-            res["metric"] = kind.main_metric
-            per["clean"].append(score(model, kind, task.test, cfg.eval_batch_size))
-            for m, r in conditions:
-                per[f"{m}@{r:g}"].append(score(model, kind, perturbed[(m, r)], cfg.eval_batch_size))
+            fp = _fingerprint(d, task_name, tcfg, cfg, seed, conditions)
+            part = cache_dir / f"{name}-seed{seed}.json" if cache_dir is not None else None
+            cached = json.loads(part.read_text(encoding="utf-8")) if part is not None and part.is_file() else None
+            if cached is not None and cached.get("fingerprint") == fp:
+                log.info("%s: seed %d done before (%s), reused", name, seed, part)
+                vals, res["metric"] = cached["values"], cached["metric"]
+            else:
+                log.info("%s: fine-tuning on %s, seed %d", name, task_name, seed)
+                model, kind = train_model(d, task, tcfg, cfg, seed)
+                res["metric"] = kind.main_metric
+                vals = {"clean": score(model, kind, task.test, cfg.eval_batch_size)}
+                for m, r in conditions:
+                    vals[f"{m}@{r:g}"] = score(model, kind, perturbed[(m, r)], cfg.eval_batch_size)
+                if part is not None:
+                    atomic_write_json(part, {"fingerprint": fp, "model": name, "dir": d, "seed": seed,
+                                             "metric": kind.main_metric, "values": vals})
+            for c in per:
+                per[c].append(vals[c])
         drops = {c: [cl - v for cl, v in zip(per["clean"], vals)] for c, vals in per.items() if c != "clean"}
         res["models"][name] = {"dir": d, "values": per, "drop": drops,
                                "mean": {c: statistics.fmean(v) for c, v in per.items()},
@@ -259,8 +329,8 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(cfg.threads)
     models = [model_name(s) for s in specs]
-    res = run(models, cfg, args.task, args.modes, args.rates)
     out = Path(cfg.runs_root) / cfg.run / "finetune" / "adversarial"
+    res = run(models, cfg, args.task, args.modes, args.rates, cache_dir=out / "parts")
     atomic_write_json(out / "results.json", res)
     md = report_md(res)
     atomic_write_text(out / "report.md", md)

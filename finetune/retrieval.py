@@ -355,13 +355,17 @@ def score_generate(model, items: Sequence[Item], *, suppress: Sequence[int] = ()
 def summarise(items: Sequence[Item], scores: Sequence[dict]) -> dict:
     """Accuracy (%) by task, length and depth; also overall per task."""
     cells: dict[tuple, list[float]] = {}
+    tcells: dict[tuple, list[float]] = {}
     for it, s in zip(items, scores):
         key = (it.task, it.length, it.position if it.task == "mdqa" else it.depth)
         cells.setdefault(key, []).append(100.0 * s["correct"])
+        tcells.setdefault(key, []).append(100.0 * s["token_acc"])
     out: dict = {}
     for (task, length, d), v in sorted(cells.items()):
-        t = out.setdefault(task, {"by_length": {}, "n": 0})
+        t = out.setdefault(task, {"by_length": {}, "token_by_length": {}, "n": 0})
         t["by_length"].setdefault(str(length), {})[str(d)] = sum(v) / len(v)
+        tv = tcells[(task, length, d)]
+        t["token_by_length"].setdefault(str(length), {})[str(d)] = sum(tv) / len(tv)
         t["n"] += len(v)
     for task, t in out.items():
         vals = [100.0 * s["correct"] for it, s in zip(items, scores) if it.task == task]
@@ -503,18 +507,21 @@ def aggregate(results: list[dict]) -> dict:
         mv["seeds"].append(r["seed"])
         mv["clean_eval"] = r.get("clean_eval") or {}
         for task, t in r["tasks"].items():
-            dst = mv["tasks"].setdefault(task, {"accuracy": [], "token_accuracy": [], "by_length": {}})
+            dst = mv["tasks"].setdefault(task, {"accuracy": [], "token_accuracy": [], "by_length": {},
+                                                "token_by_length": {}})
             dst["accuracy"].append(t["accuracy"])
             dst["token_accuracy"].append(t.get("token_accuracy", float("nan")))
-            for L, byd in t["by_length"].items():
-                for d, acc in byd.items():
-                    dst["by_length"].setdefault(L, {}).setdefault(d, []).append(acc)
+            for key in ("by_length", "token_by_length"):
+                for L, byd in t.get(key, {}).items():
+                    for d, acc in byd.items():
+                        dst[key].setdefault(L, {}).setdefault(d, []).append(acc)
     for mv_all in agg.values():
         for mv in mv_all.values():
             for t in mv["tasks"].values():
                 t["accuracy"] = _stats(t["accuracy"])
                 t["token_accuracy"] = _stats(t["token_accuracy"])
-                t["by_length"] = {L: {d: _stats(v) for d, v in byd.items()} for L, byd in t["by_length"].items()}
+                for key in ("by_length", "token_by_length"):
+                    t[key] = {L: {d: _stats(v) for d, v in byd.items()} for L, byd in t[key].items()}
     return agg
 
 
@@ -587,8 +594,12 @@ def report(agg: dict, cfg: RetrievalConfig, out_dir: Path, pngs: list[Path]) -> 
                 lines.append(f"| {'tokens' if task == 'needle' else 'docs'} \\ {head} | " + " | ".join(cols) + " |")
                 lines.append("| --- " * (len(cols) + 1) + "|")
                 for L, byd in sorted(t["by_length"].items(), key=lambda kv: int(kv[0])):
+                    tok = t.get("token_by_length", {}).get(L, {})
                     lines.append(f"| {L} | " + " | ".join(
-                        f"{byd[c]['mean']:.1f}" if c in byd else "-" for c in cols) + " |")
+                        (f"{byd[c]['mean']:.1f}" + (f" ({tok[c]['mean']:.0f})" if c in tok else "")) if c in byd
+                        else "-" for c in cols) + " |")
+                lines.append("")
+                lines.append("Cells: exact-match accuracy (%), in brackets the answer-token accuracy (%).")
                 lines.append("")
     lines += [f"![{p.stem}]({p.name})" for p in pngs]
     text = "\n".join(lines) + "\n"

@@ -237,3 +237,41 @@ split: {valid_fraction: 0.1}
         tr = {heldout_key(e["text"]) for e in t.train}
         assert not (ev & corpus), f"{name}: evaluation text in the pre-training corpus"
         assert tr & corpus, f"{name}: the check would be vacuous"
+
+
+def test_adversarial_check_resumes_per_model_and_seed(setup, tmp_path):
+    """The perturbation check stores each (model, seed) as it finishes and reuses it on a re-run
+    with the same inputs; changed inputs (here the rates) recompute it."""
+    from finetune import adversarial
+
+    root, model, _ = setup
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(f"""
+run: t
+runs_root: {tmp_path / 'runs'}
+tasks:
+  - {{name: chnsenticorp, data_dir: {root / 'data' / 'chnsenticorp'}, max_chars: 32, max_train: 8}}
+lrs: [1.0e-3]
+epochs: [1]
+seeds: [1]
+batch_size: 8
+device: cpu
+threads: 1
+""", encoding="utf-8")
+    argv = ["--config", str(cfg), "--task", "chnsenticorp", "--modes", "pinyin", "random", "--rates", "0.5",
+            "--models", f"m={model}"]
+    assert adversarial.main(argv) == 0
+    out = tmp_path / "runs" / "t" / "finetune" / "adversarial"
+    res = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert res["conditions"] == ["pinyin@0.5", "random@0.5"] and set(res["models"]) == {"m"}
+    vals = res["models"]["m"]["values"]
+    assert set(vals) == {"clean", "pinyin@0.5", "random@0.5"} and all(len(v) == 1 for v in vals.values())
+    assert res["models"]["m"]["drop"]["random@0.5"] == [vals["clean"][0] - vals["random@0.5"][0]]
+    part = out / "parts" / "m-seed1.json"
+    mtime = part.stat().st_mtime_ns
+    assert adversarial.main(argv) == 0
+    assert part.stat().st_mtime_ns == mtime  # reused, not recomputed
+    assert json.loads((out / "results.json").read_text(encoding="utf-8")) == res
+    assert adversarial.main(argv[:-3] + ["0.2", "--models", f"m={model}"]) == 0
+    assert part.stat().st_mtime_ns != mtime  # other rates: recomputed
+    assert json.loads((out / "results.json").read_text(encoding="utf-8"))["conditions"] == ["pinyin@0.2", "random@0.2"]

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from finetune.adversarial import Perturber, _is_cjk, load_pinyin_table, report_md
+from finetune.adversarial import Perturber, _is_cjk, load_pinyin_table, load_shape_table, report_md
 from pipeline.errors import UserError
 
 TABLE = {"中": ("钟", "忠"), "钟": ("中", "忠"), "忠": ("中", "钟"), "国": ("果",), "果": ("国",), "人": ()}
@@ -53,6 +53,30 @@ def test_packaged_pinyin_table():
     assert "钟" in t["中"] and "中" not in t["中"]
     out, n, m = Perturber("pinyin", 0.2, seed=1).perturb("这家酒店的服务很好，房间也干净。")
     assert n >= 1 and out != "这家酒店的服务很好，房间也干净。"
+
+
+def test_visual_mode_uses_shape_groups(tmp_path):
+    f = tmp_path / "same_stroke.txt"
+    f.write_text("鸟\t岛\t鸣\n齐\t济\n鸣\t呜\n", encoding="utf-8")
+    t = load_shape_table(str(f))
+    assert t["鸟"] == ("岛", "鸣") and set(t["鸣"]) == {"鸟", "岛", "呜"}  # union over groups
+    p = Perturber("visual", 1.0, seed=2, table=t)
+    out, n, m = p.perturb("鸟齐人")
+    assert (n, m) == (2, 3) and out[2] == "人"  # 人 has no similar shape: never chosen
+    assert out[0] in t["鸟"] and out[1] == "济"
+    bad = tmp_path / "bad.txt"
+    bad.write_text("鸟\t岛\nab\t鸟\n", encoding="utf-8")
+    with pytest.raises(UserError, match="line 2"):
+        load_shape_table(str(bad))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pycorrector") is None, reason="pycorrector not installed (make setup)")
+def test_packaged_shape_table():
+    t = load_shape_table()
+    assert len(t) > 1500 and all(_is_cjk(c) for c in t)
+    assert "岛" in t["鸟"] and "鸟" not in t["鸟"]
+    out, n, m = Perturber("visual", 0.3, seed=0).perturb("这只鸟在岛上鸣叫，黑色的羽毛。")
+    assert n >= 1 and out != "这只鸟在岛上鸣叫，黑色的羽毛。"
 
 
 def test_report_table():

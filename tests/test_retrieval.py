@@ -140,6 +140,10 @@ def test_teacher_forced_scoring_and_summary(tmp_path):
     summ = summarise(items, scores)
     assert 0 <= summ["needle"]["token_accuracy"] <= 100
     assert summ["needle"]["n"] == 6 and set(summ["needle"]["by_length"]["60"]) == {"0.0", "0.5", "1.0"}
+    # token accuracy by depth: the mean of the items' token accuracies in each cell
+    for d in ("0.0", "0.5", "1.0"):
+        cell = [100.0 * s["token_acc"] for it, s in zip(items, scores) if str(it.depth) == d]
+        assert summ["needle"]["token_by_length"]["60"][d] == pytest.approx(sum(cell) / len(cell))
     # without suppression the [MASK] logit never wins here (10 > 5), so the results agree
     assert [s["correct"] for s in score_teacher_forced(model, items, pad_id=0, batch_size=3)] == \
         [s["correct"] for s in scores]
