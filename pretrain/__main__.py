@@ -45,6 +45,7 @@ def dry_run(cfg) -> int:
     act_bytes = 2 if gpu and t.mixed_precision in ("auto", "bf16", "fp16") else 4
     state = 16 * n  # fp32 weights + grads + AdamW moments
     act = activation_bytes(micro, cfg.data.seq_len, hidden, layers, heads, act_bytes)
+    act_fused = activation_bytes(micro, cfg.data.seq_len, hidden, layers, heads, act_bytes, attention_matrix=False)
     logits = micro * cfg.data.seq_len * ctx.vocab.padded_size * 4 * (1.0 if obj.model_type == "decoder" else 0.2)
     shards = shards_root(cfg) / cfg.data.kind
     rows = [
@@ -60,7 +61,9 @@ def dry_run(cfg) -> int:
         ["FLOPs per token (training)", f"{fpt:.3e}" if fpt else "unknown"],
         ["total FLOPs", f"{fpt * total_tokens:.3e}" if fpt else "unknown"],
         ["memory: weights+grads+AdamW", f"{state / 2**30:.2f} GiB"],
-        ["memory: activations per micro-batch (est.)", f"{(act + logits) / 2**30:.2f} GiB"],
+        ["memory: activations per micro-batch (est.)",
+         f"{(act + logits) / 2**30:.2f} GiB with s×s attention matrices (eager); "
+         f"{(act_fused + logits) / 2**30:.2f} GiB with fused SDPA/flash"],
         ["shards", f"{shards} ({'present' if shards.is_dir() else 'missing: run make shards'})"],
     ]
     print_table(f"pretrain dry run: {cfg.out_name}", ["item", "value"], rows)

@@ -65,8 +65,9 @@ def mfu(flops_per_token: float, tokens_per_s: float, n_devices: int, peak: float
 
 
 def activation_bytes(micro_batch: int, seq_len: int, hidden: int, layers: int, heads: int,
-                     bytes_per_value: int = 2) -> float:
+                     bytes_per_value: int = 2, attention_matrix: bool = True) -> float:
     """Activation memory of one micro-batch (Korthikanti et al. 2022: ``s·b·h·(34 + 5·a·s/h)`` per layer
-    in 16-bit); scaled by ``bytes_per_value / 2`` for fp32. SDPA/flash kernels store less (no s² term)."""
-    per_layer = seq_len * micro_batch * hidden * (34 + 5 * heads * seq_len / hidden)
+    in 16-bit); scaled by ``bytes_per_value / 2`` for fp32. ``attention_matrix=False`` drops the
+    ``5·a·s/h`` term: fused SDPA/flash kernels do not store the s×s attention matrix."""
+    per_layer = seq_len * micro_batch * hidden * (34 + (5 * heads * seq_len / hidden if attention_matrix else 0))
     return layers * per_layer * bytes_per_value / 2

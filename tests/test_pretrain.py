@@ -148,6 +148,16 @@ def test_export_round_trip(tmp_path, objective, auto):
     assert train(cfg, loader_factory=SyntheticLoader).step == 3
 
 
+def test_activation_estimate_terms():
+    from pretrain.flops import activation_bytes
+
+    # Korthikanti et al.: s*b*h*(34 + 5*a*s/h) bytes per layer in 16-bit
+    s, b, h, L, a = 512, 4, 768, 12, 12
+    assert activation_bytes(b, s, h, L, a) == pytest.approx(L * s * b * h * (34 + 5 * a * s / h))
+    assert activation_bytes(b, s, h, L, a, attention_matrix=False) == pytest.approx(L * s * b * h * 34)
+    assert activation_bytes(b, s, h, L, a, bytes_per_value=4) == pytest.approx(2 * activation_bytes(b, s, h, L, a))
+
+
 # ---- CLI and configs -----------------------------------------------------------------------------
 def test_dry_run_and_user_errors(tmp_path, capsys):
     from pretrain.__main__ import main
