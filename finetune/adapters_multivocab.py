@@ -8,9 +8,10 @@ tasks with character-level tags (NER) and sentence tasks run through the same su
   layers. A character's state is ``[fine state of its char token ; coarse state of its word/SGT
   token] + offset embedding of the character inside the coarse token`` (AMBERT's span-task
   recipe: concatenate each fine token's representation with its coarse token's), so
-  ``hidden_size`` is twice the model's. Pooled: ``[fine [CLS] ; coarse [CLS]]``. (AMBERT's
-  classification fine-tuning also trains one classifier per view plus an agreement regulariser;
-  the suite's single head on the concatenation is our simplification.)
+  ``hidden_size`` is twice the model's. Pooled: ``[fine [CLS] ; coarse [CLS]]``, and each view's
+  ``[CLS]`` separately (``pooled_views``), so classification fine-tunes as AMBERT does: a
+  classifier per view and one on the concatenation, plus the agreement regulariser
+  (``finetune/kinds/classification.py``; ``view_heads`` / ``agreement_weight`` in the config).
 * ``hi_mvp``: the hierarchical encoder needs both tokenizations (char ids, and which SGT token
   each char token belongs to). A character's state is the fused character-decoder state of its
   char token (lower char layers + the upper SGT state of its token) + the offset embedding;
@@ -174,6 +175,7 @@ class MultiVocabPairEncoder(_TwoViewEncoder):
 
     def __init__(self, model, fine: _View, coarse: _View, model_dir=None, meta=None):
         super().__init__(2 * model.config.hidden_size, model, fine, coarse, model_dir, meta)
+        self.pooled_view_sizes = (model.config.hidden_size, model.config.hidden_size)
 
     def encode(self, texts_a, texts_b=None, max_chars=None) -> EncodedBatch:
         texts_b, pf, pc = self._pack_views(texts_a, texts_b, max_chars)
@@ -192,7 +194,7 @@ class MultiVocabPairEncoder(_TwoViewEncoder):
             return s * m.unsqueeze(-1).to(s.dtype), m
 
         ca, ma = chars(pf.pos_a, pc.pos_a, pc.off_a, pf.mask_a, pc.mask_a)
-        enc = EncodedBatch(pooled, ca, ma)
+        enc = EncodedBatch(pooled, ca, ma, pooled_views=(h[:, 0], z[:, 0]))
         if texts_b is not None:
             enc.char_states_b, enc.char_mask_b = chars(pf.pos_b, pc.pos_b, pc.off_b, pf.mask_b, pc.mask_b)
         return enc

@@ -185,15 +185,16 @@ def train_model(model_dir: str, task, tcfg, cfg, seed: int):
     import torch
 
     from finetune.encoders import load_encoder
-    from finetune.kinds.base import KindOptions, get_kind
-    from finetune.train import Finetuner, _batches, _optimizer, _train_step, evaluate, pick_device, set_seed
+    from finetune.kinds.base import get_kind
+    from finetune.train import (
+        Finetuner, _batches, _optimizer, _train_step, evaluate, kind_options, pick_device, set_seed,
+    )
 
     device = pick_device(cfg.device)
     set_seed(seed)
     options = {"alignment": cfg.alignment} if cfg.alignment != "auto" else {}
     encoder = load_encoder(model_dir, **options)
-    kind = get_kind(task.kind)(task, encoder.hidden_size,
-                               KindOptions(dropout=cfg.dropout, max_chars=tcfg.max_chars, max_chars_b=tcfg.max_chars_b))
+    kind = get_kind(task.kind)(task, encoder.hidden_size, kind_options(cfg, tcfg, encoder))
     model = Finetuner(encoder, kind).to(device)
     train = kind.features(task.train, "train")
     dev = kind.features(task.dev, "dev")
@@ -234,6 +235,7 @@ def _fingerprint(model_dir: str, task_name: str, tcfg, cfg, seed: int, condition
     key = {"dir": str(Path(model_dir).resolve()), "task": task_name, "seed": seed,
            "task_cfg": dataclasses.asdict(tcfg) if dataclasses.is_dataclass(tcfg) else repr(tcfg),
            "lr": cfg.lrs[0], "epochs": cfg.epochs[0], "batch_size": cfg.batch_size,
+           "view_heads": cfg.view_heads, "agreement_weight": cfg.agreement_weight,
            "conditions": [f"{m}@{r:g}" for m, r in conditions]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -29,6 +29,10 @@ class FinetuneConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Optional[int] = None   # torch CPU threads (None: torch's default)
     alignment: Literal["auto", "offsets", "words"] = "auto"  # token -> character map (finetune.charmap)
+    # two-view encoders (amber): AMBERT's classification fine-tuning -- a classifier per view plus one
+    # on the concatenation, summed cross-entropies + agreement_weight * ||p_fine - p_coarse||_2
+    view_heads: bool = True
+    agreement_weight: float = 1.0   # AMBERT's lambda; its value is not in the paper text we read
 
     def validate(self) -> None:
         if not self.tasks:
@@ -42,5 +46,7 @@ class FinetuneConfig:
             raise ValueError("learning rates must be > 0 and epochs >= 1")
         if self.batch_size < 1 or self.eval_batch_size < 1 or self.evals_per_epoch < 1:
             raise ValueError("batch sizes and evals_per_epoch must be >= 1")
+        if self.agreement_weight < 0:
+            raise ValueError("agreement_weight must be >= 0")
         if not 0 <= self.warmup < 1:
             raise ValueError("warmup must be in [0, 1)")

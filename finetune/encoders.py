@@ -48,6 +48,9 @@ class EncodedBatch:
     char_mask_a: torch.Tensor                 # bool [B, Ca]
     char_states_b: Optional[torch.Tensor] = None  # [B, Cb, H] when texts_b was given
     char_mask_b: Optional[torch.Tensor] = None
+    # two-view encoders (AMBERT): the pooled state of each view, e.g. (fine [CLS], coarse [CLS]);
+    # ``pooled`` is then their concatenation
+    pooled_views: Optional[tuple] = None
 
 
 class TextEncoder(nn.Module):
@@ -55,6 +58,7 @@ class TextEncoder(nn.Module):
 
     adapter_name: ClassVar[str] = ""
     max_offset: ClassVar[int] = 32  # offsets inside a token beyond this share one embedding
+    pooled_view_sizes: tuple[int, ...] = ()  # widths of EncodedBatch.pooled_views (two-view encoders)
 
     def __init__(self, hidden_size: int, model_dir: str | Path | None = None, meta: dict | None = None):
         super().__init__()

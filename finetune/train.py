@@ -91,6 +91,13 @@ def _optimizer(model: nn.Module, lr: float, wd: float):
     return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+def kind_options(cfg: FinetuneConfig, tcfg: TaskConfig, encoder) -> KindOptions:
+    """The head options of one task for one encoder (two-view encoders get per-view heads)."""
+    return KindOptions(dropout=cfg.dropout, max_chars=tcfg.max_chars, max_chars_b=tcfg.max_chars_b,
+                       view_sizes=tuple(encoder.pooled_view_sizes) if cfg.view_heads else (),
+                       agreement_weight=cfg.agreement_weight)
+
+
 def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: TaskConfig, cfg: FinetuneConfig,
                      lr: float, epochs: int, seed: int, feats: dict[str, list[dict]] | None = None) -> dict:
     """Train one (lr, epochs) point with ``seed``; return dev/test metrics of the best dev state."""
@@ -98,9 +105,7 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
     set_seed(seed)
     options = {"alignment": cfg.alignment} if cfg.alignment != "auto" else {}
     encoder = load_encoder(model_dir, random_init=random_init, **options)
-    kind_cls = get_kind(task.kind)
-    opts = KindOptions(dropout=cfg.dropout, max_chars=tcfg.max_chars, max_chars_b=tcfg.max_chars_b)
-    kind = kind_cls(task, encoder.hidden_size, opts)
+    kind = get_kind(task.kind)(task, encoder.hidden_size, kind_options(cfg, tcfg, encoder))
     model = Finetuner(encoder, kind).to(device)
     if feats is None:
         feats = {s: kind.features(getattr(task, s), s) for s in ("train", "dev", "test")}
@@ -151,7 +156,7 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
 def settings_fingerprint(tcfg: TaskConfig, cfg: FinetuneConfig, random_init: bool) -> str:
     keys = {"task": asdict(tcfg), "random_init": random_init, **{k: getattr(cfg, k) for k in (
         "lrs", "epochs", "batch_size", "eval_batch_size", "warmup", "weight_decay", "grad_clip", "dropout",
-        "evals_per_epoch", "alignment")}}
+        "evals_per_epoch", "alignment", "view_heads", "agreement_weight")}}
     return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

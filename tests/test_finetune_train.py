@@ -275,3 +275,40 @@ threads: 1
     assert adversarial.main(argv[:-3] + ["0.2", "--models", f"m={model}"]) == 0
     assert part.stat().st_mtime_ns != mtime  # other rates: recomputed
     assert json.loads((out / "results.json").read_text(encoding="utf-8"))["conditions"] == ["pinyin@0.2", "random@0.2"]
+
+
+def test_ambert_classification_loss_on_a_hand_built_batch():
+    """Two-view encoders fine-tune classification as AMBERT: CE(concat) + CE(fine) + CE(coarse)
+    + lambda * ||p_fine - p_coarse||_2 (batch mean); predictions from the concatenation's head."""
+    import torch
+    import torch.nn.functional as F
+
+    from finetune.encoders import EncodedBatch
+    from finetune.kinds.base import TaskData
+
+    torch.manual_seed(0)
+    task = TaskData("t", "classification", [], [], [], labels=["neg", "pos", "mid"])
+    fine, coarse = torch.randn(4, 6), torch.randn(4, 6)
+
+    class TwoView:
+        pooled_view_sizes = (6, 6)
+
+        def encode(self, texts_a, texts_b=None, max_chars=None):
+            return EncodedBatch(torch.cat([fine, coarse], -1), torch.zeros(4, 1, 12), torch.ones(4, 1, dtype=torch.bool),
+                                pooled_views=(fine, coarse))
+
+    batch = {"text": ["a"] * 4, "text_b": None, "labels": torch.tensor([0, 1, 2, 1])}
+    for lam in (0.0, 0.7):
+        k = get_kind("classification")(task, 12, KindOptions(dropout=0.0, view_sizes=(6, 6), agreement_weight=lam)).eval()
+        out = k(TwoView(), batch)
+        lf, lc = k.view_heads[0](fine), k.view_heads[1](coarse)
+        y = batch["labels"]
+        want = (F.cross_entropy(k.head(torch.cat([fine, coarse], -1)), y) + F.cross_entropy(lf, y)
+                + F.cross_entropy(lc, y) + lam * (lf.softmax(-1) - lc.softmax(-1)).norm(dim=-1).mean())
+        assert torch.allclose(out["loss"], want)
+        assert k.predict(out, batch) == k.head(torch.cat([fine, coarse], -1)).argmax(-1).tolist()
+    # a one-view kind ignores the views; without labels there is no loss
+    k1 = get_kind("classification")(task, 12, KindOptions(dropout=0.0)).eval()
+    assert len(k1.view_heads) == 0
+    assert torch.allclose(k1(TwoView(), batch)["loss"], F.cross_entropy(k1.head(torch.cat([fine, coarse], -1)), y))
+    assert "loss" not in k(TwoView(), {"text": ["a"] * 4, "text_b": None})

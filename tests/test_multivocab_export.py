@@ -173,6 +173,9 @@ def test_adapter_char_mapping(exports, key):
         assert torch.allclose(s[0, h:], s[1, h:]) and not torch.allclose(s[1, h:], s[2, h:])
         # ... and have their own char halves
         assert not torch.allclose(s[0, :h], s[1, :h])
+        # AMBERT classification: each view's [CLS] separately, the pooled state their concatenation
+        assert enc.pooled_view_sizes == (h, h)
+        assert torch.equal(torch.cat(out.pooled_views, -1), out.pooled)
     elif key == "al_mvp_a":
         # stock SGT encoder: the two characters of 我们 read the same token state + their offsets
         off = enc.char_offset_emb.weight
@@ -182,6 +185,8 @@ def test_adapter_char_mapping(exports, key):
         assert torch.equal(off[: dec.shape[0]], dec)
     else:
         assert enc.hidden_size == 32 and not torch.allclose(s[0], s[1])
+    if key not in ("amber", "al_mvp_b"):
+        assert enc.pooled_view_sizes == () and out.pooled_views is None
 
 
 def test_hi_mvp_fine_to_coarse_index(exports):

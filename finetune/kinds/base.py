@@ -52,6 +52,8 @@ class KindOptions:
     dropout: float = 0.1
     max_chars: int = 128          # characters of each text fed to the encoder (after truncation)
     max_chars_b: int | None = None  # second text / question (default: max_chars)
+    view_sizes: tuple[int, ...] = ()  # per-view pooled widths of a two-view encoder (AMBERT); () = one view
+    agreement_weight: float = 1.0     # AMBERT's lambda (classification kinds)
 
 
 class TaskKind(nn.Module):

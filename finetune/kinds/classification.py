@@ -1,9 +1,18 @@
-"""Sentence classification: the pooled state -> a classification head -> cross-entropy; accuracy."""
+"""Sentence classification: the pooled state -> a classification head -> cross-entropy; accuracy.
+
+With a two-view encoder (AMBERT, ``KindOptions.view_sizes``), the loss is AMBERT's:
+``-log p(y|r_x0) - log p(y|r_z0) - log p(y|[r_x0; r_z0]) + lambda * ||p_x - p_z||_2``, one classifier
+per view and one on the concatenation, the last term an agreement regulariser between the two
+views' predicted distributions (mean over the batch). Predictions come from the concatenation's
+classifier. Which prediction AMBERT reports, and its lambda, are not in the text we read
+(methods.md §3.1): both are our choice (``agreement_weight`` in the fine-tuning config).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from finetune.kinds.base import TaskKind, classifier, register_kind
 from finetune.metrics import accuracy
@@ -44,6 +53,7 @@ class Classification(SingleLabelKind):
         if not task.labels:
             raise ValueError(f"task {task.name}: classification needs a label set")
         self.head = classifier(hidden_size, len(task.labels), opts.dropout)
+        self.view_heads = nn.ModuleList(classifier(w, len(task.labels), opts.dropout) for w in opts.view_sizes)
 
     def collate(self, features):
         mc, mb = self.opts.max_chars, self.opts.max_chars_b or self.opts.max_chars
@@ -53,4 +63,15 @@ class Classification(SingleLabelKind):
 
     def forward(self, encoder, batch):
         enc = encoder.encode(batch["text"], batch["text_b"])
-        return self.logits_output(self.head(enc.pooled), batch)
+        out = self.logits_output(self.head(enc.pooled), batch)
+        if len(self.view_heads) and enc.pooled_views is not None and "loss" in out:
+            if len(enc.pooled_views) != len(self.view_heads):
+                raise ValueError(f"encoder gave {len(enc.pooled_views)} pooled views, the head expects "
+                                 f"{len(self.view_heads)}")
+            view_logits = [h(p) for h, p in zip(self.view_heads, enc.pooled_views)]
+            labels = batch["labels"].to(out["logits"].device)
+            out["loss"] = out["loss"] + sum(F.cross_entropy(v, labels) for v in view_logits)
+            if len(view_logits) == 2 and self.opts.agreement_weight:
+                p, q = (v.softmax(-1) for v in view_logits)
+                out["loss"] = out["loss"] + self.opts.agreement_weight * (p - q).norm(dim=-1).mean()
+        return out
