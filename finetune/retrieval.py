@@ -459,6 +459,22 @@ def pick_device(name: str) -> str:
     return name
 
 
+def run_fingerprint(cfg: RetrievalConfig, variant: str) -> str:
+    """What one (model, variant, seed) result depends on besides the model: a stored result is
+    reused only when this matches (keys that only pick runs, or change speed, are left out)."""
+    import hashlib
+    from dataclasses import asdict
+
+    key = {k: v for k, v in asdict(cfg).items()
+           if k not in ("runs_root", "seeds", "variants", "device", "threads", "baseline", "batch_size")}
+    key["corpus"] = cfg.text_file or str(Path(cfg.corpus_dir or Path(cfg.runs_root, cfg.run, "corpus")))
+    if variant == "none":  # zero-shot: no SFT
+        for k in ("sft", "sft_items", "train_split"):
+            key.pop(k)
+    key["variant"] = variant
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_one(model_dir: Path, variant: str, seed: int, cfg: RetrievalConfig, out_file: Path, log) -> dict:
     from pipeline.runs import atomic_write_json
 
@@ -488,7 +504,8 @@ def run_one(model_dir: Path, variant: str, seed: int, cfg: RetrievalConfig, out_
                                       batch_size=cfg.batch_size, device=device)
     result = {"model": model_name(model_dir), "dir": str(model_dir), "variant": variant, "seed": seed,
               "scoring": cfg.scoring, "sft": sft_summary, "seconds": round(time.time() - t0, 2),
-              "clean_eval": (dec.meta.get("final_eval") or {}), "tasks": summarise(items, scores)}
+              "clean_eval": (dec.meta.get("final_eval") or {}), "tasks": summarise(items, scores),
+              "fingerprint": run_fingerprint(cfg, variant)}
     atomic_write_json(out_file, result)
     return result
 
@@ -642,9 +659,12 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in (cfg.seeds if variant != "none" else cfg.seeds[:1]):
                     f = out_dir / name / variant / f"seed-{seed}" / "result.json"
                     if f.is_file():
-                        log.info("%s %s seed %d: done before, reusing %s", name, variant, seed, f)
-                        results.append(json.loads(f.read_text(encoding="utf-8")))
-                        continue
+                        done = json.loads(f.read_text(encoding="utf-8"))
+                        if done.get("fingerprint") == run_fingerprint(cfg, variant):
+                            log.info("%s %s seed %d: done before, reusing %s", name, variant, seed, f)
+                            results.append(done)
+                            continue
+                        log.info("%s %s seed %d: settings changed since %s, running again", name, variant, seed, f)
                     log.info("%s %s seed %d: running", name, variant, seed)
                     results.append(run_one(d, variant, seed, cfg, f, log))
         agg = aggregate(results)

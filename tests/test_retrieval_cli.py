@@ -77,6 +77,13 @@ mdqa: {{n_docs: 3, doc_tokens: 6, n_per_position: 2}}
     mtime = (out / "meap" / "none" / "seed-0" / "result.json").stat().st_mtime_ns
     assert main(["--config", str(cfg), "--models", str(model_dir)]) == 0
     assert (out / "meap" / "none" / "seed-0" / "result.json").stat().st_mtime_ns == mtime
+    # ... but not a stale one: other SFT settings re-run the SFT variants, zero-shot stays reused
+    copy_f = out / "meap" / "meap_copy" / "seed-0" / "result.json"
+    assert main(["--config", str(cfg), "sft.steps=3", "--models", str(model_dir)]) == 0
+    assert json.loads(copy_f.read_text())["sft"]["steps"] == 3
+    assert (out / "meap" / "none" / "seed-0" / "result.json").stat().st_mtime_ns == mtime
+    # answer-token accuracy by depth sits next to exact match
+    assert set(m["none"]["tasks"]["needle"]["token_by_length"]) == {"24", "40"}
 
 
 def test_retrieval_cli_user_errors(tmp_path, capsys):
