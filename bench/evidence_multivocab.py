@@ -7,7 +7,9 @@ issue plus ``al_mvp_b``, AL-MVP reading b):
    overrides) into ``runs/RUN/pretrain/<row>-sS/`` -- every row has the same steps, batch and window
    length in tokens (see the configs);
 2. fine-tune every export with the suite (``python -m finetune``, sentiment + MSRA NER; fine-tuning
-   seed = S, so each (pre-training, fine-tuning) pair is one seed);
+   seed = S, so each (pre-training, fine-tuning) pair is one seed); for the ``--twin-seeds``
+   (default: the first seed) also a random-init twin of every row (same architecture and input,
+   random weights: what pre-training adds);
 3. the character-perturbation check (``python -m finetune.adversarial``) on sentiment.
 
 Then ``runs/RUN/evidence/multivocab/summary.{json,md}``: per row, mean ± std over seeds of
@@ -140,6 +142,9 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="1 seed, 50 steps, small fine-tuning subsets")
     ap.add_argument("--skip-adversarial", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for pre-training (train.threads)")
+    ap.add_argument("--twin-seeds", type=int, nargs="*", default=None,
+                    help="seeds whose exports also get a random-init twin fine-tuned (the floor; default: the "
+                         "first seed; none: no twins)")
     ap.add_argument("--step-time", action="store_true", help="only measure the step time of every row")
     ap.add_argument("overrides", nargs="*", help="key=value for the fine-tuning CLI")
     a = ap.parse_args(argv)
@@ -178,8 +183,9 @@ def main(argv=None) -> int:
     # fine-tuning: one suite call per seed, fine-tuning seed = pre-training seed
     for seed in a.seeds:
         models = [f"{row}-s{seed}={p}" for row in a.rows for s, p in exports[row] if s == seed]
+        twins = seed in (a.seeds[:1] if a.twin_seeds is None else a.twin_seeds)
         sh([py, "-m", "finetune", "--config", ft_cfg, "--models", *models, f"run={a.run}", f"seeds=[{seed}]",
-            *ft_over])
+            *ft_over, f"random_init_twins={'true' if twins else 'false'}"])
     if not a.skip_adversarial:
         models = [f"{row}-s{s}={p}" for row in a.rows for s, p in exports[row]]
         sh([py, "-m", "finetune.adversarial", "--config", ft_cfg, "--models", *models, f"run={a.run}", "seeds=[1]",
@@ -194,11 +200,14 @@ def main(argv=None) -> int:
     summary = {"run": a.run, "config": a.config, "seeds": a.seeds, "smoke": a.smoke, "rows": {}}
     for row in a.rows:
         sent, ner, tps, cps, drops = [], [], [], [], {}
+        twin_sent, twin_ner = [], []  # random-init twins, where the suite ran them (the floor)
         for seed, p in exports[row]:
             name = f"{row}-s{seed}"
-            for task, acc in (("sentiment", sent), ("msra_ner", ner)):
+            for task, acc, twin in (("sentiment", sent, twin_sent), ("msra_ner", ner, twin_ner)):
                 f = ft_root / name / task / f"seed-{seed}" / "result.json"
                 acc.append(json.loads(f.read_text())["test"] if f.is_file() else None)
+                f = ft_root / f"{name}-random" / task / f"seed-{seed}" / "result.json"
+                twin.append(json.loads(f.read_text())["test"] if f.is_file() else None)
             meta = json.loads((p / "pretrain_meta.json").read_text())
             secs = max(float(meta.get("train_seconds") or 0), 1e-9)
             tps.append(meta["tokens_seen"] / secs)
@@ -207,7 +216,9 @@ def main(argv=None) -> int:
             for c, v in (adv.get("models", {}).get(name, {}).get("drop", {}) or {}).items():
                 drops.setdefault(c, []).extend(v)
         summary["rows"][row] = {
-            "sentiment_acc": stats(sent), "ner_f1": stats(ner), "train_tokens_per_s": stats(tps),
+            "sentiment_acc": stats(sent), "ner_f1": stats(ner),
+            "random_init": {"sentiment_acc": stats(twin_sent), "ner_f1": stats(twin_ner)},
+            "train_tokens_per_s": stats(tps),
             "train_chars_per_s": stats(cps), "tokens_per_char": tokens_per_char(run_dir, ROWS[row][2]),
             "input": ROWS[row][2], "adversarial_drop": {c: stats(v) for c, v in drops.items()}}
     # step cost from --step-time (one process, interleaved rows: robust to load from other jobs,
@@ -221,10 +232,11 @@ def main(argv=None) -> int:
     lines = [f"# Multi-vocabulary evidence ({a.config}, run {a.run}, seeds {a.seeds}{', SMOKE' if a.smoke else ''})", "",
              "Mean ± std over seeds (pre-training seed = fine-tuning seed). Tokens/char: input stream(s) "
              "of the model. 'noise' marks a difference to char MLM below the larger std. Step cost: "
-             "median step time / char MLM's (`--step-time`, same batch and window, one process).", "",
-             "| row | sentiment acc | NER F1 | tokens/char | train tok/s | train char/s | step cost | "
-             + " | ".join(f"drop {c}" for c in conds) + " |",
-             "|---|---|---|---|---|---|---|" + "---|" * len(conds)]
+             "median step time / char MLM's (`--step-time`, same batch and window, one process). Random init: "
+             "the same architecture and input fine-tuned from random weights (n = seeds run).", "",
+             "| row | sentiment acc | NER F1 | random init: sentiment / NER | tokens/char | train tok/s | "
+             "train char/s | step cost | " + " | ".join(f"drop {c}" for c in conds) + " |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(conds)]
 
     def noise(row, key):
         r, b = summary["rows"][row][key], (base or {}).get(key)
@@ -232,10 +244,16 @@ def main(argv=None) -> int:
             return ""
         return " (noise)" if abs(r["mean"] - b["mean"]) < max(r["std"], b["std"]) else ""
 
+    def twin(r):
+        t = r["random_init"]
+        if not t["sentiment_acc"]["n"] and not t["ner_f1"]["n"]:
+            return "-"
+        return f"{fmt(t['sentiment_acc'])} / {fmt(t['ner_f1'])} (n={max(t['sentiment_acc']['n'], t['ner_f1']['n'])})"
+
     for row, r in summary["rows"].items():
         tpc = f"{r['tokens_per_char']:.3f}" if r["tokens_per_char"] else "-"
         lines.append(f"| {row} | {fmt(r['sentiment_acc'])}{noise(row, 'sentiment_acc')} | {fmt(r['ner_f1'])}"
-                     f"{noise(row, 'ner_f1')} | {tpc} | {fmt(r['train_tokens_per_s'], 0)} | "
+                     f"{noise(row, 'ner_f1')} | {twin(r)} | {tpc} | {fmt(r['train_tokens_per_s'], 0)} | "
                      f"{fmt(r['train_chars_per_s'], 0)} | "
                      + (f"{r['step_cost_vs_char_mlm']:.2f}x | " if r["step_cost_vs_char_mlm"] else "- | ")
                      + " | ".join(fmt(r["adversarial_drop"].get(c, {"mean": None})) for c in conds) + " |")
