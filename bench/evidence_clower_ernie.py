@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-OBJECTIVES = ["mlm", "clower", "ernie_gram_explicit", "ernie_gram_comprehensive", "ernie_gram_full"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evidence_common import sh as _sh  # noqa: E402
 
 
 def sh(cmd: list[str], dry: bool) -> None:
-    print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    if not dry and subprocess.run(cmd).returncode != 0:
-        raise SystemExit(f"error: step failed (exit code above): {cmd[2]}")
+    _sh(cmd, dry, cwd=None)  # commands are relative to the caller's directory
+
+
+OBJECTIVES = ["mlm", "clower", "ernie_gram_explicit", "ernie_gram_comprehensive", "ernie_gram_full"]
 
 
 def main() -> int:

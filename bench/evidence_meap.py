@@ -25,25 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def sh(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
-
-
-def stats(v: list[float]) -> dict:
-    v = [x for x in v if x is not None]
-    if not v:
-        return {"values": [], "mean": None, "std": None}
-    m = sum(v) / len(v)
-    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
-    return {"values": v, "mean": m, "std": sd}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evidence_common import sh, stats  # noqa: E402
 
 
 def main() -> int:

@@ -33,11 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from evidence_common import sh, stats  # noqa: E402
 
 # row -> (config stem, extra overrides, input stream the model reads at fine-tuning)
 ROWS = {
@@ -53,18 +54,6 @@ SMOKE_PRETRAIN = ["train.batch_size=8", "train.warmup_steps=5", "train.eval_ever
 SMOKE_FINETUNE = ["tasks=[{name: sentiment, max_train: 300, max_eval: 150, max_chars: 64}, "
                   "{name: msra_ner, max_train: 300, max_eval: 150, max_chars: 48}]", "epochs=[1]",
                   "random_init_twins=false"]
-
-
-def sh(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
-
-
-def stats(v: list[float]) -> dict:
-    v = [x for x in v if x is not None]
-    if not v:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
 
 
 def fmt(s: dict, digits: int = 2) -> str:
