@@ -157,8 +157,8 @@ def _cli(args, capsys):
     return rc, out.out, out.err
 
 
-def test_cli_report_and_resume(setup, tmp_path, capsys):
-    root, model, _ = setup
+def _suite_config(tmp_path, root, epochs: str, seeds: str):
+    """A suite config over the ChnSentiCorp fixture (8 training examples, CPU, 1 thread)."""
     cfg = tmp_path / "ft.yaml"
     cfg.write_text(f"""
 run: t
@@ -166,12 +166,18 @@ runs_root: {tmp_path / 'runs'}
 tasks:
   - {{name: chnsenticorp, data_dir: {root / 'data' / 'chnsenticorp'}, max_chars: 32, max_train: 8}}
 lrs: [1.0e-3]
-epochs: [1, 2]
-seeds: [1, 2]
+epochs: {epochs}
+seeds: {seeds}
 batch_size: 8
 device: cpu
 threads: 1
 """, encoding="utf-8")
+    return cfg
+
+
+def test_cli_report_and_resume(setup, tmp_path, capsys):
+    root, model, _ = setup
+    cfg = _suite_config(tmp_path, root, epochs="[1, 2]", seeds="[1, 2]")
     rc, out_, err = _cli(["--config", str(cfg), "--models", f"base={model}"], capsys)
     assert rc == 0, err
     assert "Fine-tuning results" in out_ and "base-random (random init)" in out_
@@ -245,19 +251,7 @@ def test_adversarial_check_resumes_per_model_and_seed(setup, tmp_path):
     from finetune import adversarial
 
     root, model, _ = setup
-    cfg = tmp_path / "ft.yaml"
-    cfg.write_text(f"""
-run: t
-runs_root: {tmp_path / 'runs'}
-tasks:
-  - {{name: chnsenticorp, data_dir: {root / 'data' / 'chnsenticorp'}, max_chars: 32, max_train: 8}}
-lrs: [1.0e-3]
-epochs: [1]
-seeds: [1]
-batch_size: 8
-device: cpu
-threads: 1
-""", encoding="utf-8")
+    cfg = _suite_config(tmp_path, root, epochs="[1]", seeds="[1]")
     argv = ["--config", str(cfg), "--task", "chnsenticorp", "--modes", "pinyin", "random", "--rates", "0.5",
             "--models", f"m={model}"]
     assert adversarial.main(argv) == 0
