@@ -5,6 +5,8 @@ Scores every model folder (an exported checkpoint, ``NAME=DIR`` to name it) and,
 configured seeds and grid; then writes ``runs/RUN/finetune/report/``. Re-running skips what is done.
 ``--dry-run`` checks the config, the models and the task data and prints the plan.
 ``--report-only`` rebuilds the report from the finished seeds.
+``--trust-remote-code`` lets code shipped in the model folders run (refused otherwise; the project's
+own model and tokenizer classes load from the installed package without it).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def parse(argv):
     ap.add_argument("--models", nargs="+", required=True, metavar="DIR", help="exported model folders (NAME=DIR to name one)")
     ap.add_argument("--dry-run", action="store_true", help="check config, models and data; print the plan")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the report from finished seeds")
+    ap.add_argument("--trust-remote-code", action="store_true",
+                    help="let code shipped in the model folders run (read it first; docs/reliability.md)")
     # argparse puts key=value overrides after --models into --models: split them back out
     args = ap.parse_args(argv)
     over = [m for m in args.models if _is_override(m)]
@@ -65,8 +69,11 @@ def main(argv=None) -> int:
     from finetune.report import build_results, write_report
     from finetune.tasks import load_task
     from finetune.train import run_seed
+    from pretrain.exports import check_folder
 
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    if args.trust_remote_code:
+        cfg.trust_remote_code = True
     if cfg.threads:
         import torch
 
@@ -76,6 +83,7 @@ def main(argv=None) -> int:
     for spec in args.models:
         name, d = model_name(spec)
         meta = read_pretrain_meta(d)  # checks the folder
+        check_folder(d, cfg.trust_remote_code)  # pickles, code the user did not opt into: before any work
         if meta.get("model_type") == "decoder" and (meta.get("finetune_adapter") or "hf") == "hf":
             log.info("%s is a decoder: pooled state = last token (causal), character states are left-context only", name)
         models.append({"name": name, "dir": d, "random_init": False})

@@ -43,9 +43,11 @@ from pipeline.errors import UserError
 VIEW_PREFIXES = {"fine": "fine.", "coarse": "coarse."}  # same as pretrain.objectives.amber.VIEW_PREFIXES
 
 
-def load_view_tokenizer(model_dir: str | Path, view: str):
-    """The tokenizer of one view (``fine``/``coarse``) of a multi-vocabulary export, and its stats."""
-    from transformers import AutoTokenizer
+def load_view_tokenizer(model_dir: str | Path, view: str, trust_remote_code: bool = False):
+    """The tokenizer of one view (``fine``/``coarse``) of a multi-vocabulary export, and its stats
+    (loaded by ``pretrain.exports.load_tokenizer``: the project's own tokenizer class comes from the
+    installed package; other code in the files runs only with ``trust_remote_code``)."""
+    from pretrain.exports import load_tokenizer
 
     model_dir = Path(model_dir)
     prefix = VIEW_PREFIXES[view]
@@ -61,23 +63,14 @@ def load_view_tokenizer(model_dir: str | Path, view: str):
                 stats = json.loads((Path(tmp) / "stats.json").read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
                 raise UserError(f"{model_dir / (prefix + 'stats.json')}: line {e.lineno}: not valid JSON") from None
-        try:
-            tok = AutoTokenizer.from_pretrained(tmp, trust_remote_code=bool(stats.get("trust_remote_code", False)))
-        except (OSError, ValueError) as e:
-            raise UserError(f"{model_dir}: cannot load the {view} tokenizer: {e}") from None
+        tok = load_tokenizer(tmp, trust_remote_code=trust_remote_code, label=f"{model_dir} ({view} view)")
     return tok, stats
 
 
-def _load_model(model_dir, meta, random_init: bool):
-    from transformers import AutoConfig, AutoModel
+def _load_model(model_dir, meta, random_init: bool, trust_remote_code: bool = False):
+    from pretrain.exports import load_model
 
-    try:
-        if random_init:
-            config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=True)
-            return AutoModel.from_config(config, trust_remote_code=True)
-        return AutoModel.from_pretrained(str(model_dir), trust_remote_code=True)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{model_dir}: cannot load the model: {e}") from None
+    return load_model(model_dir, task="base", random_init=random_init, trust_remote_code=trust_remote_code)
 
 
 class _View:
@@ -154,10 +147,11 @@ class _TwoViewEncoder(TextEncoder):
         self.n_cut_chars = 0
 
     @classmethod
-    def from_pretrained(cls, model_dir, meta, random_init=False, alignment: str = "auto", **options):
-        model = _load_model(model_dir, meta, random_init)
-        fine = _View(*load_view_tokenizer(model_dir, "fine"), alignment)
-        coarse = _View(*load_view_tokenizer(model_dir, "coarse"), alignment)
+    def from_pretrained(cls, model_dir, meta, random_init=False, alignment: str = "auto",
+                        trust_remote_code: bool = False, **options):
+        model = _load_model(model_dir, meta, random_init, trust_remote_code)
+        fine = _View(*load_view_tokenizer(model_dir, "fine", trust_remote_code), alignment)
+        coarse = _View(*load_view_tokenizer(model_dir, "coarse", trust_remote_code), alignment)
         return cls(model, fine, coarse, model_dir, meta)
 
     def _pack_views(self, texts_a, texts_b, max_chars):

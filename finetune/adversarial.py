@@ -192,8 +192,7 @@ def train_model(model_dir: str, task, tcfg, cfg, seed: int):
 
     device = pick_device(cfg.device)
     set_seed(seed)
-    options = {"alignment": cfg.alignment} if cfg.alignment != "auto" else {}
-    encoder = load_encoder(model_dir, **options)
+    encoder = load_encoder(model_dir, **cfg.encoder_options())
     kind = get_kind(task.kind)(task, encoder.hidden_size, kind_options(cfg, tcfg, encoder))
     model = Finetuner(encoder, kind).to(device)
     train = kind.features(task.train, "train")

@@ -33,6 +33,16 @@ class FinetuneConfig:
     # on the concatenation, summed cross-entropies + agreement_weight * ||p_fine - p_coarse||_2
     view_heads: bool = True
     agreement_weight: float = 1.0   # AMBERT's lambda; its value is not in the paper text we read
+    # run code shipped in the model folders (a .py file or an auto_map other than the project's own
+    # classes); without it such folders are refused. --trust-remote-code sets it (docs/reliability.md)
+    trust_remote_code: bool = False
+
+    def encoder_options(self) -> dict:
+        """Keyword options of ``finetune.encoders.load_encoder`` this config asks for."""
+        options: dict = {"trust_remote_code": self.trust_remote_code}
+        if self.alignment != "auto":
+            options["alignment"] = self.alignment
+        return options
 
     def validate(self) -> None:
         if not self.tasks:

@@ -23,7 +23,6 @@ packed sequence) and :meth:`TextEncoder.gather_chars`.
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence
@@ -34,8 +33,7 @@ from torch import nn
 
 from finetune import charmap
 from pipeline.errors import UserError
-
-META_FILE = "pretrain_meta.json"
+from pretrain.exports import META_FILE, ExportMeta, load_export, special_id
 # modules of other engineers that may register adapters; imported lazily, absent ones are skipped
 ADAPTER_MODULES = ("finetune.adapters_multivocab", "finetune.adversarial", "finetune.decoder_sft",
                    "finetune.retrieval")
@@ -64,7 +62,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.hidden_size = hidden_size
         self.model_dir = str(model_dir) if model_dir is not None else None
-        self.meta = dict(meta or {})
+        self.meta = meta.to_dict() if isinstance(meta, ExportMeta) else dict(meta or {})
         # offset of a character inside its token; zero-init so char tokenizers start unchanged
         self.char_offset_emb = nn.Embedding(self.max_offset, hidden_size)
         nn.init.zeros_(self.char_offset_emb.weight)
@@ -122,23 +120,14 @@ def registered_encoders() -> dict[str, type[TextEncoder]]:
     return dict(_ENCODERS)
 
 
-def read_pretrain_meta(model_dir: str | Path) -> dict:
-    """``pretrain_meta.json`` of an export (``{}`` for a plain HF folder without one)."""
+def read_pretrain_meta(model_dir: str | Path) -> ExportMeta:
+    """``pretrain_meta.json`` of an export (the defaults for a plain HF folder without one)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise UserError(f"model folder not found: {model_dir}")
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
-    p = model_dir / META_FILE
-    if not p.is_file():
-        return {}
-    try:
-        meta = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p}: line {e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(meta, dict):
-        raise UserError(f"{p}: line 1: expected a JSON object")
-    return meta
+    return ExportMeta.load(model_dir)
 
 
 def load_encoder(model_dir: str | Path, random_init: bool = False, **options: Any) -> TextEncoder:
@@ -146,9 +135,11 @@ def load_encoder(model_dir: str | Path, random_init: bool = False, **options: An
 
     ``random_init=True`` gives the random-init twin: same config and tokenizer, fresh weights
     (drawn from torch's current RNG state, so seed it first).
+    ``trust_remote_code=True`` (an option; the CLIs' ``--trust-remote-code``) lets code shipped in
+    the folder run; without it such a folder is refused (``pretrain.exports.check_folder``).
     """
     meta = read_pretrain_meta(model_dir)
-    name = meta.get("finetune_adapter") or "hf"
+    name = meta.adapter
     encoders = registered_encoders()
     if name not in encoders:
         raise UserError(f"{Path(model_dir) / META_FILE}: unknown finetune_adapter '{name}'. "
@@ -244,18 +235,7 @@ def build_pair_inputs(aligns_a: list[charmap.Alignment], aligns_b: list[charmap.
     return out
 
 
-def _special_id(tokenizer, meta: dict, name: str) -> int | None:
-    """Id of a special token: the tokenizer's attribute, else ``pretrain_meta.json``'s
-    ``special_tokens``, else the project's literal (``[CLS]``, ...) if the vocabulary has it."""
-    v = getattr(tokenizer, f"{name}_token_id", None)
-    if v is None:
-        v = (meta.get("special_tokens") or {}).get(name)
-    if v is None:
-        try:
-            v = tokenizer.get_vocab().get(f"[{name.upper()}]")
-        except (AttributeError, NotImplementedError):
-            v = None
-    return int(v) if v is not None else None
+_special_id = special_id  # the adapters' name for pretrain.exports.special_id
 
 
 @register_encoder("hf")
@@ -286,23 +266,10 @@ class HFTextEncoder(TextEncoder):
         self.n_cut_chars = 0  # characters lost to the token budget so far (reported by the trainer)
 
     @classmethod
-    def from_pretrained(cls, model_dir, meta, random_init=False, alignment: str = "auto", **options):
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()  # the load report lists the unused MLM head and pooler: expected
-        hf_logging.disable_progress_bar()
-        trc = bool(meta.get("trust_remote_code", False))
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trc)
-            if random_init:
-                config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trc)
-                backbone = AutoModel.from_config(config, trust_remote_code=trc)
-            else:
-                backbone = AutoModel.from_pretrained(str(model_dir), trust_remote_code=trc)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{model_dir}: cannot load model or tokenizer: {e}") from None
-        return cls(backbone, tokenizer, model_dir, meta, alignment=alignment)
+    def from_pretrained(cls, model_dir, meta, random_init=False, alignment: str = "auto",
+                        trust_remote_code: bool = False, **options):
+        ex = load_export(model_dir, task="base", trust_remote_code=trust_remote_code, random_init=random_init)
+        return cls(ex.model, ex.tokenizer, model_dir, meta, alignment=alignment)
 
     def align(self, texts: Sequence[str]) -> list[charmap.Alignment]:
         return charmap.align(self.tokenizer, texts, self.alignment)

@@ -125,6 +125,7 @@ class RetrievalConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Optional[int] = None
     baseline: Optional[str] = None  # model name the report compares against (default: the first)
+    trust_remote_code: bool = False  # run code shipped in model folders (--trust-remote-code; docs/reliability.md)
 
     def validate(self) -> None:
         for v in self.variants:
@@ -396,23 +397,18 @@ def _special(tok, name: str, default: int) -> int:
     return default if v is None or (tok.unk_token_id is not None and v == tok.unk_token_id and name != "[UNK]") else int(v)
 
 
-def load_decoder(model_dir: str | Path, device="cpu") -> LoadedDecoder:
-    """A causal LM + its tokenizer from an export folder (or any HF decoder folder)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_decoder(model_dir: str | Path, device="cpu", trust_remote_code: bool = False) -> LoadedDecoder:
+    """A causal LM + its tokenizer from an export folder (or any HF decoder folder), through
+    ``pretrain.exports.load_export`` (code in the folder runs only with ``trust_remote_code``)."""
+    from pretrain.exports import load_export
 
     d = Path(model_dir)
     if not (d / "config.json").is_file():
         raise UserError(f"{d}: not a model folder (no config.json)")
-    meta = {}
-    if (d / "pretrain_meta.json").is_file():
-        meta = json.loads((d / "pretrain_meta.json").read_text(encoding="utf-8"))
-        if meta.get("model_type", "decoder") != "decoder":
-            raise UserError(f"{d}: pretrain_meta.json says model_type={meta.get('model_type')!r}; "
-                            "the retrieval evaluation needs a decoder")
-    trust = bool(meta.get("trust_remote_code", False))
-    tok = AutoTokenizer.from_pretrained(d, trust_remote_code=trust)
+    ex = load_export(d, task="causal_lm", trust_remote_code=trust_remote_code, model_type="decoder")
+    meta, tok = ex.meta.to_dict(), ex.tokenizer
     tok.model_max_length = 1 << 30  # whole documents are encoded, then cut into windows/fillers
-    model = AutoModelForCausalLM.from_pretrained(d, trust_remote_code=trust).to(device)
+    model = ex.model.to(device)
     model.eval()
     # contract: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 in every pipeline vocabulary
     pad = _special(tok, "[PAD]", 0)
@@ -466,7 +462,8 @@ def run_fingerprint(cfg: RetrievalConfig, variant: str) -> str:
     from dataclasses import asdict
 
     key = {k: v for k, v in asdict(cfg).items()
-           if k not in ("runs_root", "seeds", "variants", "device", "threads", "baseline", "batch_size")}
+           if k not in ("runs_root", "seeds", "variants", "device", "threads", "baseline", "batch_size",
+                        "trust_remote_code")}
     key["corpus"] = cfg.text_file or str(Path(cfg.corpus_dir or Path(cfg.runs_root, cfg.run, "corpus")))
     if variant == "none":  # zero-shot: no SFT
         for k in ("sft", "sft_items", "train_split"):
@@ -479,7 +476,7 @@ def run_one(model_dir: Path, variant: str, seed: int, cfg: RetrievalConfig, out_
     from pipeline.runs import atomic_write_json
 
     device = pick_device(cfg.device)
-    dec = load_decoder(model_dir, device)
+    dec = load_decoder(model_dir, device, trust_remote_code=cfg.trust_remote_code)
     enc = Encoder(dec.encode)
     eval_gen = TaskGenerator(enc, FillerPool.from_texts(load_texts(cfg, cfg.eval_split), enc), cfg.facts,
                              dec.bos_id, dec.eos_id)
@@ -632,14 +629,19 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import main_guard
     from pipeline.log import get_logger, print_table
     from pipeline.runs import atomic_write_json
+    from pretrain.exports import check_folder
 
     @main_guard
     def _main() -> int:
         ap = argparse.ArgumentParser(prog="python -m finetune.retrieval", description=__doc__.split("\n\n")[0])
         add_config_args(ap)
         ap.add_argument("--models", nargs="+", required=True, metavar="DIR", help="decoder export folders")
+        ap.add_argument("--trust-remote-code", action="store_true",
+                        help="let code shipped in the model folders run (read it first; docs/reliability.md)")
         args = ap.parse_args(argv)
         cfg = load_config(RetrievalConfig, args.config, args.overrides)
+        if args.trust_remote_code:
+            cfg.trust_remote_code = True
         log = get_logger("retrieval")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -650,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         for d in dirs:
             if not (d / "config.json").is_file():
                 raise UserError(f"--models {d}: not a model folder (no config.json)")
+            check_folder(d, cfg.trust_remote_code)  # pickles, code the user did not opt into: before any work
         names = [model_name(d) for d in dirs]
         if len(set(names)) != len(names):
             raise UserError(f"--models: two folders share a model name: {names}")

@@ -103,8 +103,7 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
     """Train one (lr, epochs) point with ``seed``; return dev/test metrics of the best dev state."""
     device = pick_device(cfg.device)
     set_seed(seed)
-    options = {"alignment": cfg.alignment} if cfg.alignment != "auto" else {}
-    encoder = load_encoder(model_dir, random_init=random_init, **options)
+    encoder = load_encoder(model_dir, random_init=random_init, **cfg.encoder_options())
     kind = get_kind(task.kind)(task, encoder.hidden_size, kind_options(cfg, tcfg, encoder))
     model = Finetuner(encoder, kind).to(device)
     if feats is None:

@@ -25,7 +25,6 @@ Run it on an ``ntp`` and on a ``meap`` checkpoint to compare models. The paper's
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -34,21 +33,17 @@ from pipeline.errors import UserError, main_guard
 from pretrain.objectives.meap import meap_mask
 
 
-def load_model(model_dir: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model(model_dir: Path, trust_remote_code: bool = False):
+    """``(model, tokenizer, meta dict)`` through ``pretrain.exports.load_export`` (eager attention,
+    so the weights are returned; code in the folder runs only with ``trust_remote_code``)."""
+    from pretrain.exports import load_export
 
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not a model folder (no config.json)")
-    meta = {}
-    if (model_dir / "pretrain_meta.json").is_file():
-        meta = json.loads((model_dir / "pretrain_meta.json").read_text(encoding="utf-8"))
-        if meta.get("model_type", "decoder") != "decoder":
-            raise UserError(f"{model_dir}: model_type {meta.get('model_type')!r}; attention diagnostics need a decoder")
-    trust = bool(meta.get("trust_remote_code", False))
-    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust)
-    tok.model_max_length = 1 << 30  # whole documents are encoded, then cut into windows/fillers
-    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=trust, attn_implementation="eager")
-    return model.eval(), tok, meta
+    ex = load_export(model_dir, task="causal_lm", model_type="decoder", trust_remote_code=trust_remote_code,
+                     attn_implementation="eager")
+    ex.tokenizer.model_max_length = 1 << 30  # whole documents are encoded, then cut into windows/fillers
+    return ex.model.eval(), ex.tokenizer, ex.meta.to_dict()
 
 
 def _id(tok, name: str, default: int) -> int:
@@ -138,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", default=None, help="JSON output (default MODEL_DIR/../attention_diag.json)")
+    ap.add_argument("--trust-remote-code", action="store_true",
+                    help="let code shipped in the model folder run (read it first; docs/reliability.md)")
     args = ap.parse_args(argv)
     if not 0 < args.mask_ratio < 1:
         raise UserError("--mask-ratio must be in (0, 1)")
     model_dir = Path(args.model_dir)
-    model, tok, meta = load_model(model_dir)
+    model, tok, meta = load_model(model_dir, args.trust_remote_code)
     cls_id, sep_id, mask_id, pad_id = (_id(tok, "[CLS]", 2), _id(tok, "[SEP]", 3), _id(tok, "[MASK]", 4),
                                        _id(tok, "[PAD]", 0))
     ids = windows(load_texts(args), tok, args.seq_len, args.n_seqs, cls_id, sep_id)

@@ -7,6 +7,9 @@ safetensors, copies the tokenizer files from the primary vocabulary folder, copi
 then need ``trust_remote_code``), and writes ``pretrain_meta.json`` (fields: docs/contracts.md).
 The folder is built under a temporary name and renamed into place (``pipeline.runs.atomic_dir``),
 so ``export/model.safetensors`` appears only with a complete export.
+
+Reading an export is ``pretrain.exports.load_export`` (model, tokenizer, special ids, typed
+``ExportMeta``), which refuses pickles and code the user did not opt into.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Any
 
 import torch
 
-from pipeline.runs import atomic_dir, atomic_write_json
+from pipeline.runs import atomic_dir
+from pretrain.exports import ExportMeta, load_export  # noqa: F401  (load_export: the reader side)
 from pretrain.objectives.base import Objective, ObjectiveContext
 
 # files of a vocabulary folder that are not part of a tokenizer
@@ -85,5 +89,5 @@ def save_export(objective: Objective, out_dir: str | Path, ctx: ObjectiveContext
         }
         meta.update(objective.export_meta())
         meta.update(meta_extra or {})
-        atomic_write_json(tmp / "pretrain_meta.json", meta)
+        ExportMeta.from_dict(meta).save(tmp)  # typed: pretrain.exports.ExportMeta
     return out_dir

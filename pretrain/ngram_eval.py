@@ -22,7 +22,6 @@ mean/std over seeds) and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -43,16 +42,11 @@ class Contiguous:
 
     method = "contiguous"
 
-    def __init__(self, export: Path):
-        from transformers import AutoModelForMaskedLM
-        from transformers.utils import logging as hf_logging
+    def __init__(self, export: Path, trust_remote_code: bool = False):
+        from pretrain.exports import load_export
 
-        hf_logging.set_verbosity_error()
-        meta = json.loads((export / "pretrain_meta.json").read_text(encoding="utf-8")) \
-            if (export / "pretrain_meta.json").is_file() else {}
-        if meta.get("model_type", "encoder") != "encoder":
-            raise UserError(f"{export}: not an encoder export")
-        self.model = AutoModelForMaskedLM.from_pretrained(export, trust_remote_code=bool(meta.get("trust_remote_code")))
+        self.model = load_export(export, task="masked_lm", tokenizer=False, model_type="encoder",
+                                 trust_remote_code=trust_remote_code).model
         self.model.eval()
         self.n_ngrams = None
 
@@ -122,7 +116,7 @@ class Explicit:
         return res
 
 
-def load_scorer(d: str | Path):
+def load_scorer(d: str | Path, trust_remote_code: bool = False):
     d = Path(d)
     if (d / "config.yaml").is_file() and (d / "checkpoints").is_dir():
         try:
@@ -136,7 +130,7 @@ def load_scorer(d: str | Path):
     exp = d / "export" if (d / "export" / "config.json").is_file() else d
     if not (exp / "config.json").is_file():
         raise UserError(f"{d}: neither an ernie_gram pre-training folder nor an encoder export")
-    return Contiguous(exp), exp
+    return Contiguous(exp, trust_remote_code), exp
 
 
 def names_of(d: Path) -> tuple[str, str]:
@@ -149,10 +143,11 @@ def names_of(d: Path) -> tuple[str, str]:
 
 
 def evaluate_models(models: list[str], shards: str | None, *, batches: int, batch_size: int, seq_len: int | None,
-                    mask_prob: float, max_ngrams: int, seed: int, kind: str = "char") -> dict:
+                    mask_prob: float, max_ngrams: int, seed: int, kind: str = "char",
+                    trust_remote_code: bool = False) -> dict:
     scorers = []
     for m in models:
-        sc, d = load_scorer(m)
+        sc, d = load_scorer(m, trust_remote_code)
         scorers.append((*names_of(d), sc, Path(m)))
     caps = [sc.n_ngrams for _, _, sc, _ in scorers if sc.n_ngrams] + [max_ngrams]
     cap = min(caps)
@@ -227,11 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-ngrams", type=int, default=10**9, help="lexicon cap (default: the smallest model's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--trust-remote-code", action="store_true",
+                    help="let code shipped in the model folders run (read it first; docs/reliability.md)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     res = evaluate_models(a.models, a.shards, batches=a.batches, batch_size=a.batch_size, seq_len=a.seq_len,
-                          mask_prob=a.mask_prob, max_ngrams=a.max_ngrams, seed=a.seed)
+                          mask_prob=a.mask_prob, max_ngrams=a.max_ngrams, seed=a.seed,
+                          trust_remote_code=a.trust_remote_code)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, res)

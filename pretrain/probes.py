@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -145,23 +144,14 @@ def model_name(export: Path) -> tuple[str, str]:
 class FrozenEncoder:
     """An export's tokenizer + backbone; ``char_states(texts)`` gives [n_chars, H] per text."""
 
-    def __init__(self, export: Path, random_init: bool = False, layer: int = -1):
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+    def __init__(self, export: Path, random_init: bool = False, layer: int = -1, trust_remote_code: bool = False):
+        from pretrain.exports import load_export
 
-        hf_logging.set_verbosity_error()  # the MLM head / pooler load report is expected here
-
-        meta_f = export / "pretrain_meta.json"
-        meta = json.loads(meta_f.read_text(encoding="utf-8")) if meta_f.is_file() else {}
-        if meta.get("model_type", "encoder") != "encoder":
-            raise UserError(f"{export}: the probes need an encoder export (got {meta.get('model_type')})")
-        trc = bool(meta.get("trust_remote_code", False))
-        self.tok = AutoTokenizer.from_pretrained(export, trust_remote_code=trc)
         if random_init:
             torch.manual_seed(0)
-            self.model = AutoModel.from_config(AutoConfig.from_pretrained(export, trust_remote_code=trc))
-        else:
-            self.model = AutoModel.from_pretrained(export, trust_remote_code=trc)
+        ex = load_export(export, task="base", random_init=random_init, model_type="encoder",
+                         trust_remote_code=trust_remote_code)
+        self.tok, self.model = ex.tokenizer, ex.model
         self.model.eval()
         self.layer = layer
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 512))
@@ -353,7 +343,7 @@ METRICS = ("boundary_char_acc", "boundary_word_f1", "retrieval_top1", "retrieval
 def run_probes(models: list[str], *, random_init: bool = False, max_train: int = 2000, max_test: int = 1000,
                max_chars: int = 200, probe_steps: int = 100, min_occurrences: int = 3, max_types: int = 2000,
                layer: int = -1, masked_types: int = 200, masked_per_type: int = 10, masked_queries: int = 1000,
-               data: dict | None = None) -> dict:
+               data: dict | None = None, trust_remote_code: bool = False) -> dict:
     if data is None:
         data = load_pd_heldout(max_chars)
     data = {"dev": data["dev"][:max_train], "test": data["test"][:max_test]}
@@ -370,7 +360,7 @@ def run_probes(models: list[str], *, random_init: bool = False, max_train: int =
     groups: dict[str, list[str]] = defaultdict(list)
     for name, group, exp, rnd in runs:
         log.info("probing %s%s", name, " (random init)" if rnd else "")
-        enc = FrozenEncoder(exp, random_init=rnd, layer=layer)
+        enc = FrozenEncoder(exp, random_init=rnd, layer=layer, trust_remote_code=trust_remote_code)
         r = {"dir": str(exp), "group": group}
         r.update(boundary_probe(enc, data, probe_steps))
         r.update(retrieval_probe(enc, data, min_occurrences, max_types))
@@ -406,13 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--masked-queries", type=int, default=1000, help="test occurrences scored")
     ap.add_argument("--layer", type=int, default=-1, help="hidden layer (-1: last)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--trust-remote-code", action="store_true",
+                    help="let code shipped in the model folders run (read it first; docs/reliability.md)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     res = run_probes(a.models, random_init=a.random_init, max_train=a.max_train, max_test=a.max_test,
                      max_chars=a.max_chars, probe_steps=a.probe_steps, min_occurrences=a.min_occurrences,
                      max_types=a.max_types, layer=a.layer, masked_types=a.masked_types,
-                     masked_per_type=a.masked_per_type, masked_queries=a.masked_queries)
+                     masked_per_type=a.masked_per_type, masked_queries=a.masked_queries,
+                     trust_remote_code=a.trust_remote_code)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, res)
