@@ -333,12 +333,12 @@ def load_export(folder: str | Path, *, task: str = "base", trust_remote_code: bo
         raise UserError(f"model folder not found: {folder}")
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    code = check_folder(folder, trust_remote_code)  # first: nothing of a refused folder is read further
     meta = ExportMeta.load(folder)
     if model_type is not None and meta.model_type is not None and meta.model_type != model_type:
         raise UserError(f"{meta.path}: model_type is {meta.model_type!r}; this needs an {model_type} export"
                         if model_type == "encoder" else
                         f"{meta.path}: model_type is {meta.model_type!r}; this needs a {model_type} export")
-    code = check_folder(folder, trust_remote_code)
     tok = load_tokenizer(folder, trust_remote_code=trust_remote_code, code=code) if tokenizer else None
     model = load_model(folder, task=task, trust_remote_code=trust_remote_code, random_init=random_init, code=code,
                        **model_kwargs)
