@@ -20,7 +20,7 @@ from pipeline.cli import add_config_args
 from pipeline.config import dump_config, load_config, save_config
 from pipeline.errors import UserError, main_guard
 from pipeline.log import get_logger, print_table
-from pipeline.runs import read_json
+from pipeline.runs import check_name, read_json, run_path
 
 log = get_logger("finetune")
 
@@ -78,10 +78,11 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.runs_root) / cfg.run / "finetune"
+    out = run_path(cfg.runs_root, cfg.run, "finetune")
     models = []
     for spec in args.models:
         name, d = model_name(spec)
+        check_name(name, f"--models {spec}: model name")  # a folder under {out}; NAME=DIR names it
         meta = read_pretrain_meta(d)  # checks the folder
         check_folder(d, cfg.trust_remote_code)  # pickles, code the user did not opt into: before any work
         if meta.get("model_type") == "decoder" and (meta.get("finetune_adapter") or "hf") == "hf":

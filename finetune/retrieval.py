@@ -628,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import load_config, save_config
     from pipeline.errors import main_guard
     from pipeline.log import get_logger, print_table
-    from pipeline.runs import atomic_write_json
+    from pipeline.runs import atomic_write_json, check_name, run_path
     from pretrain.exports import check_folder
 
     @main_guard
@@ -645,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         log = get_logger("retrieval")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        out_dir = Path(cfg.runs_root, cfg.run, "finetune", "retrieval")
+        out_dir = run_path(cfg.runs_root, cfg.run, "finetune", "retrieval")
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
         dirs = [Path(m) for m in args.models]
@@ -653,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (d / "config.json").is_file():
                 raise UserError(f"--models {d}: not a model folder (no config.json)")
             check_folder(d, cfg.trust_remote_code)  # pickles, code the user did not opt into: before any work
-        names = [model_name(d) for d in dirs]
+        names = [check_name(model_name(d), f"--models {d}: model name") for d in dirs]
         if len(set(names)) != len(names):
             raise UserError(f"--models: two folders share a model name: {names}")
         results = []

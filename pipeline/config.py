@@ -8,6 +8,11 @@ really used) next to the run's outputs.
 
 YAML files may ``include: other.yaml`` (path relative to the including file) to start from a base
 config; keys in the including file win.
+
+Keys named ``run`` or ``name`` (at any level: ``run``, ``name``, ``tasks[i].name``,
+``sources[i].name``) become folder or file names, so they must be one path component
+(``pipeline.runs.check_name``: ``[A-Za-z0-9._-]+``, not ``.``/``..``); ``name`` may be empty or
+null (its default). Anything else is refused at load with one line.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.runs import check_name
 
 T = TypeVar("T")
+NAME_KEYS = ("run", "name")  # keys that become one path component (see the module docstring)
 
 
 class ConfigError(UserError):
@@ -127,6 +134,12 @@ def _build(cls: type[T], data: dict, source: str, prefix: str = "") -> T:
             f"{source}: unknown key '{prefix}{unknown[0]}'. Valid keys{' under ' + prefix[:-1] if prefix else ''}: {valid}"
         )
     kwargs = {k: _coerce(v, hints[k], prefix + k, source) for k, v in data.items()}
+    for k in NAME_KEYS:
+        if k in kwargs and (kwargs[k] not in ("", None) or k == "run"):
+            try:
+                check_name(kwargs[k], f"key '{prefix}{k}':")
+            except UserError as e:
+                raise ConfigError(f"{source}: {e}") from None
     try:
         obj = cls(**kwargs)
     except TypeError as e:  # a required field without default is missing

@@ -3,6 +3,11 @@
 Every output a later stage reads is written to a temporary name in the same folder and renamed
 into place (``os.replace`` is atomic on one filesystem), so an interrupted run never leaves a
 half-written file under the final name. Folders are published the same way (``atomic_dir``).
+
+Names that become folders (``run``, ``name``, model names) are one path component
+(``[A-Za-z0-9._-]+``, not ``.``/``..``; :func:`check_name`), so no name leaves ``runs_root``.
+``atomic_dir`` writes a marker file (``.pipeline-dir``) into every folder it creates and replaces
+only such folders (or empty ones): a folder the pipeline did not write is never removed.
 """
 
 from __future__ import annotations
@@ -10,17 +15,39 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline.errors import UserError
+
 RUNS_ROOT = Path(os.environ.get("PIPELINE_RUNS", "runs"))
+NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+DIR_MARKER = ".pipeline-dir"  # written by atomic_dir into every folder it creates
+
+
+def check_name(value: object, what: str = "name") -> str:
+    """``value`` if it is one path component (``[A-Za-z0-9._-]+``, not ``.``/``..``), else a
+    :class:`UserError` naming ``what``."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or value in (".", ".."):
+        raise UserError(f"{what} {value!r} is not a valid name: use one path component of letters, digits, "
+                        "'.', '_' and '-' (not '.' or '..'; no '/')")
+    return value
+
+
+def run_path(runs_root: str | Path, run: str, *parts: str) -> Path:
+    """``runs_root/run/part/...`` with ``run`` and every part checked by :func:`check_name`."""
+    check_name(run, "run")
+    for p in parts:
+        check_name(p, "folder name")
+    return Path(runs_root, run, *parts)
 
 
 def run_dir(name: str, *parts: str, root: str | Path | None = None) -> Path:
     """``runs/NAME/part/...`` (created)."""
-    p = Path(root if root is not None else RUNS_ROOT, name, *parts)
+    p = run_path(root if root is not None else RUNS_ROOT, name, *parts)
     p.mkdir(parents=True, exist_ok=True)
     return p
 
@@ -76,14 +103,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
     If ``path`` exists it is moved aside first and removed after the rename, so at every instant
     either the old or the new complete folder is at ``path`` (or, between two renames, neither,
-    which readers treat as "not there" rather than "half there").
+    which readers treat as "not there" rather than "half there"). The new folder carries the
+    marker ``.pipeline-dir``; an existing ``path`` is replaced only if it carries the marker too
+    (or is an empty folder), so a folder the pipeline did not create is never removed.
     """
     path = Path(path)
+    _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        (tmp / DIR_MARKER).write_text("written by the pipeline (pipeline.runs.atomic_dir); it may replace "
+                                      "this folder\n", encoding="utf-8")
         yield tmp
         old = None
+        _check_replaceable(path)  # again: something may have appeared meanwhile
         if path.exists():
             old = path.with_name(f".{path.name}.old.{os.getpid()}")
             os.replace(path, old)
@@ -93,6 +126,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_replaceable(path: Path) -> None:
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise UserError(f"{path}: exists and is not a folder the pipeline wrote; refusing to replace it "
+                        "(move it away or choose another run/name)")
+    if path.is_dir() and not (path / DIR_MARKER).is_file() and any(path.iterdir()):
+        raise UserError(f"{path}: exists and was not written by the pipeline (no {DIR_MARKER} file); refusing "
+                        "to replace it (move it away or choose another run/name)")
 
 
 def read_json(path: str | Path) -> Any:

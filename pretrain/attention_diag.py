@@ -109,7 +109,9 @@ def load_texts(args) -> list[str]:
         return [ln for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
     from corpora.io import iter_corpus, list_shards
 
-    cdir = Path(args.corpus_dir or Path(args.runs_root, args.run, "corpus"))
+    from pipeline.runs import run_path
+
+    cdir = Path(args.corpus_dir or run_path(args.runs_root, args.run, "corpus"))
     if not list_shards(cdir, args.split):
         raise UserError(f"no corpus shards under {cdir / args.split}; pass --run, --corpus-dir or --text-file")
     return [r["text"] for r in iter_corpus(cdir, args.split) if r.get("text")]

@@ -28,7 +28,7 @@ import yaml
 
 from pipeline.errors import UserError, main_guard
 from pipeline.log import get_logger
-from pipeline.runs import atomic_dir, read_json
+from pipeline.runs import DIR_MARKER, atomic_dir, read_json
 
 log = get_logger("publish")
 
@@ -197,7 +197,8 @@ def push_folder(folder: Path, repo_id: str, private: bool = False, api: Any = No
     try:
         api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
         info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                                 commit_message="Upload from zh-pretrain-pipeline")
+                                 commit_message="Upload from zh-pretrain-pipeline",
+                                 ignore_patterns=[DIR_MARKER])  # atomic_dir's marker stays local
     except UserError:
         raise
     except Exception as e:  # no network, bad token, hub error: one clear line, folder untouched
