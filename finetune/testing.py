@@ -52,10 +52,10 @@ def make_checkpoint(path: str | Path, texts: Iterable[str], vocab: str = "char",
                           intermediate_size=hidden * 4, max_position_embeddings=256, type_vocab_size=2, pad_token_id=0)
         BertForMaskedLM(conf).save_pretrained(path)
     tokenizer.save_pretrained(path)
-    meta = {"objective": "ntp" if decoder else "mlm", "model_type": "decoder" if decoder else "encoder", "vocab_kind": vocab, "vocab_path": "", "steps": 0,
-            "tokens_seen": 0, "trust_remote_code": False, "finetune_adapter": "hf", "train_seconds": 0.0,
-            "hardware": "cpu", "final_eval": {}}
-    (path / "pretrain_meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    from pretrain.exports import ExportMeta
+
+    ExportMeta(objective="ntp" if decoder else "mlm", model_type="decoder" if decoder else "encoder", vocab_kind=vocab,
+               vocab_path="", trust_remote_code=False, finetune_adapter="hf", hardware="cpu").save(path)
     if metrics and path.name == "export":
         lines = [{"step": s, "split": "train", "loss": 9.0 - s / 10} for s in range(10, 60, 10)] + \
             [{"step": 50, "split": "valid", "loss": 8.5, "accuracy": 0.05}]
