@@ -49,7 +49,7 @@ class EvilForMaskedLM(BertForMaskedLM):
 '''
 
 
-def _craft(d: Path) -> Path:
+def _craft(d: Path, model_type: str = "encoder") -> Path:
     """A tiny exported checkpoint whose config's ``auto_map`` points at its own module, and whose
     metadata claims ``trust_remote_code`` (as an attacker's folder would)."""
     make_checkpoint(d, TEXTS, metrics=False)
@@ -60,6 +60,7 @@ def _craft(d: Path) -> Path:
     (d / "config.json").write_text(json.dumps(conf), encoding="utf-8")
     meta = ExportMeta.load(d)
     meta.trust_remote_code = True
+    meta.model_type = model_type
     meta.save(d)
     return d
 
@@ -101,6 +102,7 @@ def test_finetune_cli_refuses_crafted_folder(tmp_path, marker, capsys):
     from finetune.__main__ import main
 
     d = _craft(tmp_path / "evil_cli")
+    capsys.readouterr()  # the fixture's own output
     cfg = tmp_path / "ft.yaml"
     cfg.write_text(f"run: t\nruns_root: {tmp_path / 'runs'}\n", encoding="utf-8")
     rc = main(["--config", str(cfg), "--models", str(d)])
@@ -228,3 +230,43 @@ def test_export_meta_round_trip_and_types(tmp_path):
     with pytest.raises(UserError, match="field 'steps'"):
         ExportMeta.load(tmp_path)
     assert ExportMeta.load(tmp_path / "nothing").path is None
+
+
+def _cli(name):
+    from pipeline.errors import main_guard
+
+    if name == "attention_diag":
+        from pretrain.attention_diag import main
+        return lambda d, extra, tmp: main([str(d), "--text-file", str(tmp / "t.txt"), "--out", str(tmp / "o.json")] + extra)
+    if name == "ngram_eval":
+        from pretrain.ngram_eval import main
+        return lambda d, extra, tmp: main_guard(main)(["--models", str(d), "--out", str(tmp / "o.json"),
+                                                       "--shards", str(tmp / "no-shards")] + extra)
+    from finetune.retrieval import main
+
+    def run(d, extra, tmp):
+        (tmp / "r.yaml").write_text(f"run: t\nruns_root: {tmp / 'runs'}\ntext_file: {tmp / 't.txt'}\n", encoding="utf-8")
+        return main(["--config", str(tmp / "r.yaml"), "--models", str(d)] + extra)
+    return run
+
+
+@pytest.mark.parametrize("name", ["attention_diag", "ngram_eval", "retrieval"])
+def test_evaluation_clis_refuse_without_the_flag(tmp_path, marker, capsys, name):
+    d = _craft(tmp_path / "evil")
+    (tmp_path / "t.txt").write_text("我们喜欢北京\n" * 50, encoding="utf-8")
+    capsys.readouterr()  # the fixture's own output
+    rc = _cli(name)(d, [], tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "(evil_model.py)" in err[0] and not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["attention_diag", "ngram_eval"])
+def test_evaluation_clis_pass_the_flag_on(tmp_path, marker, capsys, name):
+    """With ``--trust-remote-code`` the folder's module is imported (the marker appears); the run then
+    stops later for its own reasons (no causal-LM class, no shards) with exit code 2."""
+    # a folder name of its own: transformers caches an imported folder module by the folder's name
+    d = _craft(tmp_path / f"evil_flag_{name}", "decoder" if name == "attention_diag" else "encoder")
+    (tmp_path / "t.txt").write_text("我们喜欢北京\n" * 50, encoding="utf-8")
+    rc = _cli(name)(d, ["--trust-remote-code"], tmp_path)
+    capsys.readouterr()
+    assert rc == 2 and marker.exists()
