@@ -26,6 +26,8 @@ class SourceConfig:
     glob: str = ""            # alternatively a glob pattern, e.g. "data/**/*.jsonl.zst"
     text_field: str = "text"  # jsonl / parquet / hf: the field that holds the text
     doc_sep: Literal["line", "blank"] = "line"  # text: one doc per line, or blank-line-separated
+    # text / jsonl: the files' encoding (any Python codec: gb18030, big5, utf-16, ...), read as UTF-8
+    encoding: str = "utf-8"
     # hf: datasets.load_dataset(name, config, split=split, data_files=..., streaming=True)
     name: str = ""
     config: str = ""
@@ -44,6 +46,14 @@ class SourceConfig:
             raise ValueError("an 'hf' source needs 'name' (a hub dataset, or json/parquet/text with data_files)")
         if self.type == "builtin" and self.builtin not in BUILTINS:
             raise ValueError(f"builtin source '{self.builtin}' unknown; valid: {', '.join(BUILTINS)}")
+        import codecs
+
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"encoding '{self.encoding}' unknown (Python codec names: gb18030, big5, utf-16, ...)") from None
+        if self.encoding.lower().replace("_", "-") not in ("utf-8", "utf8") and self.type not in ("text", "jsonl"):
+            raise ValueError(f"'encoding' applies to text and jsonl sources, not '{self.type}'")
         if self.stride < 1 or self.group < 1 or self.max_docs < 0:
             raise ValueError("stride and group must be >= 1 and max_docs >= 0")
 
