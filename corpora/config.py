@@ -110,6 +110,8 @@ class FiltersConfig:
     repetition_min_units: int = 50  # repetition checks skip shorter docs (words or CJK chars)
     max_replacement_share: float = 0.001  # garbage: U+FFFD share
     max_mojibake: int = 3          # garbage: mojibake sequences (UTF-8 read as Latin-1/GBK, 锟斤拷)
+    # mojibake: share of non-ASCII characters that round-trip GB18030 -> UTF-8 (UTF-8 read as GBK)
+    max_gbk_mojibake_share: float = 0.3
     max_symbol_run: int = 12       # garbage: longest run of symbol characters
     max_symbol_share: float = 0.2  # garbage: share of symbol characters (Unicode S*)
     disabled: list[str] = field(default_factory=list)  # names of filters to skip

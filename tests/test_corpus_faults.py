@@ -145,3 +145,126 @@ def test_corrupt_parquet_row_group_is_quarantined_and_the_others_are_read(tmp_pa
     assert [d.where for d in docs][10] == f"{p}:row 21"
     assert len(quar) == 1 and quar[0].kind == "corrupt_file" and quar[0].where == f"{p}:row 11"
     assert "row group 1" in quar[0].reason and "\n" not in quar[0].reason
+
+
+# ------------------------------------------------------------------------ the build as a whole
+def _cfg(tmp_path, run, sources, **over):
+    from corpora.config import CorpusConfig
+    from pipeline.config import load_config
+    import yaml
+
+    p = tmp_path / f"{run}.yaml"
+    p.write_text(yaml.safe_dump({"run": run, "runs_root": str(tmp_path / "runs"), "sources": sources, **over},
+                                allow_unicode=True), encoding="utf-8")
+    return p, load_config(CorpusConfig, p)
+
+
+def _damaged_inputs(d):
+    """A truncated .zst, a GB18030 file and too-short lines: nothing in them is a document."""
+    d.mkdir(parents=True, exist_ok=True)
+    full = zstandard.ZstdCompressor().compress(DATA)
+    (d / "cut.txt.zst").write_bytes(full[:10])
+    (d / "gbk.txt").write_bytes(TEXT.encode("gb18030"))
+    (d / "short.txt").write_text("太短\n也短\n", encoding="utf-8")
+
+
+def test_a_build_that_keeps_nothing_exits_2_with_reasons(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from corpora.build import build
+
+    _damaged_inputs(tmp_path / "in")
+    good = tmp_path / "good.txt"
+    good.write_text("\n".join(LINES[:20]) + "\n", encoding="utf-8")
+    src = [{"type": "text", "path": str(tmp_path / "in")}]
+    _, cfg = _cfg(tmp_path, "r", [{"type": "text", "path": str(good)}], dedup={"near": False})
+    build(cfg)  # a previous complete corpus
+    corpus = tmp_path / "runs" / "r" / "corpus"
+    before = (corpus / "stats.json").read_bytes()
+    p, cfg = _cfg(tmp_path, "r", src)
+    with pytest.raises(UserError) as ei:
+        build(cfg)
+    msg = str(ei.value)
+    assert "kept no document of 2 read" in msg and "previous corpus is unchanged" in msg
+    assert "reader:truncated_file 1 (first: " in msg and "cut.txt.zst:1" in msg
+    assert "reader:wrong_encoding 1 (first: " in msg and "iconv -f GB18030" in msg
+    assert "length 2 (first: " in msg and "short.txt:1" in msg
+    assert (corpus / "stats.json").read_bytes() == before
+    assert sorted(q.name for q in corpus.parent.iterdir()) == [".locks", "corpus"]  # no temporary left
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "corpora", "build", "--config", str(p)], cwd=repo,
+                       capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "PIPELINE_PROGRESS": "0"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")][0].startswith(f"error: {corpus}: the build kept no")
+
+
+def test_quarantines_by_kind_in_stats_and_summary(tmp_path):
+    from corpora.build import build
+
+    _damaged_inputs(tmp_path / "in")
+    good = tmp_path / "in" / "good.txt"
+    good.write_text("\n".join(LINES[:20]) + "\n", encoding="utf-8")
+    _, cfg = _cfg(tmp_path, "s", [{"type": "text", "path": str(tmp_path / "in")}], dedup={"near": False})
+    stats = build(cfg)
+    assert stats["quarantined"] == {"truncated_file": 1, "wrong_encoding": 1}
+    assert stats["totals"]["kept_docs"] == 20
+    summary = (tmp_path / "runs" / "s" / "corpus" / "summary.txt").read_text(encoding="utf-8")
+    rows = {ln.split()[0]: ln.split()[-1] for ln in summary.splitlines() if ln.strip().startswith(("reader:", "length"))}
+    assert rows == {"reader:truncated_file": "1", "reader:wrong_encoding": "1", "length": "2"}
+
+
+# ------------------------------------------------------------------- machine faults: one line
+def test_main_guard_full_disk_and_permission_are_one_line(tmp_path, capsys):
+    import errno
+
+    from pipeline.errors import main_guard
+
+    target = tmp_path / "runs" / "r" / "corpus" / "shard.jsonl.zst"
+
+    @main_guard
+    def full():
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        except OSError as e:
+            raise RuntimeError("unexpected pos 4106048 vs 4105936") from e  # what torch.save says
+
+    assert full() == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: no space left on device: {target}; ")
+    assert f"free on the filesystem of {tmp_path}" in err[0]
+
+    @main_guard
+    def denied():
+        raise PermissionError(errno.EACCES, "Permission denied", "/etc/x")
+
+    assert denied() == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: permission denied: /etc/x; check the owner and mode of the file and its folder"]
+
+    @main_guard
+    def bug():
+        raise FileNotFoundError(errno.ENOENT, "No such file", "x")
+
+    with pytest.raises(FileNotFoundError):  # not a machine fault: the traceback stays
+        bug()
+
+
+def test_corpus_build_on_a_full_disk_exits_2_and_leaves_no_temporary(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import corpora.build
+    from corpora.__main__ import main
+
+    def no_space(path, records, level=3):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(corpora.build, "write_shard", no_space)
+    good = tmp_path / "good.txt"
+    good.write_text("\n".join(LINES[:20]) + "\n", encoding="utf-8")
+    p, _ = _cfg(tmp_path, "f", [{"type": "text", "path": str(good)}])
+    assert main(["build", "--config", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "error: no space left on device: " in err and "shard-00000.jsonl.zst" in err and "Traceback" not in err
+    assert sorted(q.name for q in (tmp_path / "runs" / "f").iterdir()) == [".locks"]
