@@ -88,11 +88,15 @@ def gbk_mojibake(text: str, sample: int = 4000) -> tuple[int, int, str]:
             raw = run.encode("gb18030")
         except UnicodeEncodeError:
             continue
-        for lead, cut in ((a, b) for a in range(3) for b in range(4)):
+        for lead in range(3):
+            part = raw[lead:]
             try:
-                fixed = raw[lead: len(raw) - cut].decode("utf-8")
-            except UnicodeDecodeError:
-                continue
+                fixed, cut = part.decode("utf-8"), 0
+            except UnicodeDecodeError as e:
+                cut = len(part) - e.start
+                if cut > 3:  # invalid before the last 3 bytes: not UTF-8 with this start
+                    continue
+                fixed = part[: e.start].decode("utf-8")
             cjk = len(_CJK_RE.findall(fixed))
             # a trimmed match needs a longer run: short runs of real text match by chance
             if fixed != run and cjk * 2 >= len(fixed) and cjk >= (2 if lead + cut == 0 else 4):
