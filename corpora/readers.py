@@ -113,15 +113,25 @@ def open_binary(path: Path) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
+def _undecodable(e: UnicodeError) -> tuple[str, int]:
+    """Decode error handler: each undecodable byte becomes a 0xFF byte in the UTF-8 output."""
+    if not isinstance(e, UnicodeDecodeError):
+        raise e
+    return "\udcff" * (e.end - e.start), e.end
+
+
+codecs.register_error("corpora.undecodable", _undecodable)
+
+
 class _Transcoder(io.RawIOBase):
     """Decodes a byte stream in ``encoding`` and re-encodes it as UTF-8, incrementally.
 
-    Undecodable bytes pass through unchanged (``surrogateescape``), so the line they are in is
-    quarantined as ``invalid_utf8`` like any other bad line."""
+    Undecodable bytes become invalid UTF-8 (0xFF), so the line they are in is quarantined as
+    ``invalid_utf8`` like any other bad line."""
 
     def __init__(self, raw: io.BufferedIOBase, encoding: str):
         self._raw = raw
-        self._dec = codecs.getincrementaldecoder(encoding)(errors="surrogateescape")
+        self._dec = codecs.getincrementaldecoder(encoding)(errors="corpora.undecodable")
         self._buf = b""
         self._pos = 0
         self._eof = False
@@ -275,7 +285,7 @@ def iter_lines(path: Path, max_line_bytes: int, counters: SourceCounters,
         while True:
             try:
                 line = fh.readline(max_line_bytes + 1)
-            except stream_errors() as e:  # truncated or corrupt compressed stream midway
+            except (*stream_errors(), OSError) as e:  # truncated or corrupt compressed stream midway
                 yield lineno + 1, _damaged(path, lineno + 1, e)
                 return
             if not line:
@@ -305,7 +315,8 @@ def iter_lines(path: Path, max_line_bytes: int, counters: SourceCounters,
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield lineno, Quarantine(where, "invalid_utf8", f"invalid UTF-8 at byte {e.start}: {e.reason}",
+                yield lineno, Quarantine(where, "invalid_utf8", f"not valid {encoding} at character {e.start}"
+                                         if transcoded else f"invalid UTF-8 at byte {e.start}: {e.reason}",
                                          line[:200].decode("utf-8", errors="replace"))
                 continue
             yield lineno, text

@@ -114,6 +114,12 @@ def test_encoding_option_for_jsonl_and_bad_bytes_stay_line_level(tmp_path):
     docs, quar, _ = _read(SourceConfig(type="jsonl", path=str(p), encoding="gbk"))
     assert [d.text for d in docs] == LINES[:2]
     assert [q.kind for q in quar] == ["invalid_utf8"] and quar[0].where.endswith("gbk.jsonl:2")
+    assert quar[0].reason.startswith("not valid gbk")
+    p = tmp_path / "u16.txt"  # an unpaired surrogate (NUL high byte: surrogateescape cannot carry it)
+    p.write_bytes("第一行\n".encode("utf-16-le") + b"\x00\xd8" + "坏\n第三行\n".encode("utf-16-le"))
+    docs, quar, _ = _read(SourceConfig(type="text", path=str(p), encoding="utf-16-le"))
+    assert [d.text for d in docs] == ["第一行", "第三行"]
+    assert [q.kind for q in quar] == ["invalid_utf8"] and quar[0].where.endswith("u16.txt:2")
 
 
 def test_utf8_and_random_bytes_are_not_called_another_encoding(tmp_path):
