@@ -9,9 +9,10 @@ including ``kill -9``, so a lock is never stale). Lock files are left in place; 
 would let a third process lock a different file of the same name.
 
 Within one process the lock is re-entrant (a stage that calls another locked function of itself,
-or a test that calls ``main`` twice); across processes it is exclusive. Child processes forked while
-it is held share it and it is released when the holder leaves the ``with`` block. ``flock`` is
-reliable on local filesystems; on NFS it depends on the server (Linux maps it to POSIX locks).
+or a test that calls ``main`` twice); across processes it is exclusive. A forked child (a worker
+pool) closes its inherited copy at once, so workers that outlive a killed holder never keep the
+lock. ``flock`` is reliable on local filesystems; on NFS it depends on the server (Linux maps it
+to POSIX locks).
 """
 
 from __future__ import annotations
@@ -27,6 +28,20 @@ from typing import Iterator
 from pipeline.errors import UserError
 
 _HELD: dict[str, list] = {}  # lock file (resolved) -> [fd, depth] held by this process
+
+
+def _close_in_child() -> None:
+    """After a fork: drop the child's copies of held lock files (closing is not unlocking: the
+    parent's lock stays; the child just no longer keeps it alive if the parent dies)."""
+    for fd, _ in _HELD.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 def lock_path(folder: str | Path, stage: str) -> Path:

@@ -73,6 +73,32 @@ def test_second_process_is_refused_with_the_pid_and_a_kill_releases(tmp_path):
     release(tmp_path, "corpus")  # releasing a lock not held is a no-op
 
 
+HOLD_AND_DIE = """
+import multiprocessing as mp, os, signal, sys, time
+from pipeline.lock import acquire
+acquire(sys.argv[1], "corpus")
+worker = mp.get_context("fork").Process(target=time.sleep, args=(120,))
+worker.start()
+print(worker.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)   # the holder dies; its forked worker lives on
+"""
+
+
+def test_a_forked_worker_that_outlives_the_holder_does_not_keep_the_lock(tmp_path):
+    import signal
+
+    p = subprocess.Popen([sys.executable, "-c", HOLD_AND_DIE, str(tmp_path)], cwd=REPO, env=ENV,
+                         stdout=subprocess.PIPE, text=True)
+    worker = int(p.stdout.readline())
+    assert p.wait(timeout=60) == -signal.SIGKILL
+    try:
+        os.kill(worker, 0)  # still alive
+        with stage_lock(tmp_path, "corpus"):
+            pass
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
 def _corpus_config(tmp_path: Path) -> Path:
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"text": f"第{i}号文件：气象台预报，明天白天本市晴转多云，最高气温二十二度。"},
