@@ -141,3 +141,23 @@ def test_two_trainings_on_one_folder(tmp_path):
     _refused(r, h.pid, "pretrain-mlm")
     assert not (run / "pretrain").exists()
     h.release()
+
+
+def test_two_finetuning_suites_on_one_folder(tmp_path):
+    from finetune.testing import make_checkpoint
+    from test_finetune_tasks import write_chnsenticorp
+
+    write_chnsenticorp(tmp_path / "data" / "chnsenticorp")
+    model = make_checkpoint(tmp_path / "m" / "export", ["很好的书", "不好看"], "char")
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "run": "r", "runs_root": str(tmp_path / "runs"), "device": "cpu", "threads": 1, "seeds": [1],
+        "lrs": [1.0e-3], "epochs": [1], "batch_size": 8, "random_init_twins": False,
+        "tasks": [{"name": "chnsenticorp", "data_dir": str(tmp_path / "data" / "chnsenticorp"), "max_chars": 32,
+                   "max_train": 8}]}), encoding="utf-8")
+    run = tmp_path / "runs" / "r"
+    h = Holder(run, "finetune")
+    r = _run("finetune", "--config", str(cfg), "--models", f"base={model}")
+    _refused(r, h.pid, "finetune")
+    assert not (run / "finetune" / "base").exists()
+    h.release()
