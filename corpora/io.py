@@ -23,7 +23,9 @@ from pipeline.errors import UserError
 from pipeline.runs import atomic_file
 
 SPLITS = ("train", "valid")
-_IN_CHUNK = 1 << 14  # compressed bytes fed per step (bounds the output of one step on real text)
+_READ = 1 << 16   # compressed bytes read from the file at a time
+_FEED = 64        # ... and fed to the decoder at a time: one feed expands to at most ~2 MiB (RLE blocks)
+_OUT = 1 << 20    # decoded bytes produced per refill (then the reader consumes them)
 
 
 class TruncatedStream(EOFError):
@@ -39,6 +41,9 @@ class ZstdReader(io.RawIOBase):
 
     Raises :class:`TruncatedStream` when the file ends inside a frame and :class:`CorruptStream`
     when libzstd rejects the data (including a content-checksum mismatch). Reads across frames.
+    Memory stays bounded for any compression ratio: input is fed in small pieces and at most
+    about ``_OUT`` decoded bytes (plus one piece's output) are held, so a 100 MB line that
+    compresses to a few KB is still read in bounded pieces.
     """
 
     def __init__(self, raw, name: str = ""):
@@ -46,40 +51,59 @@ class ZstdReader(io.RawIOBase):
         self.name = name
         self._dctx = zstandard.ZstdDecompressor()
         self._dobj = None           # decompressor of the current frame (None between frames)
-        self._buf = b""
+        self._pending = b""         # compressed bytes read but not fed yet
+        self._off = 0
+        self._buf = b""             # decoded bytes not handed out yet
         self._pos = 0
         self.compressed_read = 0
 
     def readable(self) -> bool:
         return True
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes) -> list[bytes]:
+        out = []
         while data:
             if self._dobj is None:
                 self._dobj = self._dctx.decompressobj()
             try:
-                out = self._dobj.decompress(data)
+                out.append(self._dobj.decompress(data))
             except zstandard.ZstdError as e:
-                raise CorruptStream(f"corrupt zstd data near compressed byte {self.compressed_read}: {e}") from None
-            if out:
-                self._buf = self._buf[self._pos:] + out if self._pos < len(self._buf) else out
-                self._pos = 0
+                at = self.compressed_read - len(self._pending) + self._off
+                raise CorruptStream(f"corrupt zstd data near compressed byte {at}: {e}") from None
             if self._dobj.eof:
                 data = self._dobj.unused_data
                 self._dobj = None
             else:
                 data = b""
+        return out
 
-    def readinto(self, b) -> int:
-        while self._pos >= len(self._buf):
-            chunk = self._raw.read(_IN_CHUNK)
-            if not chunk:
+    def _refill(self) -> bool:
+        """Decode the next piece into ``_buf``; False at the end of a complete stream."""
+        if self._off >= len(self._pending):
+            self._pending = self._raw.read(_READ)
+            self._off = 0
+            if not self._pending:
                 if self._dobj is not None:
                     raise TruncatedStream(
                         f"the zstd stream ends inside a frame after {self.compressed_read} compressed bytes")
+                return False
+            self.compressed_read += len(self._pending)
+        out: list[bytes] = []
+        size = 0
+        while self._off < len(self._pending) and size < _OUT:
+            piece = self._pending[self._off:self._off + _FEED]
+            self._off += len(piece)
+            for o in self._feed(piece):
+                out.append(o)
+                size += len(o)
+        self._buf = b"".join(out)
+        self._pos = 0
+        return True
+
+    def readinto(self, b) -> int:
+        while self._pos >= len(self._buf):
+            if not self._refill():
                 return 0
-            self.compressed_read += len(chunk)
-            self._feed(chunk)
         n = min(len(b), len(self._buf) - self._pos)
         b[:n] = self._buf[self._pos:self._pos + n]
         self._pos += n

@@ -47,6 +47,27 @@ def test_concatenated_zst_frames_are_all_read(tmp_path):
     assert [d.text for d in docs] == LINES and quar == []
 
 
+def test_a_100mb_line_compressed_to_a_few_kb_stays_bounded(tmp_path):
+    import tracemalloc
+
+    from corpora.config import CorpusConfig
+
+    p = tmp_path / "huge.txt.zst"
+    with open(p, "wb") as f, zstandard.ZstdCompressor().stream_writer(f) as w:
+        for _ in range(100):
+            w.write(b"y" * (1 << 20))
+        w.write(b"\nthe next line\n")
+    assert p.stat().st_size < 10_000
+    limit = CorpusConfig().max_line_bytes
+    tracemalloc.start()
+    c = SourceCounters()
+    items = list(read_source(SourceConfig(type="text", path=str(p)), "huge", limit, c))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [getattr(i, "text", None) or i.kind for i in items] == ["line_too_long", "the next line"]
+    assert peak < 3 * limit  # the decoder never expands the whole line at once
+
+
 def test_zst_checksum_mismatch_is_quarantined(tmp_path):
     data = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(DATA))
     data[-2] ^= 0xFF  # the content checksum is the frame's last 4 bytes
