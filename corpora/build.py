@@ -311,7 +311,6 @@ def _build(cfg: CorpusConfig) -> dict:
 def _nothing_kept_message(stats: dict, out: Path, first_example: dict[str, str]) -> str:
     t = stats["totals"]
     counts = dict(reasons_by_kind(stats))
-    counts.pop("kept", None)
     parts = [f"{k} {v:,}" + (f" (first: {first_example[k][:160]})" if k in first_example else "")
              for k, v in counts.items() if v]
     return (f"{out}: the build kept no document of {t['input_docs']:,} read; nothing was written"
