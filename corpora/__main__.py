@@ -22,6 +22,7 @@ config keys (YAML file, or key.sub=value on the command line; unknown keys are e
     path | glob           file, folder (recursive) or glob; .gz/.zst for text and jsonl
     text_field            jsonl/parquet/hf field with the text (dotted for nested)
     doc_sep               text: line (one doc per line) | blank (blank-line separated)
+    encoding              text/jsonl: the files' encoding (default utf-8; e.g. gb18030, big5, utf-16)
     name, config, split, data_files   hf: datasets.load_dataset(name, config, split, streaming)
     builtin               pd1998 | reviews | msra | cantonese | english
     max_docs, stride, group           cap, keep every stride-th record, join group records
@@ -30,10 +31,12 @@ config keys (YAML file, or key.sub=value on the command line; unknown keys are e
   langid.{han_min,yue_min_ratio,yue_markers,latin_min,en_function_min}
   filters.{keep_langs,min_chars,max_chars,min_letter_share,max_dup_line_frac,top_ngram,top_ngram_max,
            dup_ngram,dup_ngram_max,repetition_min_units,max_replacement_share,max_mojibake,
-           max_symbol_run,max_symbol_share,cjk_ngram_scale,disabled}
+           max_gbk_mojibake_share,max_symbol_run,max_symbol_share,cjk_ngram_scale,disabled}
   dedup.{exact,near,threshold,num_perm,char_ngram,word_ngram,seed,lsh_index}
   split.{valid_fraction,salt}
 Example: python -m corpora build --config configs/corpus/default.yaml run=demo workers=2
+One build per run at a time: a second one exits 2 naming the first one's pid (runs/RUN/.locks/).
+A build that keeps no document exits 2 with the rejections and quarantines by reason.
 See docs/corpora.md for what each step does and how to add a source.
 """
 

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from pipeline.config import config_to_dict, save_config
+from pipeline.errors import UserError
+from pipeline.lock import stage_lock
 from pipeline.log import get_logger, print_table, progress
 from pipeline.runs import atomic_dir, atomic_write_json, atomic_write_text
 
@@ -170,7 +172,18 @@ def _cleanup_stale(out: Path) -> None:
 
 
 def build(cfg: CorpusConfig) -> dict:
-    """Build ``{runs_root}/{run}/corpus/`` and return the stats."""
+    """Build ``{runs_root}/{run}/corpus/`` and return the stats.
+
+    Holds the run folder's ``corpus`` lock (``pipeline.lock``): a second build of the same run
+    stops with a ``UserError`` naming the first one's pid instead of deleting its temporary folder.
+    A build that keeps no document is a ``UserError`` listing the rejections and quarantines by
+    reason (with the first example of each); the previous corpus, if any, stays in place."""
+    run_folder = Path(cfg.runs_root) / cfg.run
+    with stage_lock(run_folder, "corpus"):
+        return _build(cfg)
+
+
+def _build(cfg: CorpusConfig) -> dict:
     out = Path(cfg.runs_root) / cfg.run / "corpus"
     out.parent.mkdir(parents=True, exist_ok=True)
     _cleanup_stale(out)
@@ -189,6 +202,7 @@ def build(cfg: CorpusConfig) -> dict:
         shard_index = {"train": 0, "valid": 0}
         split_docs = {"train": 0, "valid": 0}
         shards_written = 0
+        first_example: dict[str, str] = {}  # reason -> "where: detail" of its first occurrence
         # doc_meta is parallel to the stream of documents sent to the workers
         doc_meta: deque = deque()
 
@@ -211,9 +225,10 @@ def build(cfg: CorpusConfig) -> dict:
 
                 def on_quarantine(q: Quarantine, name=name, st=st) -> None:
                     st["quarantined"][q.kind] += 1
+                    first_example.setdefault(f"reader:{q.kind}", f"{q.where}: {q.reason}")
                     rejected.write("reader", {"source": name, "where": q.where, "filter": "reader",
                                               "kind": q.kind, "reason": q.reason, "text": q.preview})
-                    if q.kind == "binary_file":
+                    if q.kind in ("binary_file", "wrong_encoding", "truncated_file", "corrupt_file"):
                         log.warning("source '%s': quarantined %s (%s)", name, q.where, q.reason)
 
                 log.info("reading source '%s' (%s)", name, st["type"])
@@ -251,6 +266,7 @@ def build(cfg: CorpusConfig) -> dict:
                 if "rejected" in r:
                     fname, reason = r["rejected"]
                     st["rejected"][fname] += 1
+                    first_example.setdefault(fname, f"{where}: {reason}")
                     rejected.write(fname, {**base, "filter": fname, "reason": reason, "text": r["text"]})
                     continue
                 dup = dedup.check(r["id"], r["sig"]) if (cfg.dedup.exact or cfg.dedup.near) else None
@@ -282,11 +298,38 @@ def build(cfg: CorpusConfig) -> dict:
         stats = _make_stats(cfg, per_source, shard_index, split_docs, dedup, seconds)
         # CPU time of this (parent) process: reading, dedup decisions, writing; the serial part
         stats["timing"]["parent_cpu_seconds"] = round(time.process_time() - cpu0, 3)
+        if stats["totals"]["kept_docs"] == 0:
+            print_summary(stats)
+            raise UserError(_nothing_kept_message(stats, out, first_example))
         atomic_write_text(tmp / "summary.txt", summary_text(stats) + "\n")
         atomic_write_json(tmp / "stats.json", stats)  # last file: marks the corpus complete
     print_summary(stats)
     log.info("corpus written to %s in %.1f s", out, seconds)
     return stats
+
+
+def _nothing_kept_message(stats: dict, out: Path, first_example: dict[str, str]) -> str:
+    t = stats["totals"]
+    counts = dict(reasons_by_kind(stats))
+    parts = [f"{k} {v:,}" + (f" (first: {first_example[k][:160]})" if k in first_example else "")
+             for k, v in counts.items() if v]
+    return (f"{out}: the build kept no document of {t['input_docs']:,} read; nothing was written"
+            f"{' and the previous corpus is unchanged' if out.exists() else ''}. "
+            f"By reason: {'; '.join(parts) or 'no input documents'}")
+
+
+def reasons_by_kind(stats: dict) -> list[tuple[str, int]]:
+    """(reason, documents) for every way a document left the build: ``reader:<kind>`` for each
+    quarantine kind, each filter, ``exact_dup``, ``near_dup``, ``heldout``."""
+    q: Counter = Counter()
+    for s in stats["by_source"].values():
+        q.update(s["quarantined"])
+    t = stats["totals"]
+    rows = [(f"reader:{k}", v) for k, v in sorted(q.items())]
+    rows += [(k, v) for k, v in stats["rejected"].items() if k != "reader"]
+    rows += [("exact_dup", t["exact_duplicates"]), ("near_dup", t["near_duplicates"]),
+             ("heldout", t["heldout_excluded"])]
+    return rows
 
 
 # ------------------------------------------------------------------------------ stats, summary
@@ -322,6 +365,7 @@ def _make_stats(cfg: CorpusConfig, per_source: dict, shard_index: dict, split_do
         "by_lang": {k: dict(v) for k, v in sorted(by_lang.items())},
         "by_source": by_source,
         "rejected": dict(sorted(rejected.items())),
+        "quarantined": dict(sorted(sum((Counter(s["quarantined"]) for s in per_source.values()), Counter()).items())),
         "duplicates": {"exact": tot["exact_duplicates"], "near": tot["near_duplicates"]},
         "heldout_excluded": {n: st["heldout_excluded"] for n, st in per_source.items()},
         "licences": {n: st["licence"] for n, st in per_source.items()},
@@ -353,9 +397,8 @@ def summary_tables(stats: dict) -> list[tuple[str, list[str], list[list]]]:
          rows),
         ("By language", ["lang", "docs", "chars"],
          [[k, v["docs"], v["chars"]] for k, v in stats["by_lang"].items()]),
-        ("Rejections (rejected/<name>.jsonl.zst)", ["name", "docs"],
-         [[k, v] for k, v in stats["rejected"].items()] + [["exact_dup", t["exact_duplicates"]],
-                                                            ["near_dup", t["near_duplicates"]]]),
+        ("Rejections (rejected/<name>.jsonl.zst; reader:<kind> = quarantined input by reason)", ["name", "docs"],
+         [[k, v] for k, v in reasons_by_kind(stats) if k != "heldout"]),
         ("Output", ["item", "value"],
          [["train docs / shards", f"{sp['train']['docs']:,} / {sp['train']['shards']}"],
           ["valid docs / shards", f"{sp['valid']['docs']:,} / {sp['valid']['shards']}"],

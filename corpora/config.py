@@ -26,6 +26,8 @@ class SourceConfig:
     glob: str = ""            # alternatively a glob pattern, e.g. "data/**/*.jsonl.zst"
     text_field: str = "text"  # jsonl / parquet / hf: the field that holds the text
     doc_sep: Literal["line", "blank"] = "line"  # text: one doc per line, or blank-line-separated
+    # text / jsonl: the files' encoding (any Python codec: gb18030, big5, utf-16, ...), read as UTF-8
+    encoding: str = "utf-8"
     # hf: datasets.load_dataset(name, config, split=split, data_files=..., streaming=True)
     name: str = ""
     config: str = ""
@@ -44,6 +46,14 @@ class SourceConfig:
             raise ValueError("an 'hf' source needs 'name' (a hub dataset, or json/parquet/text with data_files)")
         if self.type == "builtin" and self.builtin not in BUILTINS:
             raise ValueError(f"builtin source '{self.builtin}' unknown; valid: {', '.join(BUILTINS)}")
+        import codecs
+
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"encoding '{self.encoding}' unknown (Python codec names: gb18030, big5, utf-16, ...)") from None
+        if self.encoding.lower().replace("_", "-") not in ("utf-8", "utf8") and self.type not in ("text", "jsonl"):
+            raise ValueError(f"'encoding' applies to text and jsonl sources, not '{self.type}'")
         if self.stride < 1 or self.group < 1 or self.max_docs < 0:
             raise ValueError("stride and group must be >= 1 and max_docs >= 0")
 
@@ -100,6 +110,8 @@ class FiltersConfig:
     repetition_min_units: int = 50  # repetition checks skip shorter docs (words or CJK chars)
     max_replacement_share: float = 0.001  # garbage: U+FFFD share
     max_mojibake: int = 3          # garbage: mojibake sequences (UTF-8 read as Latin-1/GBK, 锟斤拷)
+    # mojibake: share of non-ASCII characters that round-trip GB18030 -> UTF-8 (UTF-8 read as GBK)
+    max_gbk_mojibake_share: float = 0.3
     max_symbol_run: int = 12       # garbage: longest run of symbol characters
     max_symbol_share: float = 0.2  # garbage: share of symbol characters (Unicode S*)
     disabled: list[str] = field(default_factory=list)  # names of filters to skip

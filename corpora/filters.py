@@ -4,6 +4,14 @@ Each filter is a small object with a ``name`` and ``check(text, lang) -> reason 
 builder runs them in the order of ``FILTER_NAMES`` and writes the first rejection, with the
 filter's name and reason, to ``rejected/<name>.jsonl.zst``.
 
+* ``mojibake``   — UTF-8 text that was decoded as GBK/GB18030 (``今天天气`` read as ``浠婂ぉ澶╂皵``,
+                   the common Chinese mojibake; it would pass as ``zh``): detected by round trip
+                   (ftfy's idea; ftfy itself only knows Latin-script codecs): a run of non-ASCII
+                   characters that re-encodes to GB18030 bytes forming valid UTF-8 with CJK
+                   characters is mojibake. Rejected when such runs cover more than
+                   ``max_gbk_mojibake_share`` of the non-ASCII characters (and at least 4). Real
+                   Chinese almost never round-trips (its GB18030 bytes are invalid UTF-8). Not
+                   repaired: the decoding may have lost bytes, and the rejected text stays for audit.
 * ``language``   — keep only ``filters.keep_langs``.
 * ``length``     — ``min_chars`` <= characters <= ``max_chars``.
 * ``letters``    — share of letters (CJK characters or alphabetic letters) among non-space
@@ -28,7 +36,7 @@ from collections import Counter
 
 from corpora.config import FiltersConfig
 
-FILTER_NAMES = ("language", "length", "letters", "repetition", "garbage")
+FILTER_NAMES = ("mojibake", "language", "length", "letters", "repetition", "garbage")
 
 _LETTER_RE = re.compile(r"[^\W\d_]")
 _NONSPACE_RE = re.compile(r"\S")
@@ -59,6 +67,54 @@ class Filter:
 
     def check(self, text: str, lang: str) -> str | None:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+_NON_ASCII_RUN_RE = re.compile(r"[^\x00-\x7f\ufffd]{2,}")
+
+
+def gbk_mojibake(text: str, sample: int = 4000) -> tuple[int, int, str]:
+    """(mojibake characters, non-ASCII characters, first repaired run) in ``text[:sample]``.
+
+    A run of non-ASCII characters (U+FFFD, left where the wrong decoding failed, ends a run) is
+    mojibake when its GB18030 bytes, minus at most 2 leading and 3 trailing bytes of sequences cut
+    by the wrong decoding, are valid UTF-8 with at least half CJK characters (at least 2 of them,
+    4 when bytes had to be trimmed)."""
+    moj = total = 0
+    example = ""
+    for m in _NON_ASCII_RUN_RE.finditer(text[:sample]):
+        run = m.group()
+        total += len(run)
+        try:
+            raw = run.encode("gb18030")
+        except UnicodeEncodeError:
+            continue
+        for lead in range(3):
+            part = raw[lead:]
+            try:
+                fixed, cut = part.decode("utf-8"), 0
+            except UnicodeDecodeError as e:
+                cut = len(part) - e.start
+                if cut > 3:  # invalid before the last 3 bytes: not UTF-8 with this start
+                    continue
+                fixed = part[: e.start].decode("utf-8")
+            cjk = len(_CJK_RE.findall(fixed))
+            # a trimmed match needs a longer run: short runs of real text match by chance
+            if fixed != run and cjk * 2 >= len(fixed) and cjk >= (2 if lead + cut == 0 else 4):
+                moj += len(run)
+                example = example or fixed
+            break
+    return moj, total, example
+
+
+class MojibakeFilter(Filter):
+    name = "mojibake"
+
+    def check(self, text, lang):
+        moj, total, example = gbk_mojibake(text)
+        if moj >= 4 and moj > self.cfg.max_gbk_mojibake_share * total:
+            return (f"UTF-8 decoded as GBK: {moj} of {total} non-ASCII characters round-trip "
+                    f"(e.g. {example[:20]!r})")
+        return None
 
 
 class LanguageFilter(Filter):
@@ -107,14 +163,25 @@ def _chars(units) -> int:
 
 
 def _top_ngram_frac(units, n: int) -> float:
-    """Share of characters covered by the most frequent n-gram (Gopher)."""
-    grams = Counter(_grams(units, n))
-    if not grams:
+    """Share (<= 1) of characters covered by the occurrences of the most frequent n-gram (Gopher).
+
+    Overlapping occurrences ("哈哈哈哈" has three "哈哈") cover each character once, so a text made
+    of one repeated unit scores 1.0, not count * n / length."""
+    grams = _grams(units, n)
+    counts = Counter(grams)
+    if not counts:
         return 0.0
-    gram, count = grams.most_common(1)[0]
+    gram, count = counts.most_common(1)[0]
     if count < 2:
         return 0.0
-    return count * _chars(gram) / max(_chars(units), 1)
+    covered = bytearray(len(units))
+    ones = b"\x01" * n
+    for i, g in enumerate(grams):
+        if g == gram:
+            covered[i:i + n] = ones
+    if isinstance(units, str):
+        return covered.count(1) / max(len(units), 1)
+    return sum(len(u) for u, c in zip(units, covered) if c) / max(_chars(units), 1)
 
 
 def _dup_ngram_frac(units, n: int) -> float:
@@ -182,7 +249,7 @@ class GarbageFilter(Filter):
 
 _SYMBOL_RUN_RE = re.compile(_SYMBOL_RE.pattern + "{2,}")
 
-_CLASSES = {cls.name: cls for cls in (LanguageFilter, LengthFilter, LetterShareFilter, RepetitionFilter, GarbageFilter)}
+_CLASSES = {cls.name: cls for cls in (MojibakeFilter, LanguageFilter, LengthFilter, LetterShareFilter, RepetitionFilter, GarbageFilter)}
 
 
 def build_filters(cfg: FiltersConfig) -> list[Filter]:

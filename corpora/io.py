@@ -1,17 +1,128 @@
-"""Reading and writing corpus shards (``*.jsonl.zst``), the format later stages read."""
+"""Reading and writing corpus shards (``*.jsonl.zst``), the format later stages read.
+
+zstd streams are read with :class:`ZstdReader`, which, unlike ``zstandard``'s ``stream_reader``,
+never ends quietly on a damaged file: a stream that stops inside a frame (a truncated file)
+raises :class:`TruncatedStream`, corrupt bytes raise :class:`CorruptStream` (and, for frames
+written with a content checksum, a mismatch is detected by libzstd at the end of the frame).
+Concatenated frames (``zstd -T``, ``cat a.zst b.zst``) are read across. Every ``.jsonl.zst``
+this stage writes carries a content checksum (``write_checksum=True``).
+"""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import zstandard
 
+from pipeline.errors import UserError
 from pipeline.runs import atomic_file
 
 SPLITS = ("train", "valid")
+_READ = 1 << 16   # compressed bytes read from the file at a time
+_FEED = 64        # ... and fed to the decoder at a time: one feed expands to at most ~2 MiB (RLE blocks)
+_OUT = 1 << 20    # decoded bytes produced per refill (then the reader consumes them)
+
+
+class TruncatedStream(EOFError):
+    """A compressed stream ends inside a frame: the file was cut (a copy or download stopped)."""
+
+
+class CorruptStream(OSError):
+    """Compressed bytes that do not decode (damaged data, a checksum mismatch, not zstd)."""
+
+
+class ZstdReader(io.RawIOBase):
+    """Raw, read-only decompressed view of a zstd file; wrap in ``io.BufferedReader``.
+
+    Raises :class:`TruncatedStream` when the file ends inside a frame and :class:`CorruptStream`
+    when libzstd rejects the data (including a content-checksum mismatch). Reads across frames.
+    Memory stays bounded for any compression ratio: input is fed in small pieces and at most
+    about ``_OUT`` decoded bytes (plus one piece's output) are held, so a 100 MB line that
+    compresses to a few KB is still read in bounded pieces.
+    """
+
+    def __init__(self, raw, name: str = ""):
+        self._raw = raw
+        self.name = name
+        self._dctx = zstandard.ZstdDecompressor()
+        self._dobj = None           # decompressor of the current frame (None between frames)
+        self._pending = b""         # compressed bytes read but not fed yet
+        self._off = 0
+        self._buf = b""             # decoded bytes not handed out yet
+        self._pos = 0
+        self.compressed_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _feed(self, data: bytes) -> list[bytes]:
+        out = []
+        while data:
+            if self._dobj is None:
+                self._dobj = self._dctx.decompressobj()
+            try:
+                out.append(self._dobj.decompress(data))
+            except zstandard.ZstdError as e:
+                at = self.compressed_read - len(self._pending) + self._off
+                raise CorruptStream(f"corrupt zstd data near compressed byte {at}: {e}") from None
+            if self._dobj.eof:
+                data = self._dobj.unused_data
+                self._dobj = None
+            else:
+                data = b""
+        return out
+
+    def _refill(self) -> bool:
+        """Decode the next piece into ``_buf``; False at the end of a complete stream."""
+        if self._off >= len(self._pending):
+            self._pending = self._raw.read(_READ)
+            self._off = 0
+            if not self._pending:
+                if self._dobj is not None:
+                    raise TruncatedStream(
+                        f"the zstd stream ends inside a frame after {self.compressed_read} compressed bytes")
+                return False
+            self.compressed_read += len(self._pending)
+        out: list[bytes] = []
+        size = 0
+        while self._off < len(self._pending) and size < _OUT:
+            piece = self._pending[self._off:self._off + _FEED]
+            self._off += len(piece)
+            for o in self._feed(piece):
+                out.append(o)
+                size += len(o)
+        self._buf = b"".join(out)
+        self._pos = 0
+        return True
+
+    def readinto(self, b) -> int:
+        while self._pos >= len(self._buf):
+            if not self._refill():
+                return 0
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+def open_zstd(path: str | Path) -> io.BufferedReader:
+    """A buffered, decompressed reader of a ``.zst`` file (see :class:`ZstdReader`)."""
+    return io.BufferedReader(ZstdReader(open(path, "rb"), str(path)))
+
+
+def stream_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean a compressed input is damaged (zstd, gzip)."""
+    return (TruncatedStream, CorruptStream, EOFError, gzip.BadGzipFile, zlib.error)
 
 
 def list_shards(corpus_dir: str | Path, split: str) -> list[Path]:
@@ -21,11 +132,21 @@ def list_shards(corpus_dir: str | Path, split: str) -> list[Path]:
 
 
 def iter_shard(path: str | Path) -> Iterator[dict]:
-    with open(path, "rb") as fh:
-        reader = zstandard.ZstdDecompressor().stream_reader(fh)
-        for line in io.TextIOWrapper(reader, encoding="utf-8"):
-            if line.strip():
-                yield json.loads(line)
+    """Records of a ``.jsonl.zst`` file this stage wrote.
+
+    A truncated or corrupt file (checksum mismatch) is a ``UserError`` naming the file and the
+    last line read, never a shorter corpus.
+    """
+    lineno = 0
+    with open_zstd(path) as fh:
+        try:
+            for line in io.TextIOWrapper(fh, encoding="utf-8"):
+                lineno += 1
+                if line.strip():
+                    yield json.loads(line)
+        except (TruncatedStream, CorruptStream) as e:
+            raise UserError(f"{path}: damaged after line {lineno}: {e}; rebuild it "
+                            "(python -m corpora build ...)") from None
 
 
 def iter_corpus(corpus_dir: str | Path, split: str) -> Iterator[dict]:
@@ -33,12 +154,17 @@ def iter_corpus(corpus_dir: str | Path, split: str) -> Iterator[dict]:
         yield from iter_shard(p)
 
 
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    return zstandard.ZstdCompressor(level=level, write_checksum=True)
+
+
 def write_shard(path: str | Path, records: Iterable[dict], level: int = 3) -> int:
-    """Write records to ``path`` atomically (temporary name, then rename). Returns the count."""
+    """Write records to ``path`` atomically (temporary name, then rename). Returns the count.
+
+    The zstd frame carries a content checksum, verified whenever the shard is read."""
     n = 0
     with atomic_file(path, "wb") as fh:
-        cctx = zstandard.ZstdCompressor(level=level)
-        with cctx.stream_writer(fh, closefd=False) as w:
+        with _compressor(level).stream_writer(fh, closefd=False) as w:
             for r in records:
                 w.write((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8"))
                 n += 1
@@ -63,7 +189,7 @@ class RejectedWriter:
         if name not in self._files:
             self.folder.mkdir(parents=True, exist_ok=True)
             fh = open(self.folder / f"{name}.jsonl.zst", "wb")
-            w = zstandard.ZstdCompressor(level=self.level).stream_writer(fh, closefd=True)
+            w = _compressor(self.level).stream_writer(fh, closefd=True)
             self._files[name] = (fh, w)
             self.counts[name] = 0
         text = record.get("text")

@@ -110,6 +110,8 @@ def main(argv=None) -> int:
         print_table("fine-tuning plan", ["model", "tasks", "seeds", "grid points", "runs"],
                     [[m["name"], len(tasks), len(cfg.seeds), grid, len(tasks) * len(cfg.seeds) * grid] for m in models])
         return 0
+    from pipeline.lock import acquire
+    acquire(out.parent, "finetune")  # until the process exits: one fine-tuning run per run folder (exit 2)
     save_config(cfg, out / "config.yaml")
 
     results = {}

@@ -92,7 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         return dry_run(cfg)
     from pretrain.trainer import train
 
-    return train(cfg).exit_code
+    if os.environ.get("RANK", "0") != "0":  # under accelerate/torchrun, rank 0 holds the lock for all
+        return train(cfg).exit_code
+    from pathlib import Path
+
+    from pipeline.lock import stage_lock
+
+    with stage_lock(Path(cfg.runs_root) / cfg.run, f"pretrain-{cfg.out_name}"):  # one training per folder
+        return train(cfg).exit_code
 
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ def _only(name, **kw):
     ("garbage", (ZH, "zh"), ("锟斤拷锟斤拷锟斤拷锟斤拷烫烫烫烫烫烫" + ZH, "zh")),
     ("garbage", (ZH, "zh"), (ZH + "**********************************", "zh")),
     ("garbage", (ZH, "zh"), (ZH + "\ufffd\ufffd\ufffd", "zh")),
+    ("mojibake", (ZH, "zh"), (ZH.encode("utf-8").decode("gbk", errors="replace"), "zh")),  # UTF-8 read as GBK
+    ("mojibake", (ZH, "zh"), ("浠婂ぉ澶╂皵", "zh")),  # 今天天气
 ])
 def test_each_filter_keeps_one_and_rejects_one(name, kept, rejected):
     filters = _only(name)
@@ -82,6 +84,31 @@ def test_each_filter_keeps_one_and_rejects_one(name, kept, rejected):
 def test_repetition_duplicate_lines():
     text = "\n".join(["同一行文字重复出现在这里"] * 4 + ["另外一行"])
     assert apply_filters(_only("repetition"), text, "zh")[1].startswith("duplicated lines")
+
+
+def test_repetition_coverage_is_a_share():
+    from corpora.filters import _top_ngram_frac
+
+    assert _top_ngram_frac("哈" * 100, 4) == 1.0  # overlapping occurrences cover each character once
+    assert _top_ngram_frac(["ha"] * 100, 2) == 1.0
+    assert _top_ngram_frac("abcabcxyz", 3) == 6 / 9
+    reason = apply_filters(_only("repetition"), "哈" * 100, "zh")[1]
+    assert reason == "top char 4-gram covers 1.00 > 0.2"
+
+
+def test_mojibake_filter_has_no_false_positive_on_real_chinese():
+    from corpora.builtin import read_builtin
+    from corpora.filters import gbk_mojibake
+    from corpora.readers import SourceCounters
+    import itertools
+
+    f = _only("mojibake")
+    docs = [d.text for d in itertools.islice(read_builtin("reviews", SourceCounters()), 0, 2000)]
+    assert all(apply_filters(f, t, "zh") is None for t in docs)
+    bad = [t.encode("utf-8").decode("gbk", errors="replace") for t in docs if len(t) >= 30]
+    caught = sum(apply_filters(f, t, "zh") is not None for t in bad)
+    assert caught >= 0.9 * len(bad)  # 97 % of all reviews, measured on 30 k
+    assert gbk_mojibake("浠婂ぉ澶╂皵寰堝ソ") == (9, 9, "今天天气很好")
 
 
 def test_unknown_disabled_filter_is_a_config_error():

@@ -69,13 +69,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# would write {cfg.run_dir}/seg/, {cfg.vocab_root}/{{{','.join(cfg.kinds)}}}/"
               if args.command == "vocab" else f"# would write {cfg.run_dir}/shards/")
         return 0
-    if args.command == "vocab":
-        from tokenization.vocab_build import main_vocab
+    from pipeline.lock import stage_lock
 
-        return main_vocab(cfg)
-    from tokenization.shards import main_shards
+    with stage_lock(cfg.run_dir, args.command):  # one `vocab` / `shards` run per run folder at a time
+        if args.command == "vocab":
+            from tokenization.vocab_build import main_vocab
 
-    return main_shards(cfg)
+            return main_vocab(cfg)
+        from tokenization.shards import main_shards
+
+        return main_shards(cfg)
 
 
 if __name__ == "__main__":
