@@ -77,8 +77,14 @@ HOLD_AND_DIE = """
 import multiprocessing as mp, os, signal, sys, time
 from pipeline.lock import acquire
 acquire(sys.argv[1], "corpus")
-worker = mp.get_context("fork").Process(target=time.sleep, args=(120,))
+ctx = mp.get_context("fork")
+ready = ctx.Event()
+def work(ev):
+    ev.set()          # the fork hooks have run: the worker's copy of the lock is closed
+    time.sleep(120)
+worker = ctx.Process(target=work, args=(ready,))
 worker.start()
+assert ready.wait(60)
 print(worker.pid, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)   # the holder dies; its forked worker lives on
 """
