@@ -17,7 +17,7 @@ Every step is skipped when its output exists (pre-training resumes), so re-runni
 ``python bench/evidence_meap.py --run RUN [--config tiny] [--seeds 0 1 2] [--steps N]
 [--retrieval-config FILE] [key=value ...]`` (extra ``key=value`` go to the retrieval CLI). A smoke
 run: ``--seeds 0 --steps 50 --retrieval-config configs/finetune/retrieval-tiny.yaml seeds=[0]
-sft.steps=20``. The shards (``make shards RUN=RUN``) must exist.
+sft.budget=steps sft.steps=20``. The shards (``make shards RUN=RUN``) must exist.
 """
 
 from __future__ import annotations

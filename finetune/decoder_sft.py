@@ -6,8 +6,8 @@ An SFT example is a (prompt ids, answer ids) pair. Three ways to turn it into tr
 * ``ntp``: ``[prompt; answer; eos]`` with labels on the answer tokens and ``eos`` only.
 * ``meap_copy`` (the official code, ``MEAP-SFT.py``): the ``ntp`` row, **plus**, when the answer
   has more than ``min_answer_tokens`` tokens, a *separate* row ``[prompt; answer'; eos]`` where
-  ``max(1, int(len(answer) * mask_ratio))`` answer positions are ``[MASK]`` and the labels are set
-  **only** at the masked positions (to the original token; ``eos`` unlabelled).
+  ``max(min_masks, int(len(answer) * mask_ratio))`` answer positions are ``[MASK]`` and the labels
+  are set **only** at the masked positions (to the original token; ``eos`` unlabelled).
 * ``meap_concat`` (the paper's description, "duplicate the sample, mask only the copy"): one row
   ``[X; X']`` with ``X = [prompt; answer; eos]`` labelled as in ``ntp`` and ``X'`` the masked copy
   labelled at its masked positions (``concat_copy_labels="masked"``) or on all of its answer tokens
@@ -17,6 +17,30 @@ An SFT example is a (prompt ids, answer ids) pair. Three ways to turn it into tr
 
 Labels are unshifted (Hugging Face causal-LM convention: the logits at position ``i - 1`` predict
 ``labels[i]``), ``-100`` where there is no loss. ``[MASK]`` is never a label.
+
+**When a mask matters.** Because of that shift, the label at answer offset ``p`` is predicted from
+the inputs ``< p``: a ``[MASK]`` changes the loss only through the labels *after* it. A masked
+copy labelled only at its masked positions with a single mask is therefore plain next-token SFT
+(the mask's own label is predicted from the clean token before it). The official code never meets
+this case: it masks only answers of more than 50 tokens, so ``int(51 * 0.1) = 5`` masks at least,
+and every mask after the first is predicted from a context that holds the earlier ones. Here
+``min_masks`` (default 2) is the floor of that count, answers shorter than ``min_masks`` get no
+masked row, and :func:`sft_rows` refuses (``UserError``) a configuration in which no labelled
+position of any row has a ``[MASK]`` before it (:func:`mask_reach` counts them).
+
+**Truncation.** A row longer than ``max_len`` loses tokens from the left of its prompt (the answer
+sits at the end). A ``meap_concat`` row is truncated *per copy*, never as a whole (which would cut
+the clean copy's start, needle included, while its answer labels stay): ``concat_truncation:
+per_copy`` (default) gives each copy ``max_len`` tokens on its own, so the row may reach
+``2 * max_len`` and a copy keeps exactly what the ``ntp`` row keeps; ``half`` gives each copy
+``max_len // 2`` so the row fits ``max_len``. Both copies are cut identically either way.
+
+**Budget.** ``budget: epochs`` (default, as the official code, which trains a number of epochs over
+the expanded dataset) runs ``ceil(epochs * rows / batch_size)`` steps, so every original item's
+clean row is seen ``epochs`` times whatever the variant (``meap_copy`` has about twice the rows and
+therefore about twice the steps; ``meap_concat`` the same steps with rows twice as long).
+``budget: steps`` runs exactly ``steps`` optimizer steps for every variant, so ``meap_copy`` sees
+each clean answer about half as often as ``ntp``.
 """
 
 from __future__ import annotations
@@ -27,6 +51,8 @@ from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence
 
 import torch
+
+from pipeline.errors import UserError
 
 IGNORE = -100
 Variant = Literal["ntp", "meap_copy", "meap_concat"]
@@ -43,29 +69,40 @@ class SftRow:
 class SftConfig:
     """Options of the decoder SFT (``sft:`` in ``configs/finetune/retrieval-*.yaml``)."""
 
-    steps: int = 200
+    budget: Literal["epochs", "steps"] = "epochs"  # see the module docstring
+    epochs: float = 3.0  # budget=epochs: passes over the rows built from the original items
+    steps: int = 200  # budget=steps: optimizer steps, the same for every variant
     batch_size: int = 8
     lr: float = 3e-4
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
     mask_ratio: float = 0.1  # official SFT default
+    min_masks: int = 2  # at least this many [MASK] per masked answer (official count rule: at least 1)
     min_answer_tokens: int = 50  # MEAP rows only for answers longer than this (official: > 50)
     concat_copy_labels: Literal["masked", "answer"] = "masked"
-    max_len: int = 1024  # rows are truncated from the left of the prompt to fit
+    concat_truncation: Literal["per_copy", "half"] = "per_copy"
+    max_len: int = 1024  # rows are truncated from the left of the prompt to fit (meap_concat: per copy)
 
     def validate(self) -> None:
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"sft.mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError("sft.steps must be >= 0 and sft.batch_size >= 1")
+        if self.epochs < 0:
+            raise ValueError(f"sft.epochs must be >= 0, got {self.epochs}")
+        if self.min_masks < 1:
+            raise ValueError(f"sft.min_masks must be >= 1, got {self.min_masks}")
+        if self.max_len < 4:
+            raise ValueError(f"sft.max_len must be >= 4, got {self.max_len}")
 
 
-def choose_mask_positions(n_answer: int, mask_ratio: float, rng: random.Random) -> list[int]:
-    """``max(1, int(n * ratio))`` distinct answer offsets (the official count rule), sorted."""
+def choose_mask_positions(n_answer: int, mask_ratio: float, rng: random.Random, min_masks: int = 1) -> list[int]:
+    """``max(min_masks, int(n * ratio))`` distinct answer offsets (``min_masks=1``: the official
+    count rule), at most ``n``, drawn uniformly, sorted."""
     if n_answer <= 0:
         return []
-    num = min(n_answer, max(1, int(n_answer * mask_ratio)))
+    num = min(n_answer, max(min_masks, int(n_answer * mask_ratio)))
     return sorted(rng.sample(range(n_answer), num))
 
 
@@ -91,30 +128,100 @@ def masked_copy_row(prompt: Sequence[int], answer: Sequence[int], eos_id: int, m
     return SftRow(ids, labels)
 
 
+def truncate_row(row: SftRow, max_len: int | None) -> SftRow:
+    """Keep the last ``max_len`` positions (the answer sits at the end)."""
+    if max_len is None or len(row.input_ids) <= max_len:
+        return row
+    return SftRow(row.input_ids[-max_len:], row.labels[-max_len:])
+
+
 def build_rows(prompt: Sequence[int], answer: Sequence[int], variant: str, *, eos_id: int, mask_id: int,
                mask_ratio: float = 0.1, min_answer_tokens: int = 50, rng: random.Random | None = None,
-               positions: Sequence[int] | None = None, concat_copy_labels: str = "masked") -> list[SftRow]:
+               positions: Sequence[int] | None = None, concat_copy_labels: str = "masked",
+               min_masks: int = 2, max_len: int | None = None, concat_truncation: str = "per_copy") -> list[SftRow]:
     """Rows for one (prompt, answer) pair under ``variant``; ``positions`` fixes the masked answer
-    offsets (otherwise drawn from ``rng``)."""
+    offsets (otherwise drawn from ``rng``). ``max_len`` truncates each row from the left; a
+    ``meap_concat`` row per copy (``concat_truncation``, see the module docstring)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown SFT variant '{variant}'; valid: {', '.join(VARIANTS)}")
+    if concat_truncation not in ("per_copy", "half"):
+        raise ValueError(f"unknown concat_truncation '{concat_truncation}'; valid: per_copy, half")
     base = ntp_row(prompt, answer, eos_id)
-    if variant == "ntp" or len(answer) <= min_answer_tokens:
-        return [base]
+    long_enough = len(answer) > min_answer_tokens and (positions is not None or len(answer) >= min_masks)
+    if variant == "ntp" or not long_enough:
+        return [truncate_row(base, max_len)]
     if positions is None:
-        positions = choose_mask_positions(len(answer), mask_ratio, rng or random.Random(0))
+        positions = choose_mask_positions(len(answer), mask_ratio, rng or random.Random(0), min_masks)
     if variant == "meap_copy":
-        return [base, masked_copy_row(prompt, answer, eos_id, mask_id, positions)]
+        return [truncate_row(base, max_len),
+                truncate_row(masked_copy_row(prompt, answer, eos_id, mask_id, positions), max_len)]
     copy = masked_copy_row(prompt, answer, eos_id, mask_id, positions,
                            label_all_answer=(concat_copy_labels == "answer"))
+    per_copy = None if max_len is None else (max_len if concat_truncation == "per_copy" else max_len // 2)
+    base, copy = truncate_row(base, per_copy), truncate_row(copy, per_copy)
     return [SftRow(base.input_ids + copy.input_ids, base.labels + copy.labels)]
 
 
-def truncate_row(row: SftRow, max_len: int) -> SftRow:
-    """Keep the last ``max_len`` positions (the answer sits at the end)."""
-    if len(row.input_ids) <= max_len:
-        return row
-    return SftRow(row.input_ids[-max_len:], row.labels[-max_len:])
+def mask_reach(row: SftRow, mask_id: int) -> tuple[int, int]:
+    """(labelled positions, labelled positions with a ``[MASK]`` input before them) of one row.
+
+    The label at position ``i`` is predicted from the inputs ``0..i-1``, so a mask influences the
+    loss of a labelled position exactly when it sits at a position ``< i``.
+    """
+    ids = torch.tensor(row.input_ids)
+    lab = torch.tensor(row.labels)
+    seen = torch.cumsum((ids == mask_id).long(), 0)  # masks at positions <= i
+    before = torch.cat([seen.new_zeros(1), seen[:-1]])  # masks at positions < i
+    labelled = lab != IGNORE
+    return int(labelled.sum()), int((labelled & (before > 0)).sum())
+
+
+def sft_rows(pairs: Iterable[tuple[Sequence[int], Sequence[int]]], variant: str, cfg: SftConfig, *,
+             eos_id: int, mask_id: int, seed: int, stats: dict | None = None) -> list[SftRow]:
+    """All rows of ``variant`` for ``pairs``, truncated to ``cfg.max_len``.
+
+    A MEAP variant whose rows give no labelled position a ``[MASK]`` before it is plain ``ntp`` SFT
+    under another name: refused with a ``UserError``. ``stats`` (if given) receives ``items``,
+    ``rows``, ``masked_rows``, ``labels``, ``labels_after_mask`` and ``truncated``.
+    """
+    rng = random.Random(seed)
+    rows: list[SftRow] = []
+    n_items = truncated = 0
+    for prompt, answer in pairs:
+        n_items += 1
+        full = len(prompt) + len(answer) + 1
+        built = build_rows(prompt, answer, variant, eos_id=eos_id, mask_id=mask_id, mask_ratio=cfg.mask_ratio,
+                           min_answer_tokens=cfg.min_answer_tokens, rng=rng, min_masks=cfg.min_masks,
+                           concat_copy_labels=cfg.concat_copy_labels, max_len=cfg.max_len,
+                           concat_truncation=cfg.concat_truncation)
+        cap = cfg.max_len if variant != "meap_concat" or cfg.concat_truncation == "per_copy" else cfg.max_len // 2
+        truncated += full > cap
+        rows += built
+    labels = reach = masked = 0
+    for r in rows:
+        n, k = mask_reach(r, mask_id)
+        labels += n
+        reach += k
+        masked += mask_id in r.input_ids
+    if stats is not None:
+        stats.update(items=n_items, rows=len(rows), masked_rows=masked, labels=labels, labels_after_mask=reach,
+                     truncated=truncated)
+    if variant != "ntp" and rows and reach == 0:
+        raise UserError(
+            f"sft: variant {variant} would be plain ntp SFT: of {n_items} items {masked} got a masked answer and no "
+            f"labelled position has a [MASK] before it (answers need > sft.min_answer_tokens={cfg.min_answer_tokens} "
+            f"and >= sft.min_masks={cfg.min_masks} tokens; use sft.min_masks >= 2, longer answers (facts.value_len, "
+            f"facts.value_groups) or sft.concat_copy_labels=answer)")
+    return rows
+
+
+def sft_steps(cfg: SftConfig, n_rows: int) -> int:
+    """Optimizer steps for ``n_rows`` rows under ``cfg.budget`` (see the module docstring)."""
+    if cfg.budget == "steps":
+        return cfg.steps
+    if cfg.budget == "epochs":
+        return math.ceil(cfg.epochs * n_rows / cfg.batch_size)
+    raise ValueError(f"unknown sft.budget '{cfg.budget}'; valid: epochs, steps")
 
 
 def pad_rows(rows: Sequence[SftRow], pad_id: int) -> dict[str, torch.Tensor]:
@@ -131,38 +238,29 @@ def pad_rows(rows: Sequence[SftRow], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": att, "labels": labels}
 
 
-def sft_rows(pairs: Iterable[tuple[Sequence[int], Sequence[int]]], variant: str, cfg: SftConfig, *,
-             eos_id: int, mask_id: int, seed: int) -> list[SftRow]:
-    rng = random.Random(seed)
-    rows: list[SftRow] = []
-    for prompt, answer in pairs:
-        for r in build_rows(prompt, answer, variant, eos_id=eos_id, mask_id=mask_id, mask_ratio=cfg.mask_ratio,
-                            min_answer_tokens=cfg.min_answer_tokens, rng=rng,
-                            concat_copy_labels=cfg.concat_copy_labels):
-            rows.append(truncate_row(r, cfg.max_len))
-    return rows
-
-
 def train_sft(model: torch.nn.Module, rows: Sequence[SftRow], cfg: SftConfig, *, pad_id: int, seed: int,
               device: str | torch.device = "cpu", log=None) -> dict:
-    """Fine-tune ``model`` (a causal LM taking ``labels``) on ``rows`` for ``cfg.steps`` steps.
+    """Fine-tune ``model`` (a causal LM taking ``labels``) on ``rows`` for :func:`sft_steps` steps.
 
     Batches are drawn without replacement, epoch after epoch, in an order fixed by ``seed``; AdamW
     with linear warm-up and cosine decay; gradient clipping. Returns a small summary dict.
     """
-    if not rows or cfg.steps == 0:
-        return {"steps": 0, "rows": len(rows), "final_loss": None}
+    steps = sft_steps(cfg, len(rows))
+    summary = {"budget": cfg.budget, "steps": steps, "rows": len(rows),
+               "epochs": round(steps * cfg.batch_size / len(rows), 4) if rows else 0.0}
+    if not rows or steps == 0:
+        return {**summary, "steps": 0, "final_loss": None}
     model.to(device).train()
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-    warm = max(1, int(cfg.steps * cfg.warmup_ratio))
+    warm = max(1, int(steps * cfg.warmup_ratio))
 
     def lr_at(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        t = (step - warm) / max(1, cfg.steps - warm)
+        t = (step - warm) / max(1, steps - warm)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
@@ -170,7 +268,7 @@ def train_sft(model: torch.nn.Module, rows: Sequence[SftRow], cfg: SftConfig, *,
     order: list[int] = []
     losses: list[float] = []
     tokens = 0
-    for step in range(cfg.steps):
+    for step in range(steps):
         if len(order) < cfg.batch_size:
             order += torch.randperm(len(rows), generator=g).tolist()
         idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
@@ -184,8 +282,8 @@ def train_sft(model: torch.nn.Module, rows: Sequence[SftRow], cfg: SftConfig, *,
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(out.loss.detach()))
-        if log is not None and (step + 1) % max(1, cfg.steps // 5) == 0:
-            log.info("sft step %d/%d loss %.4f", step + 1, cfg.steps, sum(losses[-10:]) / len(losses[-10:]))
+        if log is not None and (step + 1) % max(1, steps // 5) == 0:
+            log.info("sft step %d/%d loss %.4f", step + 1, steps, sum(losses[-10:]) / len(losses[-10:]))
     model.eval()
-    return {"steps": cfg.steps, "rows": len(rows), "tokens": tokens,
+    return {**summary, "tokens": tokens,
             "final_loss": sum(losses[-10:]) / len(losses[-10:])}

@@ -8,7 +8,9 @@ spirit, not their data):
 * ``needle``: a haystack of exactly ``L`` tokens of corpus text (``context_lengths``) with one
   key-value fact (``facts.needle_template``, e.g. ``"{key}的密码是{value}。"``) whose first token
   sits at token ``round(depth * (L - n_fact))`` for each ``depth`` in ``depths``; then the query
-  (``facts.query_template``); the answer is the value.
+  (``facts.query_template``); the answer is the value (``facts.value_groups`` groups of
+  ``facts.value_len`` symbols joined by ``facts.value_sep``: a multi-value fact, so that MEAP SFT
+  has answers long enough for its masks to reach later labels; see :mod:`finetune.decoder_sft`).
 * ``mdqa``: ``n_docs`` corpus passages, each with a header (``文档i：``) and its own fact with a
   distinct key; the query asks for the key of the document at ``gold_position``; accuracy by gold
   position (the "lost in the middle" curve).
@@ -62,7 +64,9 @@ class FactConfig:
     key_chars: str = DEFAULT_KEY_CHARS
     key_len: int = 3
     value_chars: str = DIGITS
-    value_len: int = 4
+    value_len: int = 4  # symbols per value group
+    value_groups: int = 1  # a multi-value fact: the value is value_groups groups joined by value_sep
+    value_sep: str = "-"
 
     def validate(self) -> None:
         for t, need in ((self.needle_template, ("{key}", "{value}")), (self.query_template, ("{key}",))):
@@ -73,6 +77,10 @@ class FactConfig:
             raise ValueError("facts.query_template must not contain {value}")
         if self.key_len < 1 or self.value_len < 1 or len(set(self.key_chars)) < 2 or len(set(self.value_chars)) < 2:
             raise ValueError("facts.key_len/value_len must be >= 1 and key_chars/value_chars need >= 2 symbols")
+        if self.value_groups < 1:
+            raise ValueError(f"facts.value_groups must be >= 1, got {self.value_groups}")
+        if self.value_groups > 1 and (not self.value_sep or set(self.value_sep) & set(self.value_chars)):
+            raise ValueError("facts.value_sep must be non-empty and share no symbol with facts.value_chars")
 
 
 @dataclass
@@ -222,7 +230,9 @@ class TaskGenerator:
         raise UserError("facts.key_chars/key_len leave too few distinct keys for mdqa.n_docs")
 
     def _value(self, rng: random.Random) -> str:
-        return "".join(rng.choice(self.f.value_chars) for _ in range(self.f.value_len))
+        groups = ["".join(rng.choice(self.f.value_chars) for _ in range(self.f.value_len))
+                  for _ in range(self.f.value_groups)]
+        return self.f.value_sep.join(groups)
 
     def _unique(self, prompt: list[int], key_ids: list[int], fact_key_at: int, query_key_at: int) -> bool:
         """The key occurs exactly at the gold fact and in the query (twice if the query repeats it)."""
@@ -490,9 +500,12 @@ def run_one(model_dir: Path, variant: str, seed: int, cfg: RetrievalConfig, out_
         tr_gen = TaskGenerator(enc, FillerPool.from_texts(load_texts(cfg, cfg.train_split), enc), cfg.facts,
                                dec.bos_id, dec.eos_id)
         tr = train_items(tr_gen, cfg, cfg.sft_items, seed=10_000 + seed)
+        row_stats: dict = {}
         rows = sft_rows([(it.prompt, it.answer) for it in tr], variant, cfg.sft, eos_id=dec.eos_id,
-                        mask_id=dec.mask_id if dec.mask_id is not None else -1, seed=seed)
+                        mask_id=dec.mask_id if dec.mask_id is not None else -1, seed=seed, stats=row_stats)
         sft_summary = train_sft(dec.model, rows, cfg.sft, pad_id=dec.pad_id, seed=seed, device=device, log=log)
+        sft_summary.update({k: v for k, v in row_stats.items() if k != "rows"})
+        sft_summary["answer_tokens_mean"] = sum(len(it.answer) for it in tr) / len(tr)
     suppress = [dec.mask_id] if dec.mask_id is not None else []
     if cfg.scoring == "generate":
         scores = score_generate(dec.model, items, suppress=suppress, device=device)
@@ -517,8 +530,10 @@ def aggregate(results: list[dict]) -> dict:
     """{model: {variant: {task: {"accuracy": stats, "by_length": {L: {d: stats}}}, "clean_eval": ..}}}."""
     agg: dict = {}
     for r in results:
-        mv = agg.setdefault(r["model"], {}).setdefault(r["variant"], {"seeds": [], "tasks": {}})
+        mv = agg.setdefault(r["model"], {}).setdefault(r["variant"], {"seeds": [], "tasks": {}, "sft": []})
         mv["seeds"].append(r["seed"])
+        if r.get("sft"):
+            mv.setdefault("sft", []).append(r["sft"])
         mv["clean_eval"] = r.get("clean_eval") or {}
         for task, t in r["tasks"].items():
             dst = mv["tasks"].setdefault(task, {"accuracy": [], "token_accuracy": [], "by_length": {},
@@ -578,12 +593,44 @@ def plot(agg: dict, out_dir: Path) -> list[Path]:
     return written
 
 
+def sft_budget_lines(agg: dict, cfg: RetrievalConfig) -> list[str]:
+    """The report's statement of the SFT budget and, per SFT variant, what its rows held."""
+    if not any(mv.get("sft") for mv_all in agg.values() for mv in mv_all.values()):
+        return []
+    s = cfg.sft
+    if s.budget == "epochs":
+        head = (f"SFT budget: epochs ({s.epochs:g} passes over the rows built from {cfg.sft_items} items, so every "
+                f"item's clean answer is seen {s.epochs:g} times in every variant; meap_copy has about twice the rows "
+                "and steps, meap_concat rows twice as long).")
+    else:
+        head = (f"SFT budget: steps ({s.steps} optimizer steps for every variant, so meap_copy sees each clean "
+                "answer about half as often as ntp).")
+    lines = [head, "", "| model | variant | SFT steps | epochs | masked rows | labels after a [MASK] | "
+             "truncated items | answer tokens |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for model, mv_all in agg.items():
+        for variant, mv in mv_all.items():
+            runs = mv.get("sft") or []
+            if not runs:
+                continue
+
+            def mean(k):
+                v = [r[k] for r in runs if isinstance(r.get(k), (int, float))]
+                return sum(v) / len(v) if v else float("nan")
+
+            share = 100.0 * mean("labels_after_mask") / max(mean("labels"), 1e-9)
+            lines.append(f"| {model} | {variant} | {mean('steps'):.0f} | {mean('epochs'):.2f} | "
+                         f"{mean('masked_rows'):.0f} | {share:.1f} % | {mean('truncated'):.0f} | "
+                         f"{mean('answer_tokens_mean'):.1f} |")
+    return lines + [""]
+
+
 def report(agg: dict, cfg: RetrievalConfig, out_dir: Path, pngs: list[Path]) -> str:
     lines = ["# Synthetic long-context retrieval", "",
              f"Scoring: {cfg.scoring} (greedy exact match of the value). Items per cell: needle "
              f"{cfg.needle.n_per_cell}, mdqa {cfg.mdqa.n_per_position}. Accuracy in %, mean ± std over seeds.", "",
              "Token acc.: share of answer tokens that are the greedy choice given the gold prefix (a graded",
              "signal where exact match is at the floor).", "",
+             *sft_budget_lines(agg, cfg),
              "| model | variant | seeds | clean valid loss | needle | mdqa | needle token acc. | mdqa token acc. |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for model, mv_all in agg.items():

@@ -275,3 +275,59 @@ def test_export_is_stock_bert_same_size_as_mlm():
     ref = build_encoder(ctx().model, 64)
     assert count_parameters(exp) == count_parameters(ref)
     assert count_parameters(obj) > count_parameters(exp)  # heads + generator are not exported
+
+
+# ---- issue 14: the paper's query tokens and query set are the defaults --------------------------
+def test_defaults_follow_the_paper_queries_for_every_masked_unit():
+    obj = build(generator=False)
+    assert obj.cfg.queries == "all" and obj.query_mode == "all" and obj.cfg.query_tokens == "indexed"
+    b = hand_batch()
+    out = obj.collate(b, torch.Generator().manual_seed(0))
+    # every masked unit's tokens get a query, single tokens included
+    n_tokens = int(out["slot_len"].sum())
+    assert int(out["query_valid"].sum()) == n_tokens
+    single = run_collapse([4], queries="all")
+    assert single["query_valid"].sum() == 1 and single["query_labels"][0, 0] == 13
+
+
+def test_query_offsets_select_distinct_m_tokens():
+    out = run_collapse([1, 5, 8], queries="all")  # n-grams 10 11 12, 14 15, 16 17
+    assert out["query_offset"][0].tolist() == [0, 1, 2, 0, 1, 0, 1]
+    torch.manual_seed(0)
+    obj = build(generator=False)
+    b = {**out, "sample_u": torch.zeros(out["main_ids"].shape)}
+    q = obj.query_embeds(b)[0]
+    mask_row = obj.model.bert.embeddings.word_embeddings.weight[MASK]
+    assert torch.allclose(q, mask_row.expand_as(q))  # [M1], [M2], ... start as [MASK]
+    with torch.no_grad():
+        obj.query_emb.weight[1] += torch.randn(obj.query_emb.weight.shape[1])  # [M2] only
+    q2 = obj.query_embeds(b)[0]
+    changed = (q2 != q).any(-1).tolist()
+    assert changed == [o == 1 for o in out["query_offset"][0].tolist()]
+    obj.eval()
+    before = obj(b)["fine"]
+    with torch.no_grad():
+        obj.query_emb.weight[2] += torch.randn(obj.query_emb.weight.shape[1])  # [M3] (a constant would be LayerNormed away)
+    assert not torch.equal(before, obj(b)["fine"])
+    # query_tokens: mask -> every query reads [MASK]; no table, nothing extra to export
+    m = build(generator=False, query_tokens="mask")
+    assert not hasattr(m, "query_emb")
+    qm = m.query_embeds(b)[0]
+    assert torch.equal(qm, m.model.bert.embeddings.word_embeddings.weight[MASK].expand_as(qm))
+
+
+def test_generator_rung_predicts_on_its_sample_not_on_mask():
+    torch.manual_seed(0)
+    obj = build()
+    obj.eval()
+    b = obj.collate(random_batch(), torch.Generator().manual_seed(3))
+    slots = b["coarse_labels"] != IGNORE
+    pred = obj.predict_masked(b)
+    assert "sampled" in pred and bool((pred["sampled"][slots] != MASK).all())
+    assert bool((pred["sampled"][~slots] == -1).all())
+    on_mask = obj.predict_masked(b, slot_input="mask")
+    assert "sampled" not in on_mask
+    # the sample is what the main model is fed: the same uniforms give the same sample as training
+    with torch.no_grad():
+        g = obj._generator(b, slots)
+    assert torch.equal(pred["sampled"][slots], sample_inverse_cdf(g, b["sample_u"][slots], 1.0))

@@ -51,23 +51,30 @@ def test_contiguous_exact_match_needs_every_token():
 class StubErnie:
     """Stands in for the objective: predicts n-gram ``coarse`` ids per slot order and ``fine`` ids."""
 
-    def __init__(self, coarse, fine):
+    def __init__(self, coarse, fine, generator=False, on_mask=None, sampled=None):
         self.fine_size, self.n_ngrams, self.query_mode = 64, 10, "ngrams"
-        self.cfg = SimpleNamespace(positions="original", explicit=True)
-        self._coarse, self._fine = coarse, fine
+        self.cfg = SimpleNamespace(positions="original", explicit=True, generator=generator)
+        self._coarse, self._fine, self._on_mask, self._sampled = coarse, fine, on_mask, sampled
+        self.inputs = []
 
-    def predict_masked(self, b):
+    def predict_masked(self, b, slot_input="trained"):
+        self.inputs.append(slot_input)
         coarse = torch.full_like(b["main_ids"], -1)
         slots = (b["coarse_labels"] != -100).nonzero(as_tuple=True)
-        coarse[slots] = torch.tensor(self._coarse)
+        coarse[slots] = torch.tensor(self._on_mask if slot_input == "mask" else self._coarse)
         fine = torch.full_like(b["query_pos"], -1)
         fine[b["query_valid"]] = torch.tensor(self._fine)
-        return {"coarse": coarse, "fine": fine}
+        out = {"coarse": coarse, "fine": fine}
+        if self.cfg.generator and slot_input == "trained":
+            assert b["sample_u"].shape == b["main_ids"].shape  # uniforms for the generator's sample
+            out["sampled"] = torch.full_like(b["main_ids"], -1)
+            out["sampled"][slots] = torch.tensor(self._sampled)
+        return out
 
 
-def explicit(coarse, fine):
+def explicit(coarse, fine, **kw):
     e = Explicit.__new__(Explicit)
-    e.obj = StubErnie(coarse, fine)
+    e.obj = StubErnie(coarse, fine, **kw)
     return e.score(IDS, SPECIAL, VALID, ULEN, UNG, CHOSEN, MASK, PAD, cap=10)
 
 
@@ -77,3 +84,19 @@ def test_explicit_exact_match_by_ngram_id_and_by_queries():
     assert r == {"ngrams": 2, "exact": 2, "queries_exact": 2, "tokens": 5, "tokens_ok": 5}
     r = explicit([69, 99, 70], [10, 11, 12, 16, 9])
     assert r["exact"] == 1 and r["queries_exact"] == 1 and r["tokens_ok"] == 4
+
+
+def test_generator_rung_scored_on_its_trained_input_with_bias_reported():
+    # the generator rung's main model saw generator samples at the slots, never [MASK]: it is scored
+    # on a sample; the [MASK]-input number and the share of samples equal to the original sit beside
+    e = Explicit.__new__(Explicit)
+    e.obj = StubErnie([69, 13, 71], [10, 11, 12, 16, 17], generator=True, on_mask=[69, 13, 99],
+                      sampled=[69, 13, 30])
+    r = e.score(IDS, SPECIAL, VALID, ULEN, UNG, CHOSEN, MASK, PAD, cap=10)
+    assert e.obj.inputs == ["trained", "mask"]
+    assert r["ngrams"] == 2 and r["exact"] == 2 and r["exact_mask_input"] == 1 and r["sample_is_original"] == 1
+    # the rungs without a generator are scored on [MASK] once, as trained
+    e2 = Explicit.__new__(Explicit)
+    e2.obj = StubErnie([69, 13, 71], [10, 11, 12, 16, 17])
+    r2 = e2.score(IDS, SPECIAL, VALID, ULEN, UNG, CHOSEN, MASK, PAD, cap=10)
+    assert e2.obj.inputs == ["trained"] and "sample_is_original" not in r2

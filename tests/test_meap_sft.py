@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from finetune.decoder_sft import (
-    IGNORE, SftConfig, build_rows, choose_mask_positions, pad_rows, sft_rows, train_sft,
+    IGNORE, SftConfig, build_rows, choose_mask_positions, mask_reach, pad_rows, sft_rows, train_sft,
 )
 
 CLS, SEP, MASK = 2, 3, 4
@@ -55,7 +55,10 @@ def test_threshold_short_answers_plain_ntp(variant):
 def test_padding_and_random_positions():
     rows = build_rows(PROMPT, ANSWER, "meap_copy", eos_id=SEP, mask_id=MASK, min_answer_tokens=0,
                       mask_ratio=0.1, rng=random.Random(0))
-    assert sum(i == MASK for i in rows[1].input_ids) == 1  # max(1, int(6 * 0.1))
+    assert sum(i == MASK for i in rows[1].input_ids) == 2  # max(min_masks=2, int(6 * 0.1))
+    one = build_rows(PROMPT, ANSWER, "meap_copy", eos_id=SEP, mask_id=MASK, min_answer_tokens=0,
+                     mask_ratio=0.1, rng=random.Random(0), min_masks=1)
+    assert sum(i == MASK for i in one[1].input_ids) == 1  # the official count rule max(1, int(6 * 0.1))
     assert all(lab != MASK for r in rows for lab in r.labels)
     short = build_rows(PROMPT, ANSWER[:2], "ntp", eos_id=SEP, mask_id=MASK)[0]
     b = pad_rows([rows[0], short], pad_id=0)
@@ -74,7 +77,7 @@ def test_train_sft_runs_and_learns():
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                          intermediate_size=32, max_position_embeddings=64, pad_token_id=0))
-    cfg = SftConfig(steps=10, batch_size=4, lr=1e-2, min_answer_tokens=2, mask_ratio=0.3)
+    cfg = SftConfig(budget="steps", steps=10, batch_size=4, lr=1e-2, min_answer_tokens=2, mask_ratio=0.3)
     pairs = [([CLS, 10 + i % 5, 11], [20 + i % 5, 30, 31, 32]) for i in range(8)]
     for variant in ("ntp", "meap_copy", "meap_concat"):
         rows = sft_rows(pairs, variant, cfg, eos_id=SEP, mask_id=MASK, seed=0)
@@ -84,3 +87,170 @@ def test_train_sft_runs_and_learns():
     summary = train_sft(model, rows, cfg, pad_id=0, seed=0)
     after = model(**pad_rows(rows, 0)).loss.item()
     assert summary["steps"] == 10 and after < before
+
+
+
+# ---- issue 14: the masked input must reach the loss ---------------------------------------------
+def tiny_llama(vocab=64):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=32, max_position_embeddings=512, pad_token_id=0)).eval()
+
+
+def shipped_items(n=12):
+    """SFT items built as finetune.retrieval builds them, with the shipped tiny config's facts."""
+    from finetune.retrieval import Encoder, FillerPool, RetrievalConfig, TaskGenerator, train_items
+    from pipeline.config import load_config
+
+    cfg = load_config(RetrievalConfig, "configs/finetune/retrieval-tiny.yaml")
+    vocab: dict[str, int] = {}
+    enc = Encoder(lambda text: [vocab.setdefault(c, 5 + len(vocab) % 59) for c in text])  # one token per char
+    text = "中华人民共和国成立以来，各地经济建设取得了巨大成就。人民群众的生活水平不断提高。" * 4
+    gen = TaskGenerator(enc, FillerPool.from_texts([text], enc), cfg.facts, bos_id=CLS, sep_id=SEP)
+    return cfg, train_items(gen, cfg, n, seed=3)
+
+
+@pytest.mark.parametrize("variant", ["meap_copy", "meap_concat"])
+def test_shipped_config_loss_changes_when_mask_replaced_by_clean_token(variant):
+    cfg, items = shipped_items()
+    rows = sft_rows([(it.prompt, it.answer) for it in items], variant, cfg.sft, eos_id=SEP, mask_id=MASK, seed=0)
+    batch = pad_rows(rows, pad_id=0)
+    ids = batch["input_ids"]
+    masked = ids == MASK
+    assert masked.any()
+    # every masked position is labelled with its clean token (masked-label copies): put it back
+    clean = torch.where(masked, batch["labels"], ids)
+    assert not (clean == MASK).any() and (clean[masked] != IGNORE).all()
+    model = tiny_llama()
+    with torch.no_grad():
+        loss_masked = model(**batch).loss
+        loss_clean = model(input_ids=clean, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert not torch.equal(loss_masked, loss_clean)
+    # and per row: every masked row has a labelled position with a mask before it
+    for r in rows:
+        if MASK in r.input_ids:
+            assert mask_reach(r, MASK)[1] >= 1
+
+
+def test_guard_refuses_masks_that_reach_no_label():
+    from pipeline.errors import UserError
+
+    pairs = [([CLS, 10 + i, 11], [20 + i, 30, 31, 32]) for i in range(4)]
+    one_mask = SftConfig(min_answer_tokens=1, mask_ratio=0.1, min_masks=1)
+    for variant in ("meap_copy", "meap_concat"):
+        with pytest.raises(UserError, match="plain ntp"):
+            sft_rows(pairs, variant, one_mask, eos_id=SEP, mask_id=MASK, seed=0)
+    # answers not longer than the threshold: no masked row at all
+    with pytest.raises(UserError, match="min_answer_tokens=4"):
+        sft_rows(pairs, "meap_copy", SftConfig(min_answer_tokens=4), eos_id=SEP, mask_id=MASK, seed=0)
+    # one mask is enough when the whole copy is labelled (eos sees it)
+    ok = SftConfig(min_answer_tokens=1, mask_ratio=0.1, min_masks=1, concat_copy_labels="answer")
+    stats: dict = {}
+    rows = sft_rows(pairs, "meap_concat", ok, eos_id=SEP, mask_id=MASK, seed=0, stats=stats)
+    assert len(rows) == 4 and stats["masked_rows"] == 4 and stats["labels_after_mask"] >= 4
+    assert sft_rows(pairs, "ntp", one_mask, eos_id=SEP, mask_id=MASK, seed=0)  # ntp is never refused
+
+
+def test_mask_reach_exact():
+    (r,) = build_rows(PROMPT, ANSWER, "meap_concat", eos_id=SEP, mask_id=MASK, min_answer_tokens=4, positions=[1, 4])
+    # labels: 7 on the clean copy (none after a mask), 2 on the copy (offset 4 sees the mask at offset 1)
+    assert mask_reach(r, MASK) == (9, 1)
+    rows = build_rows(PROMPT, ANSWER, "meap_copy", eos_id=SEP, mask_id=MASK, min_answer_tokens=4, positions=[3])
+    assert mask_reach(rows[1], MASK) == (1, 0)
+
+
+# ---- issue 14: meap_concat is truncated per copy ------------------------------------------------
+NEEDLE = [50, 51, 52, 53]
+
+
+def long_pair(n_ctx=3000, at=5):
+    ctx = [10 + (i % 30) for i in range(n_ctx)]
+    ctx[at:at + len(NEEDLE)] = NEEDLE
+    return [CLS] + ctx + [60, 61, 62], [20, 21, 22, 23, 24, 25, 26, 27]
+
+
+def check_copy_aligned(row_ids, row_labels, prompt, answer, masked_labels_only):
+    """A copy = the end of [prompt; answer; eos]; its labels sit on the answer (+ eos)."""
+    full = list(prompt) + list(answer) + [SEP]
+    n = len(row_ids)
+    for i, (t, lab) in enumerate(zip(row_ids, row_labels)):
+        src = full[len(full) - n + i]
+        assert t == src or t == MASK
+        if t == MASK:
+            assert lab == src
+        in_answer = len(full) - n + i >= len(prompt)
+        if not in_answer:
+            assert lab == IGNORE
+        elif not masked_labels_only:
+            assert lab == src
+
+
+def test_meap_concat_long_row_keeps_needle_in_both_copies():
+    prompt, answer = long_pair()
+    cfg = SftConfig(min_answer_tokens=4, mask_ratio=0.25, max_len=4096)  # ntp row 3012 fits, [X; X'] does not
+    (row,) = sft_rows([(prompt, answer)], "meap_concat", cfg, eos_id=SEP, mask_id=MASK, seed=0)
+    n = len(prompt) + len(answer) + 1
+    assert len(row.input_ids) == 2 * n
+    first, second = row.input_ids[:n], row.input_ids[n:]
+    assert first[0] == CLS and second[0] == CLS
+    for copy in (first, second):
+        assert copy[6:10] == NEEDLE
+    check_copy_aligned(first, row.labels[:n], prompt, answer, masked_labels_only=False)
+    check_copy_aligned(second, row.labels[n:], prompt, answer, masked_labels_only=True)
+    assert sum(t == MASK for t in second) == 2 and MASK not in first
+    (ntp,) = sft_rows([(prompt, answer)], "ntp", cfg, eos_id=SEP, mask_id=MASK, seed=0)
+    assert ntp.input_ids == first and ntp.labels == row.labels[:n]
+
+
+def test_meap_concat_half_truncation_cuts_both_copies_alike():
+    prompt, answer = long_pair(n_ctx=1500, at=1200)
+    cfg = SftConfig(min_answer_tokens=4, mask_ratio=0.25, max_len=1024, concat_truncation="half")
+    (row,) = sft_rows([(prompt, answer)], "meap_concat", cfg, eos_id=SEP, mask_id=MASK, seed=0)
+    assert len(row.input_ids) == 1024
+    first, second = row.input_ids[:512], row.input_ids[512:]
+    assert [t for t in first] == [f if s != MASK else f for f, s in zip(first, second)]
+    assert all(f == s or s == MASK for f, s in zip(first, second))
+    for copy in (first, second):  # the needle (300 tokens before the query) survives in both
+        starts = [i for i in range(len(copy) - 3) if copy[i:i + 4] == NEEDLE]
+        assert len(starts) == 1 and starts[0] == 512 - (len(prompt) + len(answer) + 1 - 1 - 1200)
+    check_copy_aligned(first, row.labels[:512], prompt, answer, masked_labels_only=False)
+    check_copy_aligned(second, row.labels[512:], prompt, answer, masked_labels_only=True)
+
+
+# ---- issue 14: equal supervision --------------------------------------------------------------
+class RecordingModel(torch.nn.Module):
+    """Records every batch row it is trained on; its loss is a function of one weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2, 2))
+        self.seen: list[tuple] = []
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        for r, a in zip(input_ids.tolist(), attention_mask.tolist()):
+            self.seen.append(tuple(t for t, m in zip(r, a) if m))
+        return type("O", (), {"loss": (self.w ** 2).sum()})()
+
+
+@pytest.mark.parametrize("budget", ["epochs", "steps"])
+def test_budget_clean_answer_seen_equally(budget):
+    pairs = [([CLS, 10 + i, 11], [20 + i, 30, 31, 32, 33]) for i in range(8)]
+    cfg = SftConfig(budget=budget, epochs=3, steps=8, batch_size=4, min_answer_tokens=2, mask_ratio=0.4)
+    seen_clean = {}
+    for variant in ("ntp", "meap_copy", "meap_concat"):
+        rows = sft_rows(pairs, variant, cfg, eos_id=SEP, mask_id=MASK, seed=0)
+        model = RecordingModel()
+        summary = train_sft(model, rows, cfg, pad_id=0, seed=0)
+        clean = {tuple(ntp_ids) for ntp_ids in (list(p) + list(a) + [SEP] for p, a in pairs)}
+        counts = {c: sum(s[:len(c)] == c for s in model.seen) for c in clean}
+        seen_clean[variant] = counts
+        assert summary["budget"] == budget
+        if budget == "epochs":
+            assert summary["steps"] == -(-3 * len(rows) // 4) and summary["epochs"] == 3
+            assert set(counts.values()) == {3}  # every clean answer seen 3 times, whatever the variant
+        else:
+            assert summary["steps"] == 8
+    if budget == "steps":  # the old rule: meap_copy sees each clean answer half as often as ntp
+        assert sum(seen_clean["meap_copy"].values()) * 2 == sum(seen_clean["ntp"].values())

@@ -174,3 +174,15 @@ def test_teacher_forced_equals_greedy_generate(tmp_path):
     tf2 = score_teacher_forced(model, items, pad_id=0, suppress=[4], batch_size=2)
     assert all(s["correct"] for s in tf2)
     assert all(4 not in b["generated"] for b in gg)
+
+
+def test_multi_value_fact_answer_long_and_recoverable():
+    facts = FactConfig(value_len=4, value_groups=3, value_sep="-")
+    gen, enc = make_gen(facts=facts)
+    item = gen.needle(80, 0.5, random.Random(3))
+    groups = item.value.split("-")
+    assert len(groups) == 3 and all(len(g) == 4 and g.isdigit() for g in groups)
+    assert len(item.answer) == 14 and item.answer == enc(item.value)
+    assert find_subseq(item.prompt, item.answer) == [item.fact_start + len(enc(item.key)) + len(enc("的密码是"))]
+    with pytest.raises(ValueError, match="value_sep"):
+        FactConfig(value_groups=2, value_sep="1").validate()

@@ -57,7 +57,7 @@ text_file: {text}
 variants: [none, meap_copy, meap_concat]
 seeds: [0]
 sft_items: 8
-sft: {{steps: 2, batch_size: 4, min_answer_tokens: 1, mask_ratio: 0.5}}
+sft: {{budget: steps, steps: 2, batch_size: 4, min_answer_tokens: 1, mask_ratio: 0.5}}
 needle: {{context_lengths: [24, 40], depths: [0.0, 1.0], n_per_cell: 2}}
 mdqa: {{n_docs: 3, doc_tokens: 6, n_per_position: 2}}
 """, encoding="utf-8")
@@ -73,6 +73,8 @@ mdqa: {{n_docs: 3, doc_tokens: 6, n_per_position: 2}}
     assert r["sft"]["steps"] == 2 and r["sft"]["rows"] == 16
     assert (out / "needle_by_depth.png").stat().st_size > 0 and (out / "mdqa_by_position.png").is_file()
     assert "| meap | none |" in (out / "report.md").read_text()
+    assert "SFT budget: steps (2 optimizer steps" in (out / "report.md").read_text()
+    assert r["sft"]["masked_rows"] == 8 and r["sft"]["labels_after_mask"] >= 8
     # resumable: a second run reuses every result.json
     mtime = (out / "meap" / "none" / "seed-0" / "result.json").stat().st_mtime_ns
     assert main(["--config", str(cfg), "--models", str(model_dir)]) == 0
@@ -84,6 +86,38 @@ mdqa: {{n_docs: 3, doc_tokens: 6, n_per_position: 2}}
     assert (out / "meap" / "none" / "seed-0" / "result.json").stat().st_mtime_ns == mtime
     # answer-token accuracy by depth sits next to exact match
     assert set(m["none"]["tasks"]["needle"]["token_by_length"]) == {"24", "40"}
+
+
+def test_retrieval_cli_epoch_budget_and_mask_guard(tmp_path, capsys):
+    from finetune.retrieval import main
+
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    save_tiny_decoder(model_dir)
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT + "\n", encoding="utf-8")
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(f"""
+run: t
+runs_root: {tmp_path / 'runs'}
+text_file: {text}
+variants: [ntp, meap_copy]
+sft_items: 6
+sft: {{budget: epochs, epochs: 2, batch_size: 4, min_answer_tokens: 1, mask_ratio: 0.25}}
+needle: {{context_lengths: [24], depths: [0.5], n_per_cell: 2}}
+mdqa: {{enabled: false}}
+""", encoding="utf-8")
+    assert main(["--config", str(cfg), "--models", str(model_dir)]) == 0
+    out = tmp_path / "runs" / "t" / "finetune" / "retrieval" / "m"
+    ntp = json.loads((out / "ntp" / "seed-0" / "result.json").read_text())["sft"]
+    copy = json.loads((out / "meap_copy" / "seed-0" / "result.json").read_text())["sft"]
+    assert (ntp["rows"], ntp["steps"]) == (6, 3) and (copy["rows"], copy["steps"]) == (12, 6)
+    assert "SFT budget: epochs (2 passes" in (out.parent / "report.md").read_text()
+    # one mask per 4-token answer, labelled only at the mask: plain ntp under another name -> refused
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "sft.min_masks=1", "--models", str(model_dir)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "meap_copy would be plain ntp SFT" in err[0] and "Traceback" not in err[0]
 
 
 def test_retrieval_cli_user_errors(tmp_path, capsys):

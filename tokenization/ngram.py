@@ -12,7 +12,8 @@ The paper says only "T-test"; its exact statistic, the lexicon size and ``max_n`
 so they are options here. N-grams never contain ``[UNK]``/special tokens, never cross a document
 (and, with ``within_words``, never cut a segmented word). The top ``top_k`` by score with count
 ``>= min_count`` are kept; ties are broken by count, then by the ids, so the lexicon is
-deterministic.
+deterministic. N-gram ids follow that order (highest score first, *not* most frequent first), so a
+cap on the ids (``ernie_gram``'s ``max_ngrams``) keeps the top-scoring n-grams.
 
 Files: ``vocab/ngram/lexicon.tsv`` (``id  n  ids  surface  count  score``) + ``stats.json``.
 """

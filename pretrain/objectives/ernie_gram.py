@@ -14,9 +14,13 @@ The three parts, each switchable (the ablation ladder is three configs):
    over the joint vocabulary ``<V_F, V_N>``: ids ``0 .. V_F-1`` are the fine-grained tokens (the
    model's padded vocabulary), ``V_F + k`` is n-gram ``k`` of the lexicon (capped at
    ``max_ngrams``; n-grams beyond the cap are split into single-token units).
-2. **Comprehensive n-gram prediction** (``comprehensive``). One query token (``[MASK]``) per
-   fine-grained token of every masked n-gram is appended after the collapsed sequence, with the
-   token's original position id. A 4-D additive attention mask makes the main sequence attend
+2. **Comprehensive n-gram prediction** (``comprehensive``). One query token per fine-grained token
+   of every masked unit (``queries: all``, the paper's figure, default; ``ngrams``: n-grams of
+   length >= 2 only) is appended after the collapsed sequence, with the token's original position
+   id. A query's input is ``[M_k]`` for the ``k``-th token of its unit (``query_tokens: indexed``,
+   the paper's distinct ``[M1], [M2], ...``, default): a small embedding table of the objective's
+   own, initialised from ``[MASK]``'s embedding and dropped at export like the n-gram table, so no
+   vocabulary changes; ``query_tokens: mask`` gives every query the ``[MASK]`` embedding. A 4-D additive attention mask makes the main sequence attend
    within itself and every query attend to the main sequence and to itself only
    (:func:`allowed_attention`); the queries are classified over ``V_F`` with the BERT MLM head.
    ``transformers`` 5's ``BertModel`` accepts the prepared 4-D float mask as-is with SDPA and
@@ -39,7 +43,8 @@ The collated batch (all torch):
 * ``coarse_labels`` [B, Tc] joint-vocabulary id at masked slots, -100 elsewhere;
 * ``slot_len`` [B, Tc] the length (in fine tokens) of the unit at each masked slot, 0 elsewhere;
 * ``query_pos`` [B, Q], ``query_labels`` [B, Q] (-100 on padding), ``query_valid`` [B, Q],
-  ``query_slot`` [B, Q] the main-sequence slot of each query's n-gram;
+  ``query_slot`` [B, Q] the main-sequence slot of each query's n-gram, ``query_offset`` [B, Q] the
+  query token's offset inside its unit (0 for the first token: ``[M1]``);
 * ``sample_u`` [B, Tc] uniforms for the generator's sampling.
 """
 
@@ -172,6 +177,7 @@ def collapse(input_ids: torch.Tensor, special: torch.Tensor, valid: torch.Tensor
     out["query_labels"] = compact(torch.where(q, ids, torch.full_like(ids, IGNORE)), q, IGNORE)
     out["query_valid"] = compact(q, q, False)
     out["query_slot"] = compact((keep.long().cumsum(dim=1) - 1).gather(1, sp), q, 0)  # its [MASK] slot
+    out["query_offset"] = compact(ar - sp, q, 0)  # 0 for a unit's first token ([M1]), 1 for [M2], ...
     return out
 
 
@@ -265,7 +271,7 @@ class ErnieGram(Objective):
         # share of the n-gram *units* of a window that are masked (the paper: 15 % of boundaries)
         mask_prob: float = 0.15
         # cap on the n-gram lexicon (ids >= cap are split into single tokens); the lexicon is
-        # ordered as the vocab stage wrote it (most frequent first), so the cap keeps the top ones
+        # ordered as the vocab stage wrote it (by t-score, highest first), so the cap keeps the top ones
         max_ngrams: int = 30000
         # lexicon folder; default: the ``ngram`` folder next to the primary vocabulary
         lexicon_dir: str = ""
@@ -273,9 +279,15 @@ class ErnieGram(Objective):
         explicit: bool = True
         comprehensive: bool = True
         generator: bool = True
-        # comprehensive queries for every masked unit ("all") or only for n-grams of length >= 2
-        # ("ngrams", default: a masked single token is already a V_F prediction at its slot)
-        queries: Literal["ngrams", "all"] = "ngrams"
+        # comprehensive queries for every masked unit ("all", default: the paper's figure has a
+        # query for a masked single token too) or only for n-grams of length >= 2 ("ngrams": a
+        # masked single token is already a V_F prediction at its slot)
+        queries: Literal["ngrams", "all"] = "all"
+        # the queries' input tokens: "indexed" (default, the paper) = distinct [M1], [M2], ... by
+        # the token's offset in its unit (an embedding table of the objective, offsets beyond
+        # query_index_size share the last row); "mask" = the [MASK] embedding for every query
+        query_tokens: Literal["indexed", "mask"] = "indexed"
+        query_index_size: int = 8
         # position ids of the collapsed main sequence: the original positions (a gap after each
         # collapsed n-gram, queries keep their original positions: default) or renumbered 0..Tc-1
         # (queries then take the slot's position + their offset). [U] in the paper.
@@ -303,6 +315,8 @@ class ErnieGram(Objective):
                 raise ValueError("objective_options.generator_width must be in (0, 1]")
             if self.generator_temperature <= 0:
                 raise ValueError("objective_options.generator_temperature must be positive")
+            if self.query_index_size < 1:
+                raise ValueError("objective_options.query_index_size must be at least 1")
 
     def __init__(self, cfg: "ErnieGram.Config", ctx: ObjectiveContext):
         super().__init__(cfg, ctx)
@@ -322,6 +336,12 @@ class ErnieGram(Objective):
             from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
             own = BertPredictionHeadTransform(c)
         self.ngram_head = NgramHead(self.n_ngrams, hidden, c.initializer_range, own)
+        if cfg.comprehensive and cfg.query_tokens == "indexed":
+            # [M1], [M2], ...: pre-training-only inputs (dropped at export), start as [MASK]
+            self.query_emb = nn.Embedding(cfg.query_index_size, hidden)
+            with torch.no_grad():
+                self.query_emb.weight.copy_(
+                    self.model.bert.embeddings.word_embeddings.weight[self.mask_id].expand(cfg.query_index_size, -1))
         # joint ids the generator never predicts: [PAD]/[CLS]/[SEP]/[MASK] (never masked, so never a
         # label) and the padding rows of the vocabulary; [UNK] stays (a masked unknown token is a label)
         invalid = torch.zeros(self.fine_size + self.n_ngrams, dtype=torch.bool)
@@ -379,6 +399,12 @@ class ErnieGram(Objective):
         ng = self.ngram_head.emb((joint_ids - self.fine_size).clamp(min=0))
         return torch.where(is_ng[..., None], ng, fine)
 
+    def query_embeds(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Input embeddings [B, Q, H] of the comprehensive-prediction queries (``query_tokens``)."""
+        if self.cfg.query_tokens == "indexed":
+            return self.query_emb(b["query_offset"].clamp(max=self.cfg.query_index_size - 1))
+        return self.model.bert.embeddings.word_embeddings(torch.full_like(b["query_pos"], self.mask_id))
+
     def joint_logits(self, h: torch.Tensor, transform: bool = True) -> torch.Tensor:
         """Logits over ``<V_F, V_N>`` for hidden states ``h`` [N, H]."""
         if transform:
@@ -421,8 +447,7 @@ class ErnieGram(Objective):
         Q = q_valid.shape[1]
         embeds = self.embed_joint(joint_in)
         if Q:
-            q_emb = self.model.bert.embeddings.word_embeddings(torch.full_like(b["query_pos"], self.mask_id))
-            embeds = torch.cat([embeds, q_emb], dim=1)
+            embeds = torch.cat([embeds, self.query_embeds(b)], dim=1)
             pos = torch.cat([b["main_pos"], b["query_pos"]], dim=1)
         else:
             pos = b["main_pos"]
@@ -455,10 +480,11 @@ class ErnieGram(Objective):
         of the explicit head at the masked slots, as in training (of the queries without it), with
         ``loss_count``, so
         the trainer's ``perplexity`` is the explicit head's; and whole-n-gram exact match at the
-        masked n-gram slots with ``[MASK]`` input (no generator sample): ``ngram_exact`` (+ count)."""
+        masked n-gram slots with the slot input the main model was trained on (``[MASK]``, or the
+        generator's sample in the generator rung): ``ngram_exact`` (+ count)."""
         out = {k: v.detach() for k, v in self.forward(b).items()}
         out["objective"] = out.pop("loss")
-        pred = self.predict_masked(b)
+        pred = self.predict_masked(b, slot_input="trained")
         labels = b["coarse_labels"]
         if self.cfg.explicit:
             slots = labels != IGNORE
@@ -474,16 +500,30 @@ class ErnieGram(Objective):
         return out
 
     @torch.no_grad()
-    def predict_masked(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Argmax predictions with ``[MASK]`` at the slots (no generator sample): ``coarse`` [B, Tc]
-        (joint ids, -1 off the slots) and, with queries, ``fine`` [B, Q] (fine ids, -1 on padding)."""
+    def predict_masked(self, b: dict[str, torch.Tensor],
+                       slot_input: Literal["mask", "trained"] = "trained") -> dict[str, torch.Tensor]:
+        """Argmax predictions at the masked slots: ``coarse`` [B, Tc] (joint ids, -1 off the slots)
+        and, with queries, ``fine`` [B, Q] (fine ids, -1 on padding).
+
+        ``slot_input``: ``trained`` (default) feeds the slots what the main model saw in training --
+        ``[MASK]``, or in the generator rung the generator's sample drawn with ``b["sample_u"]``
+        (then also ``sampled`` [B, Tc], the joint ids fed, -1 off the slots); ``mask`` feeds
+        ``[MASK]`` always (for the generator rung an input it never saw in training)."""
         main_ids, slots = b["main_ids"], b["coarse_labels"] != IGNORE
         Tc, q_valid = main_ids.shape[1], b["query_valid"]
-        embeds = self.model.bert.embeddings.word_embeddings(main_ids)
+        out: dict[str, torch.Tensor] = {}
+        if slot_input == "trained" and self.cfg.generator:
+            g_logp = self._generator(b, slots)
+            sampled = sample_inverse_cdf(g_logp, b["sample_u"][slots], self.cfg.generator_temperature)
+            joint_in = main_ids.clone()
+            joint_in[slots] = sampled
+            embeds = self.embed_joint(joint_in)
+            out["sampled"] = torch.where(slots, joint_in, torch.full_like(joint_in, -1))
+        else:
+            embeds = self.model.bert.embeddings.word_embeddings(main_ids)
         pos = b["main_pos"]
         if q_valid.shape[1]:
-            q_emb = self.model.bert.embeddings.word_embeddings(torch.full_like(b["query_pos"], self.mask_id))
-            embeds = torch.cat([embeds, q_emb], dim=1)
+            embeds = torch.cat([embeds, self.query_embeds(b)], dim=1)
             pos = torch.cat([pos, b["query_pos"]], dim=1)
         attn = additive_mask(allowed_attention(b["main_valid"], q_valid), embeds.dtype)
         h = self.model.bert(inputs_embeds=embeds, position_ids=pos, attention_mask=attn,
@@ -494,7 +534,7 @@ class ErnieGram(Objective):
         fine = torch.full_like(b["query_pos"], -1)
         if q_valid.shape[1]:
             fine[q_valid] = self.model.cls(h[:, Tc:][q_valid]).argmax(-1)
-        return {"coarse": coarse, "fine": fine}
+        return {"coarse": coarse, "fine": fine, **out}
 
     def encode_main(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         """Hidden states of the collapsed main sequence with ``[MASK]`` at the slots (no queries)."""

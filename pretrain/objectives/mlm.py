@@ -12,8 +12,9 @@ Masking (``whole_word_mask``), vectorised torch over the whole batch, no Python 
   (overlapping spans make it slightly lower). A span may continue past a ``[SEP]`` into the next
   document (the ``[SEP]`` itself is never masked). Choice of ours, the paper does not say.
 * 80/10/10 is decided **per word**: every token of a selected word becomes ``[MASK]`` (80 %), or a
-  random non-special token (10 %), or stays (10 %). (HF's ``DataCollatorForWholeWordMask``
-  decides per token; per word is the Chinese-BERT-wwm behaviour.)
+  random non-special token (10 %), or stays (10 %). This is our choice: the Chinese-BERT-wwm
+  release (Google's ``create_pretraining_data.py`` with whole-word masking) and HF's
+  ``DataCollatorForWholeWordMask`` choose the words whole but decide 80/10/10 per token.
 * Only the selected positions are predicted, and the vocabulary projection runs only there: the
   collate returns flat positions, ``forward`` gathers those hidden states and calls
   ``model.cls(...)`` on them.
