@@ -1,0 +1,148 @@
+"""The GPU path, tested on CPU: background batch prefetch, stop-flag sync points, DeepSpeed clipping
+and grad norm, document-masked attention for packed decoder windows, the device check's dry run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain.prefetch import BatchStream, StopSync
+from pretrain.trainer import train
+from test_pretrain import read_metrics, state, tiny_cfg
+from test_pretrain_synth import SyntheticLoader
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- 1. prefetch -------------------------------------------------------------------------------
+def test_batch_stream_order_errors_and_close():
+    made = []
+
+    def make(s, k):
+        made.append((s, k))
+        return (s, k)
+
+    with BatchStream(make, 2, 5, 2, depth=3) as bs:
+        assert [bs.get(s, k) for s in range(2, 5) for k in range(2)] == [(s, k) for s in range(2, 5) for k in range(2)]
+    assert made == [(s, k) for s in range(2, 5) for k in range(2)]  # nothing built past the end
+    with pytest.raises(RuntimeError, match="out of order"):
+        BatchStream(make, 0, 3, 1, depth=0).get(1, 0)
+
+    def boom(s, k):
+        if s == 1:
+            raise ValueError("bad record at step 1")
+        return s
+
+    bs = BatchStream(boom, 0, 4, 1, depth=2)
+    assert bs.get(0, 0) == 0
+    with pytest.raises(ValueError, match="bad record"):
+        bs.get(1, 0)
+    bs.close()
+    # close() while the producer waits on a full queue: the thread ends
+    bs = BatchStream(lambda s, k: s, 0, 10_000, 1, depth=1)
+    time.sleep(0.05)
+    bs.close()
+    assert not any(th.name == "batch-prefetch" and th.is_alive() for th in threading.enumerate())
+
+
+def test_prefetch_gives_identical_training(tmp_path):
+    runs = {}
+    for p in (0, 3):
+        cfg = tiny_cfg(tmp_path / f"p{p}", "mlm", "train.micro_batch_size=4", f"train.prefetch={p}")
+        runs[p] = train(cfg, loader_factory=SyntheticLoader, do_export=False)
+    la, lb = (read_metrics(runs[p].out_dir) for p in (0, 3))
+    assert [(r["loss"], r["grad_norm"]) for r in la] == [(r["loss"], r["grad_norm"]) for r in lb] and len(la) == 6
+    assert all("data_wait" in r for r in lb)
+    wa, wb = (state(runs[p].out_dir / "checkpoints" / "step-6") for p in (0, 3))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("objective", ["meap"])
+def test_exact_resume_with_prefetch(tmp_path, objective):
+    """N/2 + N/2 steps with prefetch on (batches built ahead of the stop are dropped) = N steps synchronously."""
+    ref = train(tiny_cfg(tmp_path / "a", objective, "train.micro_batch_size=4", "train.prefetch=0"),
+                loader_factory=SyntheticLoader, do_export=False)
+    part = tiny_cfg(tmp_path / "b", objective, "train.micro_batch_size=4", "train.prefetch=4")
+    r1 = train(part, loader_factory=SyntheticLoader, stop_at_step=3, do_export=False)
+    assert r1.exit_code == 143 and r1.step == 3
+    r2 = train(part, loader_factory=SyntheticLoader, do_export=False)
+    assert r2.step == 6
+    key = [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(ref.out_dir)]
+    assert key == [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(r2.out_dir)]
+    wa, wb = state(ref.out_dir / "checkpoints" / "step-6"), state(r2.out_dir / "checkpoints" / "step-6")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ---- 2. stop-flag sync ---------------------------------------------------------------------------
+def test_stop_sync_points():
+    calls = []
+    ss = StopSync(4, 2, lambda local: calls.append(local) or local)
+    got = [ss(s, s == 6, forced=s in (5, 9)) for s in range(1, 13)]
+    assert calls == [False, False, False, False, False]  # steps 4, 5, 8, 9, 12; stop asked at 6 only
+    assert ss.syncs == 5 and not any(got)
+    ss = StopSync(4, 2, lambda local: local)
+    assert [s for s in range(1, 13) if ss(s, s >= 6)] == [8, 12]  # a request waits for the next sync point
+    one = StopSync(4, 1, lambda local: pytest.fail("one process reduces nothing"))
+    assert one(3, True) is True and one.syncs == 0
+
+
+def _counting_stop_sync(monkeypatch, made):
+    import pretrain.trainer as tr
+
+    def factory(every, world, reduce):  # as if 2 processes: a reduce that counts its calls
+        ss = StopSync(every, 2, lambda local: local)
+        made.append(ss)
+        return ss
+
+    monkeypatch.setattr(tr, "StopSync", factory)
+
+
+def test_trainer_syncs_the_stop_flag_only_at_sync_points(tmp_path, monkeypatch):
+    made: list[StopSync] = []
+    _counting_stop_sync(monkeypatch, made)
+    opts = ("train.steps=12", "train.log_every=5", "train.eval_every=0", "train.save_every=0",
+            "train.stop_sync_every=4", "train.warmup_steps=0")
+    r = train(tiny_cfg(tmp_path / "a", "mlm", *opts), loader_factory=SyntheticLoader, do_export=False)
+    assert r.step == 12 and made[-1].syncs == 5  # steps 4, 5 (log), 8, 10 (log), 12 (last): not 12 syncs
+    # a stop asked after step 6 is honoured at the next sync point (8), with a checkpoint there
+    r = train(tiny_cfg(tmp_path / "b", "mlm", *opts), loader_factory=SyntheticLoader, stop_at_step=6,
+              do_export=False)
+    assert r.exit_code == 143 and r.step == 8 and made[-1].syncs == 3
+    assert (r.out_dir / "checkpoints" / "latest").read_text().strip() == "step-8"
+
+
+# ---- 3. DeepSpeed --------------------------------------------------------------------------------
+def test_deepspeed_clip_and_grad_norm_plumbing():
+    """Stand-ins for accelerate's DeepSpeedPlugin and engine (DeepSpeed is not installed here)."""
+    from pretrain.deepspeed_support import configure_deepspeed, engine_grad_norm
+
+    plugin = SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": 2}, "gradient_clipping": "auto"})
+    cfg = configure_deepspeed(plugin, 8, 0.5)
+    assert cfg["gradient_clipping"] == 0.5 and cfg["train_micro_batch_size_per_gpu"] == 8
+    assert configure_deepspeed(plugin, 8, 0.0)["gradient_clipping"] == 0.0
+
+    class Engine:
+        def __init__(self, v):
+            self.v = v
+
+        def get_global_grad_norm(self):
+            return self.v
+
+    acc = SimpleNamespace(deepspeed_engine_wrapped=SimpleNamespace(engine=Engine(torch.tensor(2.5))))
+    assert float(engine_grad_norm(acc)) == 2.5
+    acc.deepspeed_engine_wrapped.engine = Engine(1.25)
+    assert float(engine_grad_norm(acc)) == 1.25
+    acc.deepspeed_engine_wrapped.engine = Engine(None)
+    assert engine_grad_norm(acc) is None
+    assert engine_grad_norm(SimpleNamespace()) is None
+    text = (REPO / "configs" / "accelerate" / "deepspeed_zero2.yaml").read_text()
+    assert "train.clip" in text
