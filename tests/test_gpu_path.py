@@ -146,3 +146,77 @@ def test_deepspeed_clip_and_grad_norm_plumbing():
     assert engine_grad_norm(SimpleNamespace()) is None
     text = (REPO / "configs" / "accelerate" / "deepspeed_zero2.yaml").read_text()
     assert "train.clip" in text
+
+
+# ---- 4. document-masked attention ------------------------------------------------------------------
+def _decoder(tmp_path, objective, *opts):
+    from pretrain.data import build_context
+    from pretrain.objectives.base import build_objective
+
+    cfg = tiny_cfg(tmp_path, objective, "model.dropout=0.0", *opts)
+    torch.manual_seed(0)
+    return build_objective(objective, cfg.objective_options, build_context(cfg)).eval()
+
+
+def _packed_batch(obj):
+    v = obj.ctx.vocab
+    cls, sep, pad = v.cls_id, v.sep_id, v.pad_id
+    rows = [[cls, 11, 12, 13, sep, 14, 15, sep, 16, 17, 18, 19, 20, 21],  # 3 documents, the last cut
+            [cls, 22, 23, sep, 24, 25, 26, 27, sep, 28, sep, pad, pad, pad]]  # 3 documents + padding
+    ids = np.array(rows, dtype=np.int64)
+    special = np.isin(ids, [cls, sep, pad])
+    return {"input_ids": ids, "special_mask": special, "attention_mask": (ids != pad).astype(np.int64),
+            "word_start": np.ones_like(special), "char_len": (~special).astype(np.int16)}
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_doc_mask_logits_equal_per_document_forward(tmp_path, attn):
+    obj = _decoder(tmp_path, "ntp", "objective_options.doc_mask=true", f"model.attn_implementation={attn}")
+    raw = _packed_batch(obj)
+    b = obj.collate(raw, torch.Generator())
+    assert b["segment_ids"].tolist()[0] == [0] * 5 + [1] * 3 + [2] * 6
+    assert b["position_ids"].tolist()[1][:11] == [0, 1, 2, 3, 0, 1, 2, 3, 4, 0, 1]
+    with torch.no_grad():
+        packed = obj._logits(b)
+        plain = obj._logits({k: v for k, v in b.items() if k not in ("segment_ids", "position_ids")})
+        for r in range(2):
+            valid = raw["attention_mask"][r].astype(bool)
+            seg = b["segment_ids"][r]
+            crossed = False
+            for d in seg[torch.from_numpy(valid)].unique().tolist():
+                sel = (seg == d) & torch.from_numpy(valid)
+                alone = obj.model(input_ids=b["input_ids"][r][sel][None]).logits[0]
+                torch.testing.assert_close(packed[r][sel], alone, atol=1e-5, rtol=1e-5)
+                crossed |= d > 0 and not torch.allclose(plain[r][sel], alone, atol=1e-4)
+            assert crossed  # without the mask the later documents do see the earlier ones
+    assert torch.isfinite(packed).all()
+
+
+def test_doc_mask_meap_and_loader_segments(tmp_path, tmp_path_factory):
+    """meap inherits the mask (masking happens after the segments are read from the clean ids);
+    the loader's ``segment_ids`` are the documents of its windows."""
+    from test_shards_helpers import built_run
+    from tokenization.loader import PackedLoader
+
+    obj = _decoder(tmp_path, "meap", "objective_options.doc_mask=true", "objective_options.mask_specials=true",
+                   "objective_options.mask_ratio=0.5")
+    raw = _packed_batch(obj)
+    b = obj.collate(raw, torch.Generator().manual_seed(1))
+    ntp = _decoder(tmp_path, "ntp", "objective_options.doc_mask=true").collate(raw, torch.Generator())
+    assert torch.equal(b["segment_ids"], ntp["segment_ids"]) and b["meap_mask"].any()
+    out = obj(b)
+    assert torch.isfinite(out["loss"])
+
+    from pretrain.objectives.ntp import segments_from_sep
+
+    shards = built_run(tmp_path_factory) / "t" / "shards"
+    ld = PackedLoader(shards, "char", "train", 48, 4, seed=1)
+    sep = int(ld.vocab_meta["special_tokens"]["sep"])
+    for i in range(min(3, len(ld))):
+        w = ld.batch(0, i)
+        assert w["segment_ids"].dtype == np.int32
+        ids = torch.from_numpy(w["input_ids"])
+        valid = torch.from_numpy(w["attention_mask"]).bool()
+        want = segments_from_sep(ids, sep)
+        assert torch.equal(torch.from_numpy(w["segment_ids"]).long()[valid], want[valid])
+    assert any(ld.batch(0, i)["segment_ids"].max() > 0 for i in range(len(ld)))
