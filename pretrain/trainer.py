@@ -43,7 +43,7 @@ from pipeline.runs import atomic_write_json
 from pretrain.checkpoint import Checkpointer
 from pretrain.config import PretrainConfig, TrainConfig, resolve_batch
 from pretrain.data import build_context, build_loader
-from pretrain.deepspeed_support import configure_deepspeed, engine_grad_norm
+from pretrain.parallel import configure_deepspeed, configure_fsdp, engine_grad_norm
 from pretrain.flops import gpu_peak_flops, mfu
 from pretrain.models import count_parameters
 from pretrain.objectives.base import build_objective
@@ -255,6 +255,8 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
     ds = getattr(acc.state, "deepspeed_plugin", None)
     if ds is not None:  # no dataloader goes through prepare(): micro-batch and clipping go into its config
         configure_deepspeed(ds, micro, t.clip)
+    if getattr(acc.state, "fsdp_plugin", None) is not None:  # wrap only the layer classes this model has
+        configure_fsdp(acc.state.fsdp_plugin, objective)
     model, optimizer = acc.prepare(objective, optimizer)
     obj = acc.unwrap_model(model)
     scaler = getattr(acc, "scaler", None)

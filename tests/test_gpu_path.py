@@ -123,7 +123,7 @@ def test_trainer_syncs_the_stop_flag_only_at_sync_points(tmp_path, monkeypatch):
 # ---- 3. DeepSpeed --------------------------------------------------------------------------------
 def test_deepspeed_clip_and_grad_norm_plumbing():
     """Stand-ins for accelerate's DeepSpeedPlugin and engine (DeepSpeed is not installed here)."""
-    from pretrain.deepspeed_support import configure_deepspeed, engine_grad_norm
+    from pretrain.parallel import configure_deepspeed, engine_grad_norm
 
     plugin = SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": 2}, "gradient_clipping": "auto"})
     cfg = configure_deepspeed(plugin, 8, 0.5)
@@ -220,3 +220,56 @@ def test_doc_mask_meap_and_loader_segments(tmp_path, tmp_path_factory):
         want = segments_from_sep(ids, sep)
         assert torch.equal(torch.from_numpy(w["segment_ids"]).long()[valid], want[valid])
     assert any(ld.batch(0, i)["segment_ids"].max() > 0 for i in range(len(ld)))
+
+
+def test_fsdp_wraps_only_layer_classes_the_model_has(tmp_path):
+    """configs/accelerate/fsdp.yaml names BertLayer and LlamaDecoderLayer; accelerate raises for a
+    named class the model lacks, so the trainer keeps the names present in the objective."""
+    import yaml
+
+    from pretrain.parallel import configure_fsdp
+
+    names = yaml.safe_load((REPO / "configs" / "accelerate" / "fsdp.yaml").read_text())["fsdp_config"][
+        "fsdp_transformer_layer_cls_to_wrap"]
+    enc = _decoder(tmp_path / "e", "mlm")
+    dec = _decoder(tmp_path / "d", "ntp")
+    plugin = SimpleNamespace(transformer_cls_names_to_wrap=names)
+    assert configure_fsdp(plugin, enc) == ["BertLayer"] and plugin.transformer_cls_names_to_wrap == ["BertLayer"]
+    plugin = SimpleNamespace(transformer_cls_names_to_wrap=names.split(","))
+    assert configure_fsdp(plugin, dec) == ["LlamaDecoderLayer"]
+    plugin = SimpleNamespace(transformer_cls_names_to_wrap=None)  # none configured: the models' own
+    assert "LlamaDecoderLayer" in configure_fsdp(plugin, dec)
+
+
+# ---- 5. the device check ---------------------------------------------------------------------------
+def _env():
+    return {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+
+
+def test_gpu_check_dry_run_and_no_cuda_exit(tmp_path):
+    p = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--dry-run"], cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "gpu_check dry run: OK" in p.stdout and "mlm-512" in p.stdout and "ntp-doc_mask" in p.stdout
+    if not torch.cuda.is_available():
+        p = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), str(tmp_path / "out")], cwd=REPO,
+                           env=_env(), capture_output=True, text=True, timeout=300)
+        assert p.returncode == 1 and "no CUDA device" in p.stderr and not (tmp_path / "out").exists()
+
+
+def test_gpu_check_smoke_writes_json_and_table(tmp_path):
+    """The driver end to end with tiny models on CPU (its --smoke mode): every part but compile and
+    FSDP runs, figures and verdict land in the JSON and the table."""
+    import json
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_check
+
+    rc = gpu_check.main([str(tmp_path), "--smoke", "--steps", "2", "--decoder-steps", "2", "--log-every", "1",
+                         "--hf-workers", "0"])
+    assert rc == 0
+    rep = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert set(rep["parts"]) == {"mlm-128", "mlm-512", "ntp", "meap", "ntp-doc_mask"}
+    assert rep["parts"]["mlm-128"]["hf"]["tokens_per_s"] > 0 and rep["parts"]["mlm-128"]["ratio_vs_hf"] > 0
+    assert {"meap_over_ntp", "ratio_vs_hf_128", "data_wait_512"} <= set(rep["verdict"])
+    assert "meap_over_ntp" in (tmp_path / "gpu_check.txt").read_text()

@@ -1,6 +1,12 @@
-"""DeepSpeed specifics of the trainer (``accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml``).
+"""DeepSpeed and FSDP specifics of the trainer (``configs/accelerate/deepspeed_zero2.yaml``, ``fsdp.yaml``).
 
-Under DeepSpeed, ``accelerator.clip_grad_norm_`` does nothing and returns ``None``: the engine clips
+FSDP: accelerate wraps each module whose class is named in ``fsdp_transformer_layer_cls_to_wrap``
+and raises when a named class is absent from the model, so one config naming ``BertLayer`` and
+``LlamaDecoderLayer`` would fail for every model. :func:`configure_fsdp` keeps the names present in
+the objective, or, with none configured, takes the inner models' ``_no_split_modules`` (the
+objective itself is a plain ``nn.Module`` that has none).
+
+DeepSpeed: under DeepSpeed, ``accelerator.clip_grad_norm_`` does nothing and returns ``None``: the engine clips
 inside its own step (config key ``gradient_clipping``) and keeps the global gradient norm itself.
 So the trainer writes ``train.clip`` into the DeepSpeed config before ``prepare`` and reads the norm
 back from the engine for the ``grad_norm`` metric.
@@ -37,3 +43,18 @@ def engine_grad_norm(accelerator: Any) -> torch.Tensor | None:
     if gn is None:
         return None
     return gn.detach() if isinstance(gn, torch.Tensor) else torch.tensor(float(gn))
+
+
+def configure_fsdp(plugin: Any, model: torch.nn.Module) -> list[str]:
+    """Restrict ``plugin.transformer_cls_names_to_wrap`` to classes present in ``model`` (or take the
+    inner transformers models' ``_no_split_modules`` when none is configured); return the names."""
+    present = {type(m).__name__ for m in model.modules()}
+    names = getattr(plugin, "transformer_cls_names_to_wrap", None)
+    if isinstance(names, str):
+        names = names.split(",")
+    keep = [n.strip() for n in (names or []) if n.strip() in present]
+    if not keep:  # none configured, or none of them in this model: the inner models' own choice
+        keep = [n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or []) if n in present]
+    keep = list(dict.fromkeys(keep))
+    plugin.transformer_cls_names_to_wrap = keep or None
+    return keep
