@@ -60,6 +60,8 @@ class TrainConfig:
     tensorboard: bool = True
     threads: Optional[int] = None  # torch intra-op threads on CPU (default: torch's choice)
     find_unused_parameters: bool = False  # DDP: set for objectives whose heads skip some steps
+    prefetch: int = 2  # micro-batches built ahead in a background thread; 0 = built in the loop
+    stop_sync_every: int = 10  # steps between the ranks' stop-flag all-reduces (also at log/eval/save steps)
 
     def validate(self) -> None:
         for k in ("batch_size", "steps"):
@@ -77,6 +79,10 @@ class TrainConfig:
             raise ValueError("train.mixed_precision must be auto, no, bf16 or fp16")
         if self.keep_last < 1:
             raise ValueError("train.keep_last must be at least 1")
+        if self.prefetch < 0:
+            raise ValueError("train.prefetch must be 0 (synchronous) or more")
+        if self.stop_sync_every < 1:
+            raise ValueError("train.stop_sync_every must be at least 1")
 
 
 @dataclass

@@ -11,6 +11,10 @@ checkpointer, metrics), resumes from ``checkpoints/latest`` when there is one, t
         clip, optimizer step, schedule step
         log / evaluate / checkpoint; stop cleanly on SIGTERM or Ctrl-C
 
+The two batch lines run ``train.prefetch`` micro-batches ahead in a background thread
+(``pretrain/prefetch.py``); the ranks agree on a stop every ``train.stop_sync_every`` steps and at
+log / eval / checkpoint steps, not at every step.
+
 The learning-rate schedule is a function of the optimizer step only (``lr_factor``), whatever the
 number of processes and accumulation steps. Masking randomness comes only from the per-micro-step
 generator, dropout from the saved global RNG state, data from the loader position, so a resumed run
@@ -39,9 +43,11 @@ from pipeline.runs import atomic_write_json
 from pretrain.checkpoint import Checkpointer
 from pretrain.config import PretrainConfig, TrainConfig, resolve_batch
 from pretrain.data import build_context, build_loader
+from pretrain.parallel import configure_deepspeed, configure_fsdp, engine_grad_norm
 from pretrain.flops import gpu_peak_flops, mfu
 from pretrain.models import count_parameters
 from pretrain.objectives.base import build_objective
+from pretrain.prefetch import BatchStream, StopSync
 
 log = get_logger("pretrain")
 
@@ -89,6 +95,11 @@ def generator_for(*parts: int) -> torch.Generator:
 
 
 EVAL_STREAM = 1 << 30  # step component of the eval generators' seed: never a training step
+
+
+def pin_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """Page-locked copies of a batch's tensors (CUDA runs: the copy to the GPU can then overlap)."""
+    return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -242,8 +253,10 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
     optimizer = make_optimizer(objective, t, acc.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t))
     ds = getattr(acc.state, "deepspeed_plugin", None)
-    if ds is not None:  # no dataloader goes through prepare(), so DeepSpeed is told the micro-batch here
-        ds.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
+    if ds is not None:  # no dataloader goes through prepare(): micro-batch and clipping go into its config
+        configure_deepspeed(ds, micro, t.clip)
+    if getattr(acc.state, "fsdp_plugin", None) is not None:  # wrap only the layer classes this model has
+        configure_fsdp(acc.state.fsdp_plugin, objective)
     model, optimizer = acc.prepare(objective, optimizer)
     obj = acc.unwrap_model(model)
     scaler = getattr(acc, "scaler", None)
@@ -330,19 +343,27 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
     grad_norm = torch.zeros(())
     if start_step == 0 and t.eval_every:
         evaluate(0)  # the starting point of the validation curve
-    with StopFlag() as stop:
+
+    def make_batch(s: int, k: int) -> dict[str, Any]:  # a pure function of the position (prefetch.py)
+        b = obj.collate(train_loader.batch(*divmod(s * accum + k, n_train)), generator_for(t.seed, s, k, rank))
+        return pin_batch(b) if acc.device.type == "cuda" else b
+
+    stop_sync = StopSync(t.stop_sync_every, world, lambda local: acc.reduce(
+        torch.tensor(float(local), device=acc.device), reduction="sum").item() > 0)
+    with BatchStream(make_batch, start_step, t.steps, accum, t.prefetch) as stream, StopFlag() as stop:
         while step < t.steps:
             for k in range(accum):
                 td = time.perf_counter()
-                epoch, index = divmod(step * accum + k, n_train)
-                raw = train_loader.batch(epoch, index)
-                batch = to_device(obj.collate(raw, generator_for(t.seed, step, k, rank)), acc.device)
+                batch = to_device(stream.get(step, k), acc.device)
                 win_data += time.perf_counter() - td
                 with acc.accumulate(model):
                     outs = model(batch)
                     acc.backward(outs["loss"])
                     if acc.sync_gradients:
-                        gn = acc.clip_grad_norm_(model.parameters(), t.clip if t.clip > 0 else float("inf"))
+                        if ds is not None:  # DeepSpeed clipped inside its engine (gradient_clipping)
+                            gn = engine_grad_norm(acc)
+                        else:
+                            gn = acc.clip_grad_norm_(model.parameters(), t.clip if t.clip > 0 else float("inf"))
                         if gn is not None:
                             grad_norm = gn.detach() if isinstance(gn, torch.Tensor) else torch.tensor(float(gn))
                     optimizer.step()
@@ -385,10 +406,10 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
 
             if stop_at_step is not None and step == stop_at_step:
                 stop.signum = signal.SIGTERM
-            stopping = stop.signum is not None
-            if world > 1:
-                flag = acc.reduce(torch.tensor(float(stopping), device=acc.device), reduction="sum")
-                stopping = bool(flag.item() > 0)
+            # the ranks agree on a stop only at sync points (an all-reduce + .item() syncs the device)
+            stopping = stop_sync(step, stop.signum is not None, forced=step % t.log_every == 0 or step == t.steps
+                                 or bool(t.eval_every and step % t.eval_every == 0)
+                                 or bool(t.save_every and step % t.save_every == 0))
             paused = time.perf_counter()
             if t.eval_every and step % t.eval_every == 0 and step < t.steps and not stopping:
                 last_eval = evaluate(step)

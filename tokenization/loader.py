@@ -496,7 +496,15 @@ class PackedLoader:
                     arr, sel, idx = d.shards[s].arr, flat[m], tl[m]
                     for k in keys:
                         vals[k].ravel()[sel] = arr[k][idx]
-        return self._assemble(vals, is_tok, is_sep, valid, d, T)
+        out = self._assemble(vals, is_tok, is_sep, valid, d, T)
+        # document of each position within its window: 0 for [CLS] and the first (possibly cut)
+        # document, +1 after each [SEP] (a [SEP] belongs to the document it ends); padding keeps the
+        # last value. For document-masked attention (pretrain objectives ntp/meap, doc_mask).
+        seg = np.zeros((B, T), dtype=np.int32)
+        seg[:, 1:] = np.where(valid, j - j[:, :1], 0)
+        seg[:, 1:] = np.maximum.accumulate(seg[:, 1:], axis=1)
+        out["segment_ids"] = seg
+        return out
 
     def _assemble(self, vals: dict, is_tok: np.ndarray, is_sep: np.ndarray, valid: np.ndarray, d: _KindData, T: int,
                   cut_start: np.ndarray | None = None) -> dict[str, np.ndarray]:

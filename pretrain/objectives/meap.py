@@ -34,6 +34,8 @@ choice:
 * ``mask_specials`` (false): whether ``[CLS]``/``[SEP]`` may be masked. The official code masks
   packed BOS/EOS separators like any token; we keep document boundaries clean by default because
   the retrieval/QA prompts rely on them. ``[PAD]`` is never masked.
+* ``doc_mask``, ``ignore_after_sep``: inherited from ``ntp`` (document-masked attention; the
+  documents are read from the clean ids before masking).
 """
 
 from __future__ import annotations

@@ -7,6 +7,15 @@ boundaries and the first token of a document is predicted from ``[SEP]`` + the p
 as in GPT-2/nanoGPT packed training (the ``[SEP]`` plays the role of a BOS). Set
 ``ignore_after_sep: true`` to drop those cross-document targets instead (our choice; documented in
 ``docs/pretrain.md``). ``[CLS]`` at position 0 acts as BOS.
+
+``doc_mask: true`` (default false) makes a packed window behave like its documents run one by one:
+each position attends only to earlier positions of its own document (block-diagonal causal mask,
+a 4D boolean mask through SDPA) and positions restart at 0 in every document (``position_ids``, as
+in HF's ``DataCollatorWithFlattening``). Documents come from the loader's ``segment_ids`` (or, for
+a loader without them, from the ``[SEP]`` that ends each document). The dense mask costs
+``B x T x T`` bytes on the device per micro-batch and keeps SDPA off its flash kernel; our choice,
+made because it runs with every attention implementation on CPU and GPU (FlexAttention would be
+the faster GPU path).
 """
 
 from __future__ import annotations
@@ -33,6 +42,39 @@ def next_token_labels(ids: torch.Tensor, special: torch.Tensor, sep_id: int,
     return labels
 
 
+def segments_from_sep(ids: torch.Tensor, sep_id: int) -> torch.Tensor:
+    """Document index of each position: +1 after each ``[SEP]`` (the ``[SEP]`` ends its document)."""
+    is_sep = (ids == sep_id).long()
+    return torch.cumsum(is_sep, dim=1) - is_sep
+
+
+def positions_in_segment(seg: torch.Tensor) -> torch.Tensor:
+    """Position of each token within its document (0 at each document start)."""
+    T = seg.shape[1]
+    idx = torch.arange(T, device=seg.device).expand_as(seg)
+    start = torch.ones_like(seg, dtype=torch.bool)
+    start[:, 1:] = seg[:, 1:] != seg[:, :-1]
+    first = torch.cummax(torch.where(start, idx, torch.zeros_like(idx)), dim=1).values
+    return idx - first
+
+
+def document_causal_mask(seg: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                         additive_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """[B, 1, T, T] mask: query ``i`` sees key ``j`` iff ``j <= i``, same document and ``j`` is not
+    padding. The diagonal stays visible (a padding row never becomes all-masked, which would give
+    NaN). Boolean (True = attend) unless ``additive_dtype`` is given (0 / dtype min, for eager)."""
+    T = seg.shape[1]
+    causal = torch.ones((T, T), dtype=torch.bool, device=seg.device).tril()
+    m = (seg[:, :, None] == seg[:, None, :]) & causal
+    if attention_mask is not None:
+        m &= attention_mask.bool()[:, None, :]
+    m |= torch.eye(T, dtype=torch.bool, device=seg.device)
+    m = m[:, None]
+    if additive_dtype is None:
+        return m
+    return torch.zeros(m.shape, dtype=additive_dtype, device=m.device).masked_fill(~m, torch.finfo(additive_dtype).min)
+
+
 @register
 class NextTokenPrediction(Objective):
     name = "ntp"
@@ -41,6 +83,7 @@ class NextTokenPrediction(Objective):
     @dataclass
     class Config:
         ignore_after_sep: bool = False  # True: no target for the first token of the next document
+        doc_mask: bool = False  # True: attention and positions restricted to each packed document
 
     def __init__(self, cfg: Config, ctx: ObjectiveContext):
         super().__init__(cfg, ctx)
@@ -55,11 +98,28 @@ class NextTokenPrediction(Objective):
         am = batch.get("attention_mask")
         if am is not None and not np.all(am):
             out["attention_mask"] = torch.from_numpy(np.ascontiguousarray(am)).long()
+        if self.cfg.doc_mask:
+            seg = batch.get("segment_ids")
+            seg = (torch.from_numpy(np.ascontiguousarray(seg)).long() if seg is not None
+                   else segments_from_sep(ids, self.ctx.vocab.sep_id))
+            out["segment_ids"], out["position_ids"] = seg, positions_in_segment(seg)
         return out
 
     def _logits(self, batch):
-        h = self.model.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))[0]
+        seg = batch.get("segment_ids")
+        if seg is None:
+            h = self.model.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))[0]
+        else:
+            mask = document_causal_mask(seg, batch.get("attention_mask"),
+                                        additive_dtype=self._mask_dtype())
+            h = self.model.model(input_ids=batch["input_ids"], attention_mask=mask,
+                                 position_ids=batch["position_ids"])[0]
         return self.model.lm_head(h)
+
+    def _mask_dtype(self):
+        """``None`` (boolean mask) for SDPA / flex; the additive float mask eager attention wants."""
+        impl = getattr(self.model.config, "_attn_implementation", "sdpa")
+        return self.model.dtype if impl == "eager" else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self._logits(batch)
