@@ -60,6 +60,13 @@ class TrainConfig:
     tensorboard: bool = True
     threads: Optional[int] = None  # torch intra-op threads on CPU (default: torch's choice)
     find_unused_parameters: bool = False  # DDP: set for objectives whose heads skip some steps
+    # ---- faults (docs/reliability.md) ----
+    # resuming a checkpoint trained with other steps/lr/warmup_steps/schedule/min_lr_ratio is refused
+    # unless extend=true: the run then continues under the new schedule and no longer matches a fresh run
+    extend: bool = False
+    # stop (no export) after this many consecutive optimizer steps with a NaN/inf loss; 0 = never stop
+    # (no checkpoint is written right after such a step either way)
+    max_nonfinite_steps: int = 3
 
     def validate(self) -> None:
         for k in ("batch_size", "steps"):
@@ -77,6 +84,8 @@ class TrainConfig:
             raise ValueError("train.mixed_precision must be auto, no, bf16 or fp16")
         if self.keep_last < 1:
             raise ValueError("train.keep_last must be at least 1")
+        if self.max_nonfinite_steps < 0:
+            raise ValueError("train.max_nonfinite_steps must be 0 (never stop) or more")
 
 
 @dataclass
