@@ -250,27 +250,32 @@ class NonFiniteGuard:
 
     def __init__(self, limit: int, device: torch.device):
         self.limit = limit
+        # device tensors only, updated without reading them back (no host-device sync per step)
         self.bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite micro-step loss this step
         self.streak = torch.zeros((), dtype=torch.int64, device=device)  # consecutive non-finite steps so far
         self.worst = torch.zeros((), dtype=torch.int64, device=device)  # longest streak since the last check
-        self.first_bad_step: torch.Tensor = torch.full((), -1, dtype=torch.int64, device=device)
+        self.steps = torch.zeros((), dtype=torch.int64, device=device)  # end_step calls so far
+        self.first_bad = torch.zeros((), dtype=torch.int64, device=device)  # value of ``steps`` at a streak's start
+        self.offset: int | None = None  # optimizer step before the first end_step call
 
     def observe(self, loss: torch.Tensor) -> None:
         self.bad |= ~torch.isfinite(loss.detach()).all()
 
     def end_step(self, step: int) -> None:
         """Call after optimizer step ``step`` (1-based)."""
+        if self.offset is None:
+            self.offset = step - 1
+        self.steps += 1
         self.streak = (self.streak + 1) * self.bad
         self.worst = torch.maximum(self.worst, self.streak)
-        start = torch.tensor(step, dtype=torch.int64, device=self.streak.device) - self.streak + 1
-        self.first_bad_step = torch.where(self.streak == 1, start, self.first_bad_step)
-        self.bad = torch.zeros_like(self.bad)
+        self.first_bad = torch.where(self.streak == 1, self.steps, self.first_bad)
+        self.bad.zero_()
 
     def check(self, acc, step: int, ckpt: "Checkpointer | None" = None) -> bool:
         """Sync (every process must call it at the same steps); raise ``UserError`` when the limit is
         reached, naming the intact checkpoint of ``ckpt``; return whether the last step's loss was finite
         (a checkpoint is written only then)."""
-        vec = torch.stack([self.streak, self.worst, self.first_bad_step])
+        vec = torch.stack([self.streak, self.worst, self.first_bad + (self.offset or 0)])
         if acc is not None and acc.num_processes > 1:
             vec = _max_over_processes(acc, vec)
         streak, worst, first = (int(x) for x in vec.tolist())
