@@ -282,3 +282,72 @@ def test_sigterm_during_the_final_export_exits_143_without_a_half_export(tmp_pat
     monkeypatch.setattr(ex, "atomic_write_json", real_write)
     r = train(cfg, loader_factory=SyntheticLoader)  # the same command exports
     assert r.exit_code == 0 and r.step == 3 and (r.export_dir / "pretrain_meta.json").is_file()
+
+
+# ---- several processes (gloo on CPU) -------------------------------------------------------------------
+# Accelerate enables FSDP only with CUDA (on CPU it reports DistributedType.NO even under torchrun), so
+# a DDP -> FSDP resume cannot run here; what runs: a world-size change and a fallback agreed by 2 ranks.
+MP_OVERRIDES = ["train.micro_batch_size=4", "train.steps=4", "train.eval_every=2", "train.save_every=2"]
+
+MP_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_pretrain import tiny_cfg
+from test_pretrain_synth import SyntheticLoader
+from pretrain.trainer import train
+cfg = tiny_cfg(Path({root!r}), "ntp", *{overrides!r})
+sys.exit(train(cfg, loader_factory=SyntheticLoader, do_export=False, stop_at_step={stop!r}).exit_code)
+"""
+
+
+def _launch2(tmp_path: Path, root: Path, stop: int | None, overrides=MP_OVERRIDES):
+    import subprocess
+    import sys
+
+    from test_pretrain_multiproc import REPO, TESTS, _free_port
+
+    script = tmp_path / f"run2-{stop}.py"
+    script.write_text(MP_SCRIPT.format(tests=str(TESTS), root=str(root), overrides=list(overrides), stop=stop))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), str(script)]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def one_process_ntp(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one")
+    return train(tiny_cfg(root, "ntp", *MP_OVERRIDES), loader_factory=SyntheticLoader, do_export=False).out_dir
+
+
+@pytest.mark.slow
+def test_two_processes_stop_and_one_process_resumes(tmp_path, one_process_ntp, caplog):
+    p = _launch2(tmp_path, tmp_path, stop=2)  # the launcher itself reports a child's 143 as a failure
+    assert "stopped at step 2; checkpoint saved" in p.stderr, p.stderr[-3000:]
+    assert (out_dir(tmp_path, "ntp") / "checkpoints" / "latest").read_text().strip() == "step-2"
+    r = train(tiny_cfg(tmp_path, "ntp", *MP_OVERRIDES), loader_factory=SyntheticLoader, do_export=False)
+    assert r.exit_code == 0 and r.step == 4 and "different number of processes" in caplog.text
+    a, b = read_metrics(one_process_ntp), read_metrics(r.out_dir)
+    assert [x["step"] for x in b] == [1, 2, 3, 4]
+    assert [x["loss"] for x in a] == pytest.approx([x["loss"] for x in b], rel=1e-5)
+    wa, wb = state(one_process_ntp / "checkpoints" / "step-4"), state(r.out_dir / "checkpoints" / "step-4")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+@pytest.mark.slow
+def test_two_processes_agree_on_the_fallback_checkpoint(tmp_path, one_process_ntp):
+    p = _launch2(tmp_path, tmp_path, stop=3)
+    assert "stopped at step 3; checkpoint saved" in p.stderr, p.stderr[-3000:]
+    root = out_dir(tmp_path, "ntp") / "checkpoints"
+    assert sorted(x.name for x in root.glob("step-*")) == ["step-2", "step-3"]
+    m = json.loads((root / "step-3" / ck.MANIFEST).read_text())
+    assert {"rng-0.pt", "rng-1.pt"} <= set(m["files"])  # both ranks' files are covered
+    _flip(root / "step-3" / "rng-1.pt")  # rank 1's part: only the main process's check can see it
+    p = _launch2(tmp_path, tmp_path, stop=None)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "step-3 is damaged" in p.stderr and (root / "damaged-step-3").is_dir()
+    a, b = read_metrics(one_process_ntp), read_metrics(out_dir(tmp_path, "ntp"))
+    assert [x["step"] for x in b] == [1, 2, 3, 4]
+    assert [x["loss"] for x in a] == pytest.approx([x["loss"] for x in b], rel=1e-5)
