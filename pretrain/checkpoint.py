@@ -541,6 +541,21 @@ class Checkpointer:
         return (f"cannot write checkpoint step-{step} in {self.root} ({_one_line(e)}); the partial folder was "
                 f"removed; {intact}: fix the cause and run the same command to resume")
 
+    def export_failed(self, e: OSError, export_dir: Path) -> str:
+        """The one-line message for an export that failed to write (its temporary folder is already
+        removed by ``atomic_dir``)."""
+        try:
+            free = human_bytes(shutil.disk_usage(export_dir.parent).free)
+        except OSError:
+            free = "unknown"
+        prev = self.latest()
+        weights = prev / "model.safetensors" if prev is not None else None
+        need = (f", the weights alone need {human_bytes(weights.stat().st_size)}"
+                if weights is not None and weights.is_file() else "")
+        cause = "no space left on device" if _disk_full(e) else f"cannot write ({_one_line(e)})"
+        return (f"{cause} writing the export {export_dir} ({free} free{need}); no export was written; "
+                f"{self.describe_intact()}: fix the cause and run the same command to export")
+
     def _prune(self, keep: Path) -> None:
         done = [p for p in self.complete() if p != keep]
         excess = len(done) + 1 - self.keep_last

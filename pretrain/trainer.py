@@ -454,6 +454,9 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
         result.export_dir = None
         result.exit_code = EXIT_SIGINT if e.signum == signal.SIGINT else EXIT_SIGTERM
         return result
+    except OSError as e:  # a full disk / permissions while exporting (the export's temp folder is gone)
+        metrics.close()
+        raise UserError(ckpt.export_failed(e, out / "export")) from None
     metrics.close()
     return result
 

@@ -351,3 +351,25 @@ def test_two_processes_agree_on_the_fallback_checkpoint(tmp_path, one_process_nt
     a, b = read_metrics(one_process_ntp), read_metrics(out_dir(tmp_path, "ntp"))
     assert [x["step"] for x in b] == [1, 2, 3, 4]
     assert [x["loss"] for x in a] == pytest.approx([x["loss"] for x in b], rel=1e-5)
+
+
+def test_full_disk_during_the_export_is_one_line(tmp_path, monkeypatch):
+    import pretrain.export as ex
+
+    real_write = ex.atomic_write_json
+
+    def full(path, obj, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ex, "atomic_write_json", full)
+    cfg = tiny_cfg(tmp_path, "mlm", "train.steps=3", "train.eval_every=0")
+    with pytest.raises(UserError) as e:
+        train(cfg, loader_factory=SyntheticLoader)
+    msg = str(e.value)
+    assert msg.startswith("no space left on device writing the export") and "\n" not in msg
+    assert " free, the weights alone need " in msg and "step-3 is intact" in msg
+    out = out_dir(tmp_path)
+    assert not (out / "export").exists() and not list(out.glob(".export.*"))
+    monkeypatch.setattr(ex, "atomic_write_json", real_write)
+    r = train(cfg, loader_factory=SyntheticLoader)
+    assert r.exit_code == 0 and (r.export_dir / "pretrain_meta.json").is_file()

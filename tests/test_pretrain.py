@@ -74,7 +74,7 @@ def test_exact_resume(tmp_path, objective):
     la = [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(ra.out_dir)]
     lb = [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(rb2.out_dir)]
     assert la == lb and len(la) == 6
-    # a stop skips the evaluation due at that step; the final one is identical
+    # the final evaluation is identical (the one a stop skipped is redone: test_checkpoint_faults)
     assert read_metrics(ra.out_dir, "valid")[-1]["loss"] == read_metrics(rb2.out_dir, "valid")[-1]["loss"]
     wa, wb = state(ra.out_dir / "checkpoints" / "step-6"), state(rb2.out_dir / "checkpoints" / "step-6")
     assert wa.keys() == wb.keys()
