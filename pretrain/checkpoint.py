@@ -570,7 +570,15 @@ class Checkpointer:
             state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"{path / 'state.json'}: unreadable checkpoint state: {e}") from None
-        if _sharded(self.acc):
+        written_sharded = (path / "accelerate").is_dir()
+        if written_sharded != _sharded(self.acc):
+            now = str(self.acc.distributed_type).rsplit(".", 1)[-1] if self.acc is not None else "NO"
+            was = "FSDP/DeepSpeed (accelerate/ shards)" if written_sharded else \
+                "one process or DDP (model.safetensors + optimizer.pt)"
+            raise UserError(f"{path}: written by a {was} run, this run uses {now}; a checkpoint resumes only under "
+                            "the same kind of strategy (any number of processes under DDP). Resume with the "
+                            "original launcher config, or start a new run name")
+        if written_sharded:
             self.acc.load_state(str(path / "accelerate"))
         else:
             from safetensors.torch import load_model

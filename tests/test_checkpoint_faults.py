@@ -373,3 +373,12 @@ def test_full_disk_during_the_export_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "atomic_write_json", real_write)
     r = train(cfg, loader_factory=SyntheticLoader)
     assert r.exit_code == 0 and (r.export_dir / "pretrain_meta.json").is_file()
+
+
+def test_resuming_under_another_kind_of_strategy_is_one_line(tmp_path, monkeypatch):
+    # FSDP/DeepSpeed need CUDA under accelerate, so the sharded side is simulated by ck._sharded alone
+    cfg = tiny_cfg(tmp_path, "mlm")
+    train(cfg, loader_factory=SyntheticLoader, stop_at_step=3, do_export=False)
+    monkeypatch.setattr(ck, "_sharded", lambda acc: True)
+    with pytest.raises(UserError, match=r"written by a one process or DDP .* run, this run uses "):
+        train(cfg, loader_factory=SyntheticLoader, do_export=False)
