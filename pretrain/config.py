@@ -62,6 +62,13 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP: set for objectives whose heads skip some steps
     prefetch: int = 2  # micro-batches built ahead in a background thread; 0 = built in the loop
     stop_sync_every: int = 10  # steps between the ranks' stop-flag all-reduces (also at log/eval/save steps)
+    # ---- faults (docs/reliability.md) ----
+    # resuming a checkpoint trained with other steps/lr/warmup_steps/schedule/min_lr_ratio is refused
+    # unless extend=true: the run then continues under the new schedule and no longer matches a fresh run
+    extend: bool = False
+    # stop (no export) after this many consecutive optimizer steps with a NaN/inf loss; 0 = never stop
+    # (no checkpoint is written right after such a step either way)
+    max_nonfinite_steps: int = 3
 
     def validate(self) -> None:
         for k in ("batch_size", "steps"):
@@ -83,6 +90,8 @@ class TrainConfig:
             raise ValueError("train.prefetch must be 0 (synchronous) or more")
         if self.stop_sync_every < 1:
             raise ValueError("train.stop_sync_every must be at least 1")
+        if self.max_nonfinite_steps < 0:
+            raise ValueError("train.max_nonfinite_steps must be 0 (never stop) or more")
 
 
 @dataclass

@@ -40,7 +40,8 @@ from pipeline.config import config_to_dict, save_config
 from pipeline.errors import UserError
 from pipeline.log import get_logger, print_table, progress
 from pipeline.runs import atomic_write_json
-from pretrain.checkpoint import Checkpointer
+from pretrain.checkpoint import (Checkpointer, InterruptToAbort, Interrupted, NonFiniteGuard, apply_schedule,
+                                 check_schedule, clean_stale, schedule_params)
 from pretrain.config import PretrainConfig, TrainConfig, resolve_batch
 from pretrain.data import build_context, build_loader
 from pretrain.parallel import configure_deepspeed, configure_fsdp, engine_grad_norm
@@ -239,6 +240,7 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
     out = Path(cfg.runs_root, cfg.run, "pretrain", cfg.out_name)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
+        clean_stale(out)  # temporaries of an interrupted run (.tmp-step-*, .latest.*.tmp, .export.*.tmp)
         save_config(cfg, out / "config.yaml")
 
     # ---- pieces --------------------------------------------------------------------------------
@@ -267,12 +269,19 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
 
     # ---- resume --------------------------------------------------------------------------------
     start_step, tokens_seen, train_seconds = 0, 0, 0.0
-    latest = ckpt.latest()
+    schedule_history: list[dict] = []  # schedules replaced by train.extend, with the step they ended at
+    eval_pending = False  # an evaluation due at the checkpoint's step was skipped by a stop
+    latest = ckpt.resume_point()  # verified against its manifest; falls back to the previous intact one
     if latest is not None:
         state = ckpt.load(latest, obj, optimizer, scheduler, scaler)
         start_step = int(state["step"])
         tokens_seen = int(state.get("tokens_seen", 0))
         train_seconds = float(state.get("train_seconds", 0.0))
+        schedule_history = list(state.get("schedule_history", []))
+        if check_schedule(state, t, latest):  # train.extend=true and another schedule
+            apply_schedule(optimizer, scheduler, t, lr_factor)
+            schedule_history.append({"until_step": start_step, **state["schedule"]})
+        eval_pending = bool(state.get("eval_pending")) and bool(t.eval_every) and start_step < t.steps
         if state.get("world_size", world) != world or state.get("batch_size", t.batch_size) != t.batch_size:
             log.warning("resuming with a different number of processes or batch size than the checkpoint; "
                         "the data order and schedule continue by optimizer step")
@@ -291,12 +300,13 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
                  "per step, %d steps", cfg.objective, f"{n_params:,}", world, micro, accum, t.batch_size,
                  cfg.data.seq_len, t.steps)
 
-    def state_dict(step: int) -> dict:
+    def state_dict(step: int, eval_pending: bool = False) -> dict:
         consumed = step * accum
         return {"step": step, "epoch": consumed // n_train, "index": consumed % n_train,
                 "micro_batches_per_rank": consumed, "tokens_seen": tokens_seen, "train_seconds": train_seconds,
                 "world_size": world, "batch_size": t.batch_size, "seq_len": cfg.data.seq_len,
-                "objective": cfg.objective}
+                "objective": cfg.objective, "schedule": schedule_params(t), "schedule_history": schedule_history,
+                "eval_pending": eval_pending}
 
     def evaluate(step: int) -> dict[str, float]:
         if valid_loader is None:
@@ -341,8 +351,11 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
     win_sums: dict[str, torch.Tensor] = {}
     win_steps, win_data, win_start = 0, 0.0, time.perf_counter()
     grad_norm = torch.zeros(())
+    guard = NonFiniteGuard(t.max_nonfinite_steps, acc.device)
     if start_step == 0 and t.eval_every:
         evaluate(0)  # the starting point of the validation curve
+    elif eval_pending:  # the evaluation a stop skipped at this step (same model, same eval batches)
+        last_eval = evaluate(start_step)
 
     def make_batch(s: int, k: int) -> dict[str, Any]:  # a pure function of the position (prefetch.py)
         b = obj.collate(train_loader.batch(*divmod(s * accum + k, n_train)), generator_for(t.seed, s, k, rank))
@@ -358,6 +371,7 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
                 win_data += time.perf_counter() - td
                 with acc.accumulate(model):
                     outs = model(batch)
+                    guard.observe(outs["loss"])
                     acc.backward(outs["loss"])
                     if acc.sync_gradients:
                         if ds is not None:  # DeepSpeed clipped inside its engine (gradient_clipping)
@@ -374,12 +388,14 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
             lr_now = scheduler.get_last_lr()[0]
             scheduler.step()
             step += 1
+            guard.end_step(step)
             win_steps += 1
             tokens_seen += tokens_per_step
             if bar is not None:
                 bar.update(1)
 
             if step % t.log_every == 0 or step == t.steps:
+                guard.check(acc, step, ckpt)  # stops after train.max_nonfinite_steps non-finite steps
                 names = sorted(win_sums)
                 vec = torch.stack([win_sums[n] for n in names]) / win_steps
                 if world > 1:
@@ -411,12 +427,17 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
                                  or bool(t.eval_every and step % t.eval_every == 0)
                                  or bool(t.save_every and step % t.save_every == 0))
             paused = time.perf_counter()
-            if t.eval_every and step % t.eval_every == 0 and step < t.steps and not stopping:
+            eval_due = bool(t.eval_every) and step % t.eval_every == 0 and step < t.steps
+            if eval_due and not stopping:
                 last_eval = evaluate(step)
                 if is_main and last_eval:
                     log.info("step %d eval %s", step, _fmt_eval(last_eval))
             if stopping or (t.save_every and step % t.save_every == 0) or step == t.steps:
-                ckpt.save(step, obj, optimizer, scheduler, state_dict(step), scaler)
+                if guard.check(acc, step, ckpt):  # never a checkpoint right after a non-finite loss
+                    ckpt.save(step, obj, optimizer, scheduler, state_dict(step, eval_due and stopping), scaler)
+                elif is_main:
+                    log.warning("step %d: the loss is NaN/inf; no checkpoint written (%s)", step,
+                                ckpt.describe_intact())
             win_start += time.perf_counter() - paused  # eval / checkpoint time is not step time
             if stopping:
                 if bar is not None:
@@ -431,32 +452,57 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
         bar.close()
 
     # ---- the end: final eval + export --------------------------------------------------------------
-    final = evaluate(step)
-    result.step, result.final_eval = step, final
-    if is_main and final:
-        log.info("final eval (step %d): %s", step, _fmt_eval(final))
-    if do_export:
-        from accelerate.utils import DistributedType
-
-        full_sd = None
-        if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            full_sd = acc.get_state_dict(model)
+    # SIGTERM / Ctrl-C from here on abandon the export (its temporary folder is removed, the final
+    # checkpoint is saved): exit 143 / 130, and the same command exports later
+    try:
+        with InterruptToAbort():
+            final = evaluate(step)
+            result.step, result.final_eval = step, final
+            if is_main and final:
+                log.info("final eval (step %d): %s", step, _fmt_eval(final))
+            if not guard.check(acc, step, ckpt) or not math.isfinite(final.get("loss", 0.0)):
+                raise UserError(f"step {step}: the training or validation loss is NaN/inf; not exporting a broken "
+                                f"model ({ckpt.describe_intact()}; it may hold the same weights)")
+            if do_export:
+                _export(cfg, acc, model, obj, ctx, out, metrics, result, final,
+                        {"steps": step, "tokens_seen": tokens_seen, "train_seconds": round(train_seconds, 2)},
+                        n_params)
+    except Interrupted as e:
+        metrics.close()
         if is_main:
-            from pretrain.export import save_export
-
-            meta = {"steps": step, "tokens_seen": tokens_seen, "train_seconds": round(train_seconds, 2),
-                    "final_eval": final, "name": cfg.out_name, "seq_len": cfg.data.seq_len,
-                    "parameters": n_params, "config": config_to_dict(cfg)}
-            result.export_dir = save_export(obj, out / "export", ctx, meta, state_dict=full_sd)
-            atomic_write_json(out / "summary.json", {k: v for k, v in meta.items() if k != "config"})
-            hist = [r for r in _read_jsonl(metrics.path) if r.get("split") == "valid"]
-            keys = [k for k in ("loss", "accuracy", "perplexity") if k in final] or sorted(final)
-            rows = [[r["step"]] + [r.get(k, float("nan")) for k in keys] for r in hist]
-            print_table(f"pretrain {cfg.out_name}: {step} steps, {tokens_seen:,} tokens, "
-                        f"{train_seconds:.0f} s -> {out / 'export'}", ["step"] + [f"valid {k}" for k in keys], rows)
-        acc.wait_for_everyone()
+            log.warning("stopped during the final evaluation/export at step %d; no export written, the final "
+                        "checkpoint is saved: run the same command to export", step)
+        result.export_dir = None
+        result.exit_code = EXIT_SIGINT if e.signum == signal.SIGINT else EXIT_SIGTERM
+        return result
+    except OSError as e:  # a full disk / permissions while exporting (the export's temp folder is gone)
+        metrics.close()
+        raise UserError(ckpt.export_failed(e, out / "export")) from None
     metrics.close()
     return result
+
+
+def _export(cfg, acc, model, obj, ctx, out: Path, metrics: Metrics, result: RunResult, final: dict,
+            progress_meta: dict, n_params: int) -> None:
+    from accelerate.utils import DistributedType
+
+    full_sd = None
+    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        full_sd = acc.get_state_dict(model)
+    if acc.is_main_process:
+        from pretrain.export import save_export
+
+        step, tokens_seen, train_seconds = (progress_meta[k] for k in ("steps", "tokens_seen", "train_seconds"))
+        meta = {**progress_meta, "final_eval": final, "name": cfg.out_name, "seq_len": cfg.data.seq_len,
+                "parameters": n_params, "config": config_to_dict(cfg)}
+        result.export_dir = save_export(obj, out / "export", ctx, meta, state_dict=full_sd)
+        atomic_write_json(out / "summary.json", {k: v for k, v in meta.items() if k != "config"})
+        hist = [r for r in _read_jsonl(metrics.path) if r.get("split") == "valid"]
+        keys = [k for k in ("loss", "accuracy", "perplexity") if k in final] or sorted(final)
+        rows = [[r["step"]] + [r.get(k, float("nan")) for k in keys] for r in hist]
+        print_table(f"pretrain {cfg.out_name}: {step} steps, {tokens_seen:,} tokens, "
+                    f"{train_seconds:.0f} s -> {out / 'export'}", ["step"] + [f"valid {k}" for k in keys], rows)
+    acc.wait_for_everyone()
 
 
 def _read_jsonl(path: Path) -> list[dict]:
