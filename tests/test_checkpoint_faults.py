@@ -253,13 +253,13 @@ def test_stale_temporaries_are_removed_at_start(tmp_path):
 
 
 def test_sigterm_during_the_final_export_exits_143_without_a_half_export(tmp_path, monkeypatch):
-    import pretrain.export as ex
+    from pretrain.exports import ExportMeta
 
-    real_write = ex.atomic_write_json
+    real_save = ExportMeta.save
 
-    def write_then_signal(path, obj, *a, **k):  # in the middle of the export: weights written, meta not yet
+    def write_then_signal(self, folder, *a, **k):  # in the middle of the export: weights written, meta not yet
         os.kill(os.getpid(), signal.SIGTERM)
-        return real_write(path, obj, *a, **k)
+        return real_save(self, folder, *a, **k)
 
     class ReachedDefault(Exception):
         pass
@@ -269,7 +269,7 @@ def test_sigterm_during_the_final_export_exits_143_without_a_half_export(tmp_pat
 
     old = signal.signal(signal.SIGTERM, fallback)
     try:
-        monkeypatch.setattr(ex, "atomic_write_json", write_then_signal)
+        monkeypatch.setattr(ExportMeta, "save", write_then_signal)
         cfg = tiny_cfg(tmp_path, "mlm", "train.steps=3", "train.eval_every=0")
         r = train(cfg, loader_factory=SyntheticLoader)
     finally:
@@ -279,7 +279,7 @@ def test_sigterm_during_the_final_export_exits_143_without_a_half_export(tmp_pat
     assert not (out / "export").exists() and not list(out.glob(".export.*"))
     assert not (out / "summary.json").exists()
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-3"
-    monkeypatch.setattr(ex, "atomic_write_json", real_write)
+    monkeypatch.setattr(ExportMeta, "save", real_save)
     r = train(cfg, loader_factory=SyntheticLoader)  # the same command exports
     assert r.exit_code == 0 and r.step == 3 and (r.export_dir / "pretrain_meta.json").is_file()
 
@@ -354,14 +354,14 @@ def test_two_processes_agree_on_the_fallback_checkpoint(tmp_path, one_process_nt
 
 
 def test_full_disk_during_the_export_is_one_line(tmp_path, monkeypatch):
-    import pretrain.export as ex
+    from pretrain.exports import ExportMeta
 
-    real_write = ex.atomic_write_json
+    real_save = ExportMeta.save
 
-    def full(path, obj, *a, **k):
+    def full(self, folder, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ex, "atomic_write_json", full)
+    monkeypatch.setattr(ExportMeta, "save", full)
     cfg = tiny_cfg(tmp_path, "mlm", "train.steps=3", "train.eval_every=0")
     with pytest.raises(UserError) as e:
         train(cfg, loader_factory=SyntheticLoader)
@@ -370,7 +370,7 @@ def test_full_disk_during_the_export_is_one_line(tmp_path, monkeypatch):
     assert " free, the weights alone need " in msg and "step-3 is intact" in msg
     out = out_dir(tmp_path)
     assert not (out / "export").exists() and not list(out.glob(".export.*"))
-    monkeypatch.setattr(ex, "atomic_write_json", real_write)
+    monkeypatch.setattr(ExportMeta, "save", real_save)
     r = train(cfg, loader_factory=SyntheticLoader)
     assert r.exit_code == 0 and (r.export_dir / "pretrain_meta.json").is_file()
 
