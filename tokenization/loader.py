@@ -39,6 +39,13 @@ the right up to ``extra_seq_len``, default ``seq_len``); if an extra stream need
 that, the window is cut earlier at a common boundary. The primary window is padded on the right by
 what trimming removed.
 
+Aligned batches also carry ``vis_len`` (int16, per stream, ``KIND.vis_len`` for extras): the
+token's non-whitespace characters, looked up per id in the vocabulary
+(:func:`tokenization.align.load_visible_lengths`; -1 for ``[UNK]``, 0 for specials and padding).
+A token's *visible span* is the last ``vis_len`` characters of its ``char_len`` span; the
+objectives align the streams by those spans (:func:`tokenization.align.align_tokens`), because
+the char stream folds dropped whitespace (``\n``) into the next token while SGT/word keep it.
+
 Other conventions: specials have ``char_len`` 0 and ``word_start`` 1; the first token of a window
 that starts inside a word gets ``word_start`` 1 (the cut word counts as a word); ``unit_len`` /
 ``unit_ngram`` (when the shards have them) are 1 / -1 on specials and padding, and a unit cut by a
@@ -233,6 +240,26 @@ class _KindData:
         self.pad, self.cls, self.sep = int(sp.get("pad", 0)), int(sp.get("cls", 2)), int(sp.get("sep", 3))
         self.has_units = "unit_len" in self.streams
         self.vocab_meta = self._vocab_meta()
+        self._vis: np.ndarray | None | bool = False  # not loaded yet
+
+    def vis_table(self) -> np.ndarray | None:
+        """Visible (non-whitespace) characters per token id (:func:`tokenization.align.load_visible_lengths`),
+        or None when the vocabulary folder is not next to the shards (alignment then uses whole spans)."""
+        if self._vis is False:
+            from tokenization.align import load_visible_lengths
+
+            vd = self.meta.get("vocab_dir")
+            try:
+                self._vis = load_visible_lengths(self.dir / vd) if vd else None
+            except (OSError, ValueError):
+                self._vis = None
+            if self._vis is None:
+                from pipeline.log import get_logger
+
+                get_logger("tokenization").warning(
+                    f"{self.dir}: vocabulary folder not found; '{self.kind}' tokens are aligned by whole "
+                    f"char_len spans (whitespace folded into the next token is not told apart)")
+        return self._vis
 
     def _vocab_meta(self) -> dict:
         live = (self.dir / self.meta.get("vocab_dir", "") / "stats.json")
@@ -677,6 +704,12 @@ class PackedLoader:
             valid = is_tok | is_sep
             # positions after the aligned content are padding (attention 0)
             res = self._assemble(vals, is_tok, is_sep, valid, kd, T, cut_start=cut_start)
+            vis = kd.vis_table()
+            if vis is not None:
+                ids = np.clip(vals["ids"], 0, len(vis) - 1)
+                v = np.zeros((B, T), dtype=np.int16)
+                v[:, 1:] = np.where(is_tok, vis[ids], 0)
+                res["vis_len"] = v
             if kd is self.data:
                 out.update(res)
             else:
