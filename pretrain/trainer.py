@@ -42,6 +42,7 @@ from pretrain.data import build_context, build_loader
 from pretrain.flops import gpu_peak_flops, mfu
 from pretrain.models import count_parameters
 from pretrain.objectives.base import build_objective
+from pretrain.seen import Seen, apply_char_budget
 
 log = get_logger("pretrain")
 
@@ -239,6 +240,8 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
     train_loader = build_loader(cfg, "train", micro, rank, world, loader_factory)
     valid_loader = build_loader(cfg, "valid", micro, rank, world, loader_factory)
     n_train = len(train_loader)
+    if t.chars:  # a budget in characters seen: derive train.steps (pretrain/seen.py)
+        apply_char_budget(t, train_loader, log if is_main else None)
     optimizer = make_optimizer(objective, t, acc.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t))
     ds = getattr(acc.state, "deepspeed_plugin", None)
@@ -253,12 +256,13 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
     peak = gpu_peak_flops() if acc.device.type == "cuda" else None
 
     # ---- resume --------------------------------------------------------------------------------
-    start_step, tokens_seen, train_seconds = 0, 0, 0.0
+    start_step, train_seconds = 0, 0.0
+    seen = Seen(None, tokens_per_step)  # real tokens / characters seen (pretrain/seen.py)
     latest = ckpt.latest()
     if latest is not None:
         state = ckpt.load(latest, obj, optimizer, scheduler, scaler)
         start_step = int(state["step"])
-        tokens_seen = int(state.get("tokens_seen", 0))
+        seen = Seen(state, tokens_per_step)
         train_seconds = float(state.get("train_seconds", 0.0))
         if state.get("world_size", world) != world or state.get("batch_size", t.batch_size) != t.batch_size:
             log.warning("resuming with a different number of processes or batch size than the checkpoint; "
@@ -281,7 +285,7 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
     def state_dict(step: int) -> dict:
         consumed = step * accum
         return {"step": step, "epoch": consumed // n_train, "index": consumed % n_train,
-                "micro_batches_per_rank": consumed, "tokens_seen": tokens_seen, "train_seconds": train_seconds,
+                "micro_batches_per_rank": consumed, **seen.state(), "train_seconds": train_seconds,
                 "world_size": world, "batch_size": t.batch_size, "seq_len": cfg.data.seq_len,
                 "objective": cfg.objective}
 
@@ -336,6 +340,7 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
                 td = time.perf_counter()
                 epoch, index = divmod(step * accum + k, n_train)
                 raw = train_loader.batch(epoch, index)
+                seen.add(raw)
                 batch = to_device(obj.collate(raw, generator_for(t.seed, step, k, rank)), acc.device)
                 win_data += time.perf_counter() - td
                 with acc.accumulate(model):
@@ -354,7 +359,7 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
             scheduler.step()
             step += 1
             win_steps += 1
-            tokens_seen += tokens_per_step
+            seen.end_step((lambda v: acc.reduce(v.to(acc.device), reduction="sum").cpu()) if world > 1 else None)
             if bar is not None:
                 bar.update(1)
 
@@ -369,7 +374,7 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
                 tps = tokens_per_step * win_steps / max(elapsed, 1e-9)
                 rec = {"step": step, "split": "train", **vals, "lr": lr_now, "grad_norm": float(grad_norm),
                        "tokens_per_s": tps, "data_wait": win_data / max(elapsed, 1e-9),
-                       "tokens_seen": tokens_seen, "epoch": (step * accum) // n_train, "time": time.time()}
+                       **seen.state(), "epoch": (step * accum) // n_train, "time": time.time()}
                 m = mfu(obj.flops_per_token(), tps, world, peak)
                 if m is not None:
                     rec["mfu"] = m
@@ -423,7 +428,7 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
         if is_main:
             from pretrain.export import save_export
 
-            meta = {"steps": step, "tokens_seen": tokens_seen, "train_seconds": round(train_seconds, 2),
+            meta = {"steps": step, **seen.state(), "train_seconds": round(train_seconds, 2),
                     "final_eval": final, "name": cfg.out_name, "seq_len": cfg.data.seq_len,
                     "parameters": n_params, "config": config_to_dict(cfg)}
             result.export_dir = save_export(obj, out / "export", ctx, meta, state_dict=full_sd)
@@ -431,7 +436,7 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
             hist = [r for r in _read_jsonl(metrics.path) if r.get("split") == "valid"]
             keys = [k for k in ("loss", "accuracy", "perplexity") if k in final] or sorted(final)
             rows = [[r["step"]] + [r.get(k, float("nan")) for k in keys] for r in hist]
-            print_table(f"pretrain {cfg.out_name}: {step} steps, {tokens_seen:,} tokens, "
+            print_table(f"pretrain {cfg.out_name}: {step} steps, {seen.tokens:,} tokens, {seen.chars:,} chars, "
                         f"{train_seconds:.0f} s -> {out / 'export'}", ["step"] + [f"valid {k}" for k in keys], rows)
         acc.wait_for_everyone()
     metrics.close()
