@@ -18,7 +18,12 @@ Functions (all vectorised numpy):
   streams) has a token boundary; windows of two streams are cut there so they cover exactly the
   same characters;
 * :func:`tokens_in_chars` -- the token range of a stream that covers a character range cut at
-  its boundaries.
+  its boundaries;
+* visible spans (the alignment the multi-vocabulary objectives, their fine-tuning adapters and the
+  loader use; see the section below): :func:`visible_lengths` / :func:`load_visible_lengths`
+  (non-whitespace characters per token id), :func:`visible_spans`, :func:`char_owner`,
+  :func:`first_last_by_chars`, :func:`align_tokens` (first/last coarse token of every fine
+  token), :func:`owner_range` (how many fine tokens reach each coarse token).
 """
 
 from __future__ import annotations

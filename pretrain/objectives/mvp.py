@@ -7,7 +7,9 @@ AL-MVP beats AMBERT and resists adversarial attacks. The designs below are the r
 and is listed in ``docs/multivocab.md``. Call the results "MVP-style".
 
 Both read two streams aligned by characters: the ``char`` stream (fine) and the ``sgt`` stream
-(coarse); masking is consistent across them (:func:`pretrain.objectives.amber.consistent_mask`:
+(coarse), aligned by their *visible* (non-whitespace) character spans
+(:func:`tokenization.align.align_tokens`: the char stream folds a dropped ``\n`` into the next
+token, the SGT stream keeps it as a token); masking is consistent across them (:func:`pretrain.objectives.amber.consistent_mask`:
 whole SGT words are selected with the engine's whole-word masking, and exactly their characters
 are masked in the char view, with the same 80/10/10 action).
 
