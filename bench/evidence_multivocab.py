@@ -188,7 +188,7 @@ def main(argv=None) -> int:
         adv = json.loads(adv_file.read_text(encoding="utf-8"))
     summary = {"run": a.run, "config": a.config, "seeds": a.seeds, "smoke": a.smoke, "rows": {}}
     for row in a.rows:
-        sent, ner, tps, cps, drops = [], [], [], [], {}
+        sent, ner, tps, cps, seen, drops = [], [], [], [], [], {}
         twin_sent, twin_ner = [], []  # random-init twins, where the suite ran them (the floor)
         for seed, p in exports[row]:
             name = f"{row}-s{seed}"
@@ -201,14 +201,18 @@ def main(argv=None) -> int:
             secs = max(float(meta.get("train_seconds") or 0), 1e-9)
             tps.append(meta["tokens_seen"] / secs)
             tpc = tokens_per_char(run_dir, ROWS[row][2].split("+")[0])
-            cps.append(meta["tokens_seen"] / secs / tpc if tpc else None)
+            if "chars_seen" in meta:  # real counts (pretrain/seen.py)
+                cps.append(meta["chars_seen"] / secs)
+                seen.append(meta["chars_seen"])
+            else:
+                cps.append(meta["tokens_seen"] / secs / tpc if tpc else None)
             for c, v in (adv.get("models", {}).get(name, {}).get("drop", {}) or {}).items():
                 drops.setdefault(c, []).extend(v)
         summary["rows"][row] = {
             "sentiment_acc": stats(sent), "ner_f1": stats(ner),
             "random_init": {"sentiment_acc": stats(twin_sent), "ner_f1": stats(twin_ner)},
             "train_tokens_per_s": stats(tps),
-            "train_chars_per_s": stats(cps), "tokens_per_char": tokens_per_char(run_dir, ROWS[row][2]),
+            "train_chars_per_s": stats(cps), "chars_seen": stats(seen), "tokens_per_char": tokens_per_char(run_dir, ROWS[row][2]),
             "input": ROWS[row][2], "adversarial_drop": {c: stats(v) for c, v in drops.items()}}
     # step cost from --step-time (one process, interleaved rows: robust to load from other jobs,
     # unlike the wall-clock throughput of separate pre-training runs)
@@ -224,8 +228,8 @@ def main(argv=None) -> int:
              "median step time / char MLM's (`--step-time`, same batch and window, one process). Random init: "
              "the same architecture and input fine-tuned from random weights (n = seeds run).", "",
              "| row | sentiment acc | NER F1 | random init: sentiment / NER | tokens/char | train tok/s | "
-             "train char/s | step cost | " + " | ".join(f"drop {c}" for c in conds) + " |",
-             "|---|---|---|---|---|---|---|---|" + "---|" * len(conds)]
+             "train char/s | chars seen | step cost | " + " | ".join(f"drop {c}" for c in conds) + " |",
+             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(conds)]
 
     def noise(row, key):
         r, b = summary["rows"][row][key], (base or {}).get(key)
@@ -243,7 +247,7 @@ def main(argv=None) -> int:
         tpc = f"{r['tokens_per_char']:.3f}" if r["tokens_per_char"] else "-"
         lines.append(f"| {row} | {fmt(r['sentiment_acc'])}{noise(row, 'sentiment_acc')} | {fmt(r['ner_f1'])}"
                      f"{noise(row, 'ner_f1')} | {twin(r)} | {tpc} | {fmt(r['train_tokens_per_s'], 0)} | "
-                     f"{fmt(r['train_chars_per_s'], 0)} | "
+                     f"{fmt(r['train_chars_per_s'], 0)} | {fmt(r['chars_seen'], 0)} | "
                      + (f"{r['step_cost_vs_char_mlm']:.2f}x | " if r["step_cost_vs_char_mlm"] else "- | ")
                      + " | ".join(fmt(r["adversarial_drop"].get(c, {"mean": None})) for c in conds) + " |")
     out = run_dir / "evidence" / "multivocab"

@@ -88,7 +88,19 @@ class _View:
     def pack(self, texts_a, texts_b, max_tokens):
         al_a = charmap.align(self.tokenizer, texts_a, self.alignment)
         al_b = charmap.align(self.tokenizer, texts_b, self.alignment) if texts_b is not None else None
-        return build_pair_inputs(al_a, al_b, self.cls_id, self.sep_id, self.pad_id, max_tokens)
+        packed = build_pair_inputs(al_a, al_b, self.cls_id, self.sep_id, self.pad_id, max_tokens)
+        # which characters each token really shows (no whitespace): the alignment of the two views
+        packed.vis_a = _visible(al_a, texts_a, packed.pos_a.shape[1])
+        packed.vis_b = _visible(al_b, texts_b, packed.pos_b.shape[1]) if al_b is not None else None
+        return packed
+
+
+def _visible(aligns, texts, width: int) -> torch.Tensor:
+    out = torch.zeros(len(aligns), width, dtype=torch.bool)
+    for i, (al, t) in enumerate(zip(aligns, texts)):
+        v = charmap.visible_chars(al, t)
+        out[i, :len(v)] = torch.from_numpy(v[:width])
+    return out
 
 
 def _truncate(texts_a, texts_b, max_chars):
@@ -104,21 +116,40 @@ def _gather(states: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 def fine_to_coarse_index(fine, coarse) -> torch.Tensor:
     """For every position of the packed fine sequence, the packed coarse position of its token.
 
-    Built from the characters: char ``c`` sits in fine position ``fine.pos[b, c]`` and coarse
-    position ``coarse.pos[b, c]``; a fine token takes the coarse position of its first character.
-    Special tokens map to the coarse special of the same rank; padding to -1.
+    Built from the characters (:func:`tokenization.align.first_last_by_chars`, the alignment the
+    pre-training objectives use): char ``c`` sits in fine position ``fine.pos[b, c]`` and coarse
+    position ``coarse.pos[b, c]``; a fine token takes the coarse position of its first *visible*
+    character (inside the token's own span and not whitespace, ``fine.vis_a`` from
+    :meth:`_View.pack`), so whitespace a fine tokenizer drops before a token (a ``\n`` the char
+    view folds into the next token, while the SGT view keeps it as a token) never decides it.
+    Tokens with no visible character take the coarse position of their first character. Special
+    tokens map to the coarse special of the same rank; padding to -1.
     """
+    from tokenization.align import first_last_by_chars
+
     B, T = fine.input_ids.shape
     out = torch.full((B, T + 1), -1, dtype=torch.long)
-    for pos_f, off_f, pos_c, mf, mc in ((fine.pos_a, fine.off_a, coarse.pos_a, fine.mask_a, coarse.mask_a),
-                                        (fine.pos_b, fine.off_b, coarse.pos_b, fine.mask_b, coarse.mask_b)):
+    for pos_f, off_f, pos_c, mf, mc, vf, vc in (
+            (fine.pos_a, fine.off_a, coarse.pos_a, fine.mask_a, coarse.mask_a,
+             getattr(fine, "vis_a", None), getattr(coarse, "vis_a", None)),
+            (fine.pos_b, fine.off_b, coarse.pos_b, fine.mask_b, coarse.mask_b,
+             getattr(fine, "vis_b", None), getattr(coarse, "vis_b", None))):
         if pos_f is None:
             continue
-        # only a token's first character (offset 0) writes, so each fine position is written once
-        # (dropped whitespace before a token also has offset 0 and lies in the same coarse token)
-        ok = mf & mc & (off_f == 0)
-        slot = torch.where(ok, pos_f, torch.full_like(pos_f, T))
-        out.scatter_(1, slot, torch.where(ok, pos_c, torch.full_like(pos_c, -1)))
+        ok = mf & mc
+        vis = ok & (vf if vf is not None else torch.ones_like(ok)) & (vc if vc is not None else torch.ones_like(ok))
+        f_own = torch.where(vis, pos_f, torch.full_like(pos_f, -1)).numpy()
+        c_own = torch.where(vis, pos_c, torch.full_like(pos_c, -1)).numpy()
+        first, _ = first_last_by_chars(f_own, c_own, T)
+        first = torch.from_numpy(first)
+        got = first >= 0
+        out[:, :T] = torch.where(got, first, out[:, :T])
+        # tokens without a visible character: the coarse position of their first character
+        rest = ok & (off_f == 0) & ~got.gather(1, pos_f.clamp(max=T - 1))
+        slot = torch.where(rest, pos_f, torch.full_like(pos_f, T))
+        fill = torch.full((B, T + 1), -1, dtype=torch.long)
+        fill.scatter_reduce_(1, slot, torch.where(rest, pos_c, torch.full_like(pos_c, -1)), reduce="amax")
+        out = torch.where(out < 0, fill, out)
     out = out[:, :T]
     # specials ([CLS]/[SEP]) by rank: they are the attended positions no character maps to
     f_sp = (fine.attention_mask > 0) & (out < 0)

@@ -68,6 +68,28 @@ def from_spans(n_chars: int, ids: Sequence[int], spans: Sequence[tuple[int, int]
     return Alignment(list(map(int, ids)), c2t, off, [(int(s), int(e)) for s, e in spans])
 
 
+def visible_chars(alignment: Alignment, text: str) -> np.ndarray:
+    """bool ``[n_chars]``: characters inside their own token's span that are not whitespace.
+
+    Characters a tokenizer drops (whitespace before a token, which :func:`from_spans` hands to the
+    next token with offset 0) are False, and so are whitespace characters a tokenizer keeps (an
+    SGT ``\n`` or ``▁`` token): two tokenizations of one text are aligned by the visible
+    characters only (:func:`tokenization.align.first_last_by_chars`), so a newline never ties a
+    fine token to the coarse ``\n`` token.
+    """
+    n = alignment.n_chars
+    out = np.zeros(n, dtype=bool)
+    if n == 0 or not alignment.spans:
+        return out
+    c2t = alignment.char_to_token
+    spans = np.asarray(alignment.spans, dtype=np.int64).reshape(-1, 2)
+    idx = np.arange(n)
+    t = np.clip(c2t, 0, len(spans) - 1)
+    out = (c2t >= 0) & (spans[t, 0] <= idx) & (idx < spans[t, 1])
+    out &= np.fromiter((not ch.isspace() for ch in text[:n]), dtype=bool, count=min(n, len(text)))
+    return out
+
+
 def supports_offsets(tokenizer) -> bool:
     if not getattr(tokenizer, "is_fast", False):
         return False

@@ -39,6 +39,8 @@ class TrainConfig:
     micro_batch_size: Optional[int] = None  # per process per forward; default = batch_size / processes
     grad_accum: Optional[int] = None  # derived when null
     steps: int = 500  # optimizer steps
+    # budget in characters seen: when set, train.steps is derived from it (pretrain/seen.py)
+    chars: Optional[int] = None
     lr: float = 1e-3
     warmup_steps: int = 50
     schedule: Literal["linear", "cosine", "constant"] = "linear"
@@ -74,6 +76,8 @@ class TrainConfig:
         for k in ("batch_size", "steps"):
             if getattr(self, k) < 1:
                 raise ValueError(f"train.{k} must be at least 1")
+        if self.chars is not None and self.chars < 1:
+            raise ValueError("train.chars must be at least 1 (or null: budget in steps)")
         if self.warmup_steps < 0 or self.warmup_steps > self.steps:
             raise ValueError(f"train.warmup_steps must be between 0 and train.steps ({self.steps})")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -62,7 +62,9 @@ class ExportMeta:
     vocab_kind: Optional[str] = None
     vocab_path: Optional[str] = None
     steps: int = 0
-    tokens_seen: int = 0
+    tokens_seen: int = 0                      # real tokens (padding excluded), summed over processes
+    chars_seen: int = 0                       # characters those tokens cover (pretrain/seen.py)
+    tokens_nominal: int = 0                   # batch x sequence length x steps
     trust_remote_code: bool = False
     finetune_adapter: Optional[str] = None    # how finetune.encoders loads it; None/"hf": stock AutoModel
     train_seconds: float = 0.0
@@ -71,7 +73,7 @@ class ExportMeta:
     extra: dict = field(default_factory=dict)  # objective-specific keys (fine_kind, view_tokenizers, ...)
     path: Optional[Path] = field(default=None, compare=False)  # the file read (None: none or not yet saved)
 
-    _TYPES = {"steps": int, "tokens_seen": int, "trust_remote_code": bool, "train_seconds": (int, float),
+    _TYPES = {"steps": int, "tokens_seen": int, "chars_seen": int, "tokens_nominal": int, "trust_remote_code": bool, "train_seconds": (int, float),
               "hardware": str, "final_eval": dict}
 
     @classmethod

@@ -49,6 +49,7 @@ from pretrain.flops import gpu_peak_flops, mfu
 from pretrain.models import count_parameters
 from pretrain.objectives.base import build_objective
 from pretrain.prefetch import BatchStream, StopSync
+from pretrain.seen import Seen, apply_char_budget, batch_counts
 
 log = get_logger("pretrain")
 
@@ -252,6 +253,8 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
     train_loader = build_loader(cfg, "train", micro, rank, world, loader_factory)
     valid_loader = build_loader(cfg, "valid", micro, rank, world, loader_factory)
     n_train = len(train_loader)
+    if t.chars:  # a budget in characters seen: derive train.steps (pretrain/seen.py)
+        apply_char_budget(t, train_loader, log if is_main else None)
     optimizer = make_optimizer(objective, t, acc.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t))
     ds = getattr(acc.state, "deepspeed_plugin", None)
@@ -268,14 +271,15 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
     peak = gpu_peak_flops() if acc.device.type == "cuda" else None
 
     # ---- resume --------------------------------------------------------------------------------
-    start_step, tokens_seen, train_seconds = 0, 0, 0.0
+    start_step, train_seconds = 0, 0.0
+    seen = Seen(None, tokens_per_step)  # real tokens / characters seen (pretrain/seen.py)
     schedule_history: list[dict] = []  # schedules replaced by train.extend, with the step they ended at
     eval_pending = False  # an evaluation due at the checkpoint's step was skipped by a stop
     latest = ckpt.resume_point()  # verified against its manifest; falls back to the previous intact one
     if latest is not None:
         state = ckpt.load(latest, obj, optimizer, scheduler, scaler)
         start_step = int(state["step"])
-        tokens_seen = int(state.get("tokens_seen", 0))
+        seen = Seen(state, tokens_per_step)
         train_seconds = float(state.get("train_seconds", 0.0))
         schedule_history = list(state.get("schedule_history", []))
         if check_schedule(state, t, latest):  # train.extend=true and another schedule
@@ -300,10 +304,15 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
                  "per step, %d steps", cfg.objective, f"{n_params:,}", world, micro, accum, t.batch_size,
                  cfg.data.seq_len, t.steps)
 
+    def sum_seen() -> None:  # every process calls it at the same steps
+        if world > 1:
+            seen.sync(lambda v: acc.reduce(v.to(acc.device), reduction="sum").cpu())
+
     def state_dict(step: int, eval_pending: bool = False) -> dict:
+        sum_seen()
         consumed = step * accum
         return {"step": step, "epoch": consumed // n_train, "index": consumed % n_train,
-                "micro_batches_per_rank": consumed, "tokens_seen": tokens_seen, "train_seconds": train_seconds,
+                "micro_batches_per_rank": consumed, **seen.state(), "train_seconds": train_seconds,
                 "world_size": world, "batch_size": t.batch_size, "seq_len": cfg.data.seq_len,
                 "objective": cfg.objective, "schedule": schedule_params(t), "schedule_history": schedule_history,
                 "eval_pending": eval_pending}
@@ -357,9 +366,10 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
     elif eval_pending:  # the evaluation a stop skipped at this step (same model, same eval batches)
         last_eval = evaluate(start_step)
 
-    def make_batch(s: int, k: int) -> dict[str, Any]:  # a pure function of the position (prefetch.py)
-        b = obj.collate(train_loader.batch(*divmod(s * accum + k, n_train)), generator_for(t.seed, s, k, rank))
-        return pin_batch(b) if acc.device.type == "cuda" else b
+    def make_batch(s: int, k: int) -> tuple[dict[str, Any], tuple[int, int]]:  # a pure function of the position
+        raw = train_loader.batch(*divmod(s * accum + k, n_train))
+        b = obj.collate(raw, generator_for(t.seed, s, k, rank))
+        return (pin_batch(b) if acc.device.type == "cuda" else b), batch_counts(raw)  # counts: pretrain/seen.py
 
     stop_sync = StopSync(t.stop_sync_every, world, lambda local: acc.reduce(
         torch.tensor(float(local), device=acc.device), reduction="sum").item() > 0)
@@ -367,7 +377,9 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
         while step < t.steps:
             for k in range(accum):
                 td = time.perf_counter()
-                batch = to_device(stream.get(step, k), acc.device)
+                b, counts = stream.get(step, k)
+                seen.add_counts(counts)
+                batch = to_device(b, acc.device)
                 win_data += time.perf_counter() - td
                 with acc.accumulate(model):
                     outs = model(batch)
@@ -390,12 +402,13 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
             step += 1
             guard.end_step(step)
             win_steps += 1
-            tokens_seen += tokens_per_step
+            seen.end_step(defer=world > 1)  # several processes: summed only at log / checkpoint / final steps
             if bar is not None:
                 bar.update(1)
 
             if step % t.log_every == 0 or step == t.steps:
                 guard.check(acc, step, ckpt)  # stops after train.max_nonfinite_steps non-finite steps
+                sum_seen()
                 names = sorted(win_sums)
                 vec = torch.stack([win_sums[n] for n in names]) / win_steps
                 if world > 1:
@@ -406,7 +419,7 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
                 tps = tokens_per_step * win_steps / max(elapsed, 1e-9)
                 rec = {"step": step, "split": "train", **vals, "lr": lr_now, "grad_norm": float(grad_norm),
                        "tokens_per_s": tps, "data_wait": win_data / max(elapsed, 1e-9),
-                       "tokens_seen": tokens_seen, "epoch": (step * accum) // n_train, "time": time.time()}
+                       **seen.state(), "epoch": (step * accum) // n_train, "time": time.time()}
                 m = mfu(obj.flops_per_token(), tps, world, peak)
                 if m is not None:
                     rec["mfu"] = m
@@ -463,9 +476,10 @@ def train(cfg: PretrainConfig, *, loader_factory: Callable | None = None, stop_a
             if not guard.check(acc, step, ckpt) or not math.isfinite(final.get("loss", 0.0)):
                 raise UserError(f"step {step}: the training or validation loss is NaN/inf; not exporting a broken "
                                 f"model ({ckpt.describe_intact()}; it may hold the same weights)")
+            sum_seen()
             if do_export:
                 _export(cfg, acc, model, obj, ctx, out, metrics, result, final,
-                        {"steps": step, "tokens_seen": tokens_seen, "train_seconds": round(train_seconds, 2)},
+                        {"steps": step, **seen.state(), "train_seconds": round(train_seconds, 2)},
                         n_params)
     except Interrupted as e:
         metrics.close()
@@ -492,7 +506,8 @@ def _export(cfg, acc, model, obj, ctx, out: Path, metrics: Metrics, result: RunR
     if acc.is_main_process:
         from pretrain.export import save_export
 
-        step, tokens_seen, train_seconds = (progress_meta[k] for k in ("steps", "tokens_seen", "train_seconds"))
+        step, tokens_seen, chars_seen, train_seconds = (progress_meta[k] for k in
+                                                        ("steps", "tokens_seen", "chars_seen", "train_seconds"))
         meta = {**progress_meta, "final_eval": final, "name": cfg.out_name, "seq_len": cfg.data.seq_len,
                 "parameters": n_params, "config": config_to_dict(cfg)}
         result.export_dir = save_export(obj, out / "export", ctx, meta, state_dict=full_sd)
@@ -500,7 +515,7 @@ def _export(cfg, acc, model, obj, ctx, out: Path, metrics: Metrics, result: RunR
         hist = [r for r in _read_jsonl(metrics.path) if r.get("split") == "valid"]
         keys = [k for k in ("loss", "accuracy", "perplexity") if k in final] or sorted(final)
         rows = [[r["step"]] + [r.get(k, float("nan")) for k in keys] for r in hist]
-        print_table(f"pretrain {cfg.out_name}: {step} steps, {tokens_seen:,} tokens, "
+        print_table(f"pretrain {cfg.out_name}: {step} steps, {tokens_seen:,} tokens, {chars_seen:,} chars, "
                     f"{train_seconds:.0f} s -> {out / 'export'}", ["step"] + [f"valid {k}" for k in keys], rows)
     acc.wait_for_everyone()
 

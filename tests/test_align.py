@@ -89,3 +89,51 @@ def test_alignment_on_real_text_with_latin_and_digits(encoders):
         for k in range(len(s_ids)):
             assert (c2t[ss[k]:se[k]] == k).all()
     assert n_multi > 100  # SGT tokens spanning several char tokens were exercised
+
+
+# ---- alignment by visible (non-whitespace) character spans --------------------------------------
+def test_newline_before_cjk_word_aligns_by_visible_characters():
+    from tokenization.align import align_tokens, owner_range
+
+    # text "好\n喜欢": the char stream drops "\n" and folds it into "喜" (char_len 2, 1 visible);
+    # the SGT stream keeps "\n" as a token of its own (no visible character)
+    f_cl, f_vis = np.array([[1, 2, 1]]), np.array([[1, 1, 1]])
+    c_cl, c_vis = np.array([[1, 1, 2]]), np.array([[1, 0, 2]])
+    first, last = align_tokens(f_cl, c_cl, f_vis, c_vis)
+    assert first.tolist() == [[0, 2, 2]] and last.tolist() == [[0, 2, 2]]
+    # every SGT token that shows a character gets at least one char token; "\n" gets none
+    assert owner_range(first, last, 3).tolist() == [[1, 0, 2]]
+    # by raw char_len spans (no visible lengths) "喜" would be read from the "\n" token
+    assert align_tokens(f_cl, c_cl)[0].tolist() == [[0, 1, 2]]
+
+
+def test_latin_straddle_aligns_to_every_overlapping_token():
+    from tokenization.align import align_tokens, owner_range
+
+    # text "x\nplaying": char "x" "play" "##ing" (newline folded into "play"), SGT "x" "\n" "pla" "ying"
+    f_cl, f_vis = np.array([[1, 5, 3]]), np.array([[1, 4, 3]])
+    c_cl, c_vis = np.array([[1, 1, 3, 4]]), np.array([[1, 0, 3, 4]])
+    first, last = align_tokens(f_cl, c_cl, f_vis, c_vis)
+    assert first.tolist() == [[0, 2, 3]] and last.tolist() == [[0, 3, 3]]
+    assert owner_range(first, last, 4).tolist() == [[1, 0, 1, 2]]
+    # an [UNK] char token (unknown visible length, -1) after a newline is still not tied to "\n"
+    first, _ = align_tokens(np.array([[2]]), np.array([[1, 1]]), np.array([[-1]]), np.array([[0, -1]]))
+    assert first.tolist() == [[1]]
+
+
+def test_visible_lengths_of_a_vocabulary(encoders, tmp_path_factory):
+    from tokenization.align import load_visible_lengths, visible_lengths
+
+    toks = ["[PAD]", "[UNK]", "[CLS]", "\n", "\u2581", "\u2581喜欢", "##ing", "喜欢", "##", "a\u2581b"]
+    assert visible_lengths(toks, special_ids=[0, 2], unknown_ids=[1]).tolist() == [0, -1, 0, 0, 0, 2, 3, 2, 2, 2]
+    root = built_run(tmp_path_factory)
+    enc = encoders["char"]
+    vis = load_visible_lengths(root / "t" / "vocab" / "char")
+    assert vis[enc.unk_id] == -1 and all(vis[i] == 0 for k, i in enc.special_ids.items() if k != "unk")
+    words = ["喜欢", "\n", "我们", " ", "的", "。", "\n\n", "好"]
+    ids, cl, _ = enc.encode_words(words)
+    assert enc.unk_id not in ids.tolist()
+    # the visible characters of a text are exactly its non-whitespace characters, at the token ends
+    assert vis[ids].tolist() == [1, 1, 1, 1, 1, 1, 1] and cl.tolist() == [1, 1, 2, 1, 2, 1, 3]
+    sgt = load_visible_lengths(root / "t" / "vocab" / "sgt")
+    assert sgt[encoders["sgt"].encode_words(["喜欢"])[0]].sum() == 2

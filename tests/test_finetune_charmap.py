@@ -147,3 +147,36 @@ def test_project_tokenizers_exact(project_vocabs, kind):
         check_exact(tok, texts, aligns)
     if kind != "char":  # multi-character tokens really occur
         assert any(len(p) > 1 and '\u4e00' <= p[0] <= '\u9fff' for a in charmap.align(tok, texts) for p in _pieces(tok, a.ids))
+
+
+def _wordlevel(units, pattern, drop_whitespace):
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
+    for u in units:
+        vocab.setdefault(u, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    split = pre_tokenizers.Split(Regex(pattern), "isolated")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), split]) if drop_whitespace else split
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+def test_hi_mvp_index_after_newlines_is_the_token_of_the_visible_character():
+    """The char view drops "\\n" (folded into the next token / the last one), the SGT view keeps it."""
+    from finetune.adapters_multivocab import _View, fine_to_coarse_index
+
+    fine = _View(_wordlevel(list("我们喜欢好"), ".", True), {}, "offsets")
+    coarse = _View(_wordlevel(["我们", "喜欢", "\n", "好"], "我们|喜欢|\n|.", False), {}, "offsets")
+    texts, pairs = ["我们\n喜欢\n"], ["\n好"]
+    pf, pc = fine.pack(texts, pairs, 64), coarse.pack(texts, pairs, 64)
+    assert fine.tokenizer.convert_ids_to_tokens(pf.input_ids[0].tolist()) == [
+        "[CLS]", "我", "们", "喜", "欢", "[SEP]", "好", "[SEP]"]
+    assert coarse.tokenizer.convert_ids_to_tokens(pc.input_ids[0].tolist()) == [
+        "[CLS]", "我们", "\n", "喜欢", "\n", "[SEP]", "\n", "好", "[SEP]"]
+    idx = fine_to_coarse_index(pf, pc)
+    # every fine position gets exactly the coarse token of its own character, never a "\n" token
+    assert idx.tolist() == [[0, 1, 1, 3, 3, 5, 7, 8]]
+    vis = charmap.visible_chars(charmap.align_with_offsets(fine.tokenizer, texts)[0], texts[0])
+    assert vis.tolist() == [True, True, False, True, True, False]

@@ -208,7 +208,7 @@ def test_extra_stream_covers_exactly_the_same_characters(shards):
     ld = PackedLoader(shards, "char", "train", 48, 6, seed=5, extra_kinds=("sgt",))
     for i in (0, 3, len(ld) - 1):
         b = ld.batch(0, i)
-        assert b["sgt.input_ids"].shape == (6, 48) and b["sgt.char_len"].dtype == np.int16
+        assert b["sgt.input_ids"].shape == (6, ld.extra_len["sgt"]) and b["sgt.char_len"].dtype == np.int16
         g, w = ld.batch_draws(0, i)
         pos0 = (i * 6)  # world_size 1: the batch's windows are draws [6i, 6i + 6)
         items = [ld.window_items(0, pos0 + r) for r in range(6)]
@@ -219,7 +219,7 @@ def test_extra_stream_covers_exactly_the_same_characters(shards):
 
 def test_finer_extra_stream_is_cut_to_its_budget(shards):
     # sgt primary with the longer char stream in the same number of positions
-    ld = PackedLoader(shards, "sgt", "valid", 40, 4, shuffle=False, extra_kinds=("char",))
+    ld = PackedLoader(shards, "sgt", "valid", 40, 4, shuffle=False, extra_kinds=("char",), extra_seq_len=40)
     for i in range(len(ld)):
         b = ld.batch(0, i)
         items = [ld.window_items(0, i * 4 + r) for r in range(4)]
@@ -227,6 +227,36 @@ def test_finer_extra_stream_is_cut_to_its_budget(shards):
     wide = PackedLoader(shards, "sgt", "valid", 40, 4, shuffle=False, extra_kinds=("char",), extra_seq_len=64)
     b = wide.batch(0, 1)
     assert b["char.input_ids"].shape == (4, 64) and b["attention_mask"].sum() > ld.batch(0, 1)["attention_mask"].sum()
+
+
+def test_extra_stream_is_sized_to_cover_the_primary_window(shards):
+    """Default ``extra_seq_len="auto"``: the finer char stream under SGT windows gets room for the
+    window's text (tokens per character of both streams), so windows are not cut short."""
+    import json
+
+    def tpc(kind):
+        m = json.loads((shards / kind / "valid" / "meta.json").read_text(encoding="utf-8"))
+        return sum(s["n_tokens"] for s in m["shards"]) / sum(s["n_chars"] for s in m["shards"])
+
+    auto = PackedLoader(shards, "sgt", "valid", 40, 4, shuffle=False, extra_kinds=("char",))
+    want = int(np.ceil(39 * tpc("char") / tpc("sgt") * 1.25)) + 1
+    assert auto.extra_len["char"] == want > 40
+    fixed = PackedLoader(shards, "sgt", "valid", 40, 4, shuffle=False, extra_kinds=("char",), extra_seq_len=40)
+    chars = {"auto": 0, "fixed": 0, "primary_only": 0}
+    solo = PackedLoader(shards, "sgt", "valid", 40, 4, shuffle=False)
+    for i in range(len(auto)):
+        a, f = auto.batch(0, i), fixed.batch(0, i)
+        assert a["char.input_ids"].shape[1] == want
+        assert int(a["char_len"].astype(np.int64).sum()) == int(a["char.char_len"].astype(np.int64).sum())
+        chars["auto"] += int(a["char_len"].astype(np.int64).sum())
+        chars["fixed"] += int(f["char_len"].astype(np.int64).sum())
+        chars["primary_only"] += int(solo.batch(0, i)["char_len"].astype(np.int64).sum())
+    # the capped char stream cuts SGT windows short; sized, the pair sees (nearly) the text of the
+    # SGT stream alone (only the trimming to common boundaries at window edges remains)
+    assert chars["fixed"] < 0.93 * chars["primary_only"]
+    assert chars["auto"] >= 0.97 * chars["primary_only"]
+    with pytest.raises(UserError):
+        PackedLoader(shards, "sgt", "valid", 40, 4, extra_kinds=("char",), extra_seq_len="wide")
 
 
 def test_windows_inside_the_enormous_document(shards):

@@ -199,3 +199,196 @@ def test_missing_stream_is_a_user_error():
     with pytest.raises(UserError, match="sgt"):
         ob.collate(b, torch.Generator().manual_seed(0))
 
+
+
+# ---- alignment after whitespace (visible character spans), leakage, AL-MVP (b) negatives ----------
+# text "好\n喜欢我\nplaying xy": the char stream drops the newlines and folds them into the next
+# token; the SGT stream keeps "\n" as a token; "xy" is one char token over two one-char SGT words.
+_C = dict(ids=[2, 10, 11, 12, 13, 14, 15, 16, 3], cl=[0, 1, 2, 1, 1, 5, 3, 3, 0], vis=[0, 1, 1, 1, 1, 4, 3, 2, 0])
+_S = dict(ids=[2, 20, 21, 22, 23, 21, 24, 25, 26, 27, 3], cl=[0, 1, 1, 2, 1, 1, 3, 4, 2, 1, 0],
+          vis=[0, 1, 0, 2, 1, 0, 3, 4, 1, 1, 0], ws=[1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1])
+_FIRST = [0, 1, 3, 3, 4, 6, 7, 8, 10]  # coarse token of each char token's first visible character
+_LAST = [0, 1, 3, 3, 4, 7, 7, 9, 10]
+
+
+def _ws_batch(primary: str, B: int = 3):
+    import numpy as np
+
+    def one(d, ws=None):
+        T = len(d["ids"])
+        sp = np.array([i in (2, 3) for i in d["ids"]])
+        return {"input_ids": np.tile(np.array(d["ids"]), (B, 1)), "char_len": np.tile(np.array(d["cl"], np.int16), (B, 1)),
+                "vis_len": np.tile(np.array(d["vis"], np.int16), (B, 1)), "special_mask": np.tile(sp, (B, 1)),
+                "attention_mask": np.ones((B, T), np.int64),
+                "word_start": np.tile(np.array(ws if ws is not None else [1] * T, bool), (B, 1))}
+
+    c, s = one(_C), one(_S, _S["ws"])
+    prim, other, okind = (c, s, "sgt") if primary == "char" else (s, c, "char")
+    batch = dict(prim)
+    batch.update({f"{okind}.{k}": v for k, v in other.items()})
+    return batch
+
+
+def test_align_views_by_visible_characters_after_newline():
+    b = _ws_batch("char")
+    fine, coarse = stream(b, "char", "char"), stream(b, "sgt", "char")
+    first, last = align_views(fine, coarse)
+    assert first[0].tolist() == _FIRST and last[0].tolist() == _LAST
+    # hi_mvp: every SGT token that shows a character is some char token's group, except "y",
+    # whose character sits in the char token "xy" of the word before (one char token, one group)
+    owned = set(first[0].tolist())
+    shows = [k for k in range(len(_S["ids"])) if _S["vis"][k] > 0]
+    assert [k for k in shows if k not in owned] == [9]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_al_mvp_a_char_targets_are_read_from_their_own_masked_token(seed):
+    ctx = context(primary="sgt", char_size=40, sgt_size=40)
+    ob = build_objective("al_mvp", {"mask_prob": 0.5}, ctx)
+    b = _ws_batch("sgt", B=4)
+    out = ob.collate(b, torch.Generator().manual_seed(seed))
+    S = len(_S["ids"])
+    sel = torch.zeros(4 * S, dtype=torch.bool)
+    sel[out["coarse_pos"]] = True
+    sel = sel.view(4, S)
+    pos_of = {cid: k for k, cid in enumerate(_C["ids"])}
+    n = 0
+    for src, lab in zip(out["char_src"].tolist(), out["char_labels"].tolist()):
+        r, s = divmod(src, S)
+        k = pos_of[lab]
+        assert s == _FIRST[k]  # read from the SGT token that holds its first character
+        # no leakage: every SGT token holding one of its characters is selected
+        assert sel[r, _FIRST[k]:_LAST[k] + 1].all()
+        n += 1
+    assert n > 0
+
+
+def test_al_mvp_b_same_type_is_not_a_negative():
+    from pretrain.objectives.mvp import align_infonce
+
+    torch.manual_seed(0)
+    p, q = torch.randn(4, 8), torch.randn(4, 8)
+    types = torch.tensor([7, 9, 7, 5])
+    got = align_infonce(p, q, types, 0.1)
+    pn, qn = torch.nn.functional.normalize(p, dim=-1), torch.nn.functional.normalize(q, dim=-1)
+    sim = pn @ qn.t() / 0.1
+
+    def ce(m):
+        tot = 0.0
+        for j in range(4):
+            keep = [k for k in range(4) if k == j or types[k] != types[j]]
+            tot += -(m[j, j] - torch.logsumexp(m[j, keep], 0))
+        return tot / 4
+
+    assert torch.allclose(got, 0.5 * (ce(sim) + ce(sim.t())), atol=1e-5)
+    # with distinct types it is the plain symmetric InfoNCE
+    tgt = torch.arange(4)
+    plain = 0.5 * (torch.nn.functional.cross_entropy(sim, tgt) + torch.nn.functional.cross_entropy(sim.t(), tgt))
+    assert torch.allclose(align_infonce(p, q, torch.arange(4), 0.1), plain, atol=1e-5)
+    assert not torch.allclose(got, plain)
+    # the collated batch names each anchor's SGT type
+    ctx = context(primary="char", char_size=40, sgt_size=40)
+    ob = build_objective("al_mvp", {"reading": "b"}, ctx)
+    b = _ws_batch("char")
+    out = ob.collate(b, torch.Generator().manual_seed(0))
+    assert torch.equal(out["align_ids"], torch.from_numpy(b["sgt.input_ids"]).reshape(-1)[out["align_idx"]])
+    assert (out["align_ids"] == 21).sum() == 0  # "\n" shows no character: never an anchor
+
+
+@pytest.fixture(scope="module")
+def newline_run(tmp_path_factory):
+    """A small real run (char + SGT vocabularies and shards) whose documents have newlines."""
+    from test_shards_helpers import real_texts, record, tok_config, write_corpus
+    from tokenization.shards import main_shards
+    from tokenization.vocab_build import main_vocab
+
+    pd, rev = real_texts(200, 120)
+    docs = ["\n".join(pd[i:i + 4]) + "\n" for i in range(0, 160, 4)]
+    docs += ["\n\n".join(rev[i:i + 3]) for i in range(0, 100, 3)]
+    docs += ["第一行\n  第二行 with Latin words running\n结束", "喜欢\nplaying football\n和游泳"] * 5
+    root = tmp_path_factory.mktemp("nl_run")
+    recs = [record(t) for t in docs]
+    write_corpus(root / "t", recs, recs[::5])
+    cfg = tok_config(root, "t", "kinds=[char,sgt]")
+    main_vocab(cfg)
+    main_shards(cfg)
+    return root / "t"
+
+
+def _surfaces(vocab_dir):
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(vocab_dir / "tokenizer.json")).get_vocab()
+    out = [""] * (max(vocab.values()) + 1)
+    for t, i in vocab.items():
+        t = t[2:] if t.startswith("##") and len(t) > 2 else t
+        out[i] = "".join(c for c in t if not (c.isspace() or c == "\u2581")).lower()
+    for i in range(5):
+        out[i] = ""
+    return out
+
+
+def _real_ctx(run, primary):
+    from tokenization.vocab import load_vocab_meta
+
+    sizes = {k: int(load_vocab_meta(run / "vocab" / k)["size"]) for k in ("char", "sgt")}
+    return context(primary=primary, char_size=sizes["char"], sgt_size=sizes["sgt"], seq_len=64)
+
+
+def test_real_windows_with_newlines_hi_mvp_every_cjk_sgt_token_has_characters(newline_run):
+    from tokenization.loader import PackedLoader
+
+    surf = _surfaces(newline_run / "vocab" / "sgt")
+    ld = PackedLoader(newline_run / "shards", "char", "train", 64, 8, seed=0, extra_kinds=("sgt",))
+    n_nl = n_checked = 0
+    for i in range(min(6, len(ld))):
+        b = ld.batch(0, i)
+        assert "vis_len" in b and "sgt.vis_len" in b
+        first, _ = align_views(stream(b, "char", "char"), stream(b, "sgt", "char"))
+        ids = b["sgt.input_ids"]
+        real = (b["sgt.attention_mask"] > 0) & ~b["sgt.special_mask"]
+        for r in range(ids.shape[0]):
+            owned = set(first[r].tolist())
+            for s in real[r].nonzero()[0].tolist():
+                text = surf[ids[r, s]]
+                n_nl += int(b["sgt.vis_len"][r, s] == 0 and ids[r, s] > 4)
+                if text and all("\u4e00" <= ch <= "\u9fff" for ch in text):  # CJK: one char token a character
+                    n_checked += 1
+                    assert s in owned, f"SGT token {text!r} got no character"
+    assert n_nl > 10 and n_checked > 500  # newlines (SGT tokens with no visible character) were there
+
+
+def test_real_windows_with_newlines_al_mvp_a_has_no_label_leakage(newline_run):
+    from tokenization.loader import PackedLoader
+
+    surf = {k: _surfaces(newline_run / "vocab" / k) for k in ("char", "sgt")}
+    ob = build_objective("al_mvp", {"mask_prob": 0.3}, _real_ctx(newline_run, "sgt"))
+    ld = PackedLoader(newline_run / "shards", "sgt", "train", 64, 8, seed=0, extra_kinds=("char",))
+    g = torch.Generator().manual_seed(0)
+    n = 0
+    for i in range(min(6, len(ld))):
+        b = ld.batch(0, i)
+        out = ob.collate(b, g)
+        ids = b["input_ids"]
+        S = ids.shape[1]
+        sel = torch.zeros(ids.size, dtype=torch.bool)
+        sel[out["coarse_pos"]] = True
+        sel = sel.view(ids.shape)
+        for src, lab in zip(out["char_src"].tolist(), out["char_labels"].tolist()):
+            r, s = divmod(src, S)
+            c = surf["char"][lab]
+            if not c or ids[r, s] == 1:
+                continue
+            # the target's string starts inside the SGT token it is read from, and every SGT token
+            # it spans is selected: its character is nowhere visible in the coarse input
+            toks = ids[r, s:s + 8].tolist()
+            run_on = "".join(surf["sgt"][x] for x in toks)
+            off = run_on.find(c)
+            assert 0 <= off < len(surf["sgt"][toks[0]]), (c, [surf["sgt"][x] for x in toks])
+            pos = 0
+            for k, x in enumerate(toks):
+                if pos < off + len(c) and pos + len(surf["sgt"][x]) > off:
+                    assert sel[r, s + k], (c, [surf["sgt"][x] for x in toks])
+                pos += len(surf["sgt"][x])
+            n += 1
+    assert n > 100

@@ -20,7 +20,7 @@ config keys (YAML file, or key.sub=value on the command line; unknown keys are e
   segmenter.{backend,hmm,user_dict}   rjieba (fast) | jieba (reference); a user_dict selects jieba
   kinds                   vocabularies to build: char, sgt, word, ngram
   char.{vocab_size,min_char_count,lowercase}
-  sgt.{learner,vocab_size,min_char_count,max_piece_len,spm_input_words}   learner: spm_bpe|spm_unigram|wp|bpe
+  sgt.{learner,vocab_size,min_char_count,max_piece_len,spm_input_words,word_start_marker}   learner: spm_bpe|spm_unigram|wp|bpe
   word.{min_count,max_size,min_char_count}
   ngram.{base_kind,max_n,top_k,min_count,score,within_words}            score: tstat|pmi
   metrics.{pd_lines,ner_sentences,bpe_baseline}

@@ -50,6 +50,9 @@ class SgtConfig:
     min_char_count: int = 2     # every character seen at least this often stays representable
     max_piece_len: int = 16     # longest sub-word (characters)
     spm_input_words: int = 2_000_000  # distinct words fed to sentencepiece (most frequent first)
+    # the MVP author's variant: "▁" on every word-initial piece ("▁喜欢" != "喜欢"), so the ids
+    # carry the segmentation; false (default): "▁" only marks an attached space (docs/tokenization.md)
+    word_start_marker: bool = False
 
 
 @dataclass

@@ -35,9 +35,18 @@ Aligned extra streams
 With ``extra_kinds=("sgt",)`` every window is trimmed to character offsets where all streams have a
 token boundary (:mod:`tokenization.align`), the extra stream's tokens over exactly those characters
 are returned as ``sgt.input_ids`` etc. (``[CLS]`` first, the same ``[SEP]`` structure, ``[PAD]`` on
-the right up to ``extra_seq_len``, default ``seq_len``); if an extra stream needs more tokens than
-that, the window is cut earlier at a common boundary. The primary window is padded on the right by
+the right up to ``extra_seq_len``); if an extra stream needs more tokens than that, the window is
+cut earlier at a common boundary. ``extra_seq_len`` defaults to ``"auto"``: sized from the two
+streams' tokens per character (:meth:`PackedLoader.auto_extra_len`, ``extra_len_margin`` 1.25),
+so a finer extra stream (char under SGT windows) no longer cuts most windows short. The primary window is padded on the right by
 what trimming removed.
+
+Aligned batches also carry ``vis_len`` (int16, per stream, ``KIND.vis_len`` for extras): the
+token's non-whitespace characters, looked up per id in the vocabulary
+(:func:`tokenization.align.load_visible_lengths`; -1 for ``[UNK]``, 0 for specials and padding).
+A token's *visible span* is the last ``vis_len`` characters of its ``char_len`` span; the
+objectives align the streams by those spans (:func:`tokenization.align.align_tokens`), because
+the char stream folds dropped whitespace (``\n``) into the next token while SGT/word keep it.
 
 Other conventions: specials have ``char_len`` 0 and ``word_start`` 1; the first token of a window
 that starts inside a word gets ``word_start`` 1 (the cut word counts as a word); ``unit_len`` /
@@ -233,6 +242,26 @@ class _KindData:
         self.pad, self.cls, self.sep = int(sp.get("pad", 0)), int(sp.get("cls", 2)), int(sp.get("sep", 3))
         self.has_units = "unit_len" in self.streams
         self.vocab_meta = self._vocab_meta()
+        self._vis: np.ndarray | None | bool = False  # not loaded yet
+
+    def vis_table(self) -> np.ndarray | None:
+        """Visible (non-whitespace) characters per token id (:func:`tokenization.align.load_visible_lengths`),
+        or None when the vocabulary folder is not next to the shards (alignment then uses whole spans)."""
+        if self._vis is False:
+            from tokenization.align import load_visible_lengths
+
+            vd = self.meta.get("vocab_dir")
+            try:
+                self._vis = load_visible_lengths(self.dir / vd) if vd else None
+            except (OSError, ValueError):
+                self._vis = None
+            if self._vis is None:
+                from pipeline.log import get_logger
+
+                get_logger("tokenization").warning(
+                    f"{self.dir}: vocabulary folder not found; '{self.kind}' tokens are aligned by whole "
+                    f"char_len spans (whitespace folded into the next token is not told apart)")
+        return self._vis
 
     def _vocab_meta(self) -> dict:
         live = (self.dir / self.meta.get("vocab_dir", "") / "stats.json")
@@ -251,13 +280,33 @@ class PackedLoader:
     """Deterministic packed windows: ``batch(epoch, index)`` is O(1) in ``index``.
 
     ``PackedLoader(shards_root, kind, split, seq_len, batch_size, seed=0, rank=0, world_size=1,
-    extra_kinds=(), shuffle=True, mixing=None)``; extra keyword options: ``extra_seq_len`` (int or
-    ``{kind: int}``, default ``seq_len``) and ``drop_last`` (default ``shuffle``).
+    extra_kinds=(), shuffle=True, mixing=None)``; extra keyword options: ``extra_seq_len`` (int,
+    ``"auto"`` or ``{kind: int | "auto"}``; default ``"auto"``, see :meth:`auto_extra_len`),
+    ``extra_len_margin`` (1.25) and ``drop_last`` (default ``shuffle``).
     """
+
+    def auto_extra_len(self, kind: str) -> int:
+        """Window length of an extra stream sized to cover the primary window's text.
+
+        ``ceil((seq_len - 1) * r * extra_len_margin) + 1`` with ``r`` = the extra stream's tokens
+        per character over the primary's (both measured on this split's shards, ``meta.json``).
+        The margin absorbs windows denser than the average (Latin text in an SGT stream, ...);
+        a window whose extra stream still needs more tokens is cut earlier at a common boundary.
+        """
+        def tpc(kd: _KindData) -> float:
+            n_t = sum(int(s.get("n_tokens", 0)) for s in kd.meta["shards"])
+            n_c = sum(int(s.get("n_chars", 0)) for s in kd.meta["shards"])
+            return n_t / n_c if n_c else 0.0
+
+        a, b = tpc(self.data), tpc(self.extras[kind])
+        if a <= 0 or b <= 0:
+            return self.seq_len
+        return int(np.ceil((self.seq_len - 1) * b / a * self.extra_len_margin)) + 1
 
     def __init__(self, shards_root: str | Path, kind: str, split: str, seq_len: int, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, extra_kinds: Sequence[str] = (), shuffle: bool = True,
-                 mixing: Any = None, extra_seq_len: int | dict | None = None, drop_last: bool | None = None):
+                 mixing: Any = None, extra_seq_len: int | str | dict | None = None, drop_last: bool | None = None,
+                 extra_len_margin: float = 1.25):
         if seq_len < 2:
             raise UserError(f"seq_len must be >= 2, got {seq_len}")
         if batch_size < 1:
@@ -275,11 +324,16 @@ class PackedLoader:
         self.data = _KindData(self.shards_root, kind, split)
         self.vocab_meta = self.data.vocab_meta
         self.extras = {k: _KindData(self.shards_root, k, split) for k in self.extra_kinds}
+        self.extra_len_margin = float(extra_len_margin)
+        if self.extra_len_margin <= 0:
+            raise UserError(f"extra_len_margin must be > 0, got {extra_len_margin}")
         self.extra_len = {}
         for k in self.extra_kinds:
-            v = extra_seq_len.get(k, seq_len) if isinstance(extra_seq_len, dict) else (extra_seq_len or seq_len)
-            if v < 2:
-                raise UserError(f"extra_seq_len for '{k}' must be >= 2, got {v}")
+            v = extra_seq_len.get(k, "auto") if isinstance(extra_seq_len, dict) else extra_seq_len
+            if v is None or v == "auto":
+                v = self.auto_extra_len(k)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 2:
+                raise UserError(f"extra_seq_len for '{k}' must be 'auto' or an integer >= 2, got {v!r}")
             self.extra_len[k] = int(v)
         self._check_extras()
         self._build_index()
@@ -685,6 +739,12 @@ class PackedLoader:
             valid = is_tok | is_sep
             # positions after the aligned content are padding (attention 0)
             res = self._assemble(vals, is_tok, is_sep, valid, kd, T, cut_start=cut_start)
+            vis = kd.vis_table()
+            if vis is not None:
+                ids = np.clip(vals["ids"], 0, len(vis) - 1)
+                v = np.zeros((B, T), dtype=np.int16)
+                v[:, 1:] = np.where(is_tok, vis[ids], 0)
+                res["vis_len"] = v
             if kd is self.data:
                 out.update(res)
             else:

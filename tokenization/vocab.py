@@ -204,6 +204,10 @@ class SegmentedEncoder(_HFEncoder):
     def __init__(self, vocab_dir: Path, meta: dict):
         super().__init__(vocab_dir, meta)
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
+        # word-start marker vocabularies: a bare "▁" piece the pre-tokenizer prepended covers no
+        # character (tokenizers aligns it with the word's first character; the piece after it has it)
+        marked = getattr(self.tk.pre_tokenizer, "prepend_scheme", None) == "always"
+        self._mark_id = self.tk.token_to_id(SPACE_MARK) if marked else None
 
     def _fill(self, units: set[str]) -> None:
         if len(self._cache) + len(units) > self.CACHE_MAX:
@@ -211,7 +215,10 @@ class SegmentedEncoder(_HFEncoder):
         todo = sorted(units)
         encs = self.tk.encode_batch([[u] for u in todo], is_pretokenized=True, add_special_tokens=False)
         for u, e in zip(todo, encs):
-            self._cache[u] = (e.ids, [b for _, b in e.offsets])
+            ends = [b for _, b in e.offsets]
+            if self._mark_id is not None and len(e.ids) > 1 and e.ids[0] == self._mark_id and not u.startswith(" "):
+                ends[0] = 0
+            self._cache[u] = (e.ids, ends)
 
     def encode_batch(self, docs):
         from tokenization.remote.tokenization_segmented import attach_spaces
@@ -365,12 +372,16 @@ def build_char(texts: Iterable[str], out_dir: Path, vocab_size: int, lowercase: 
             "tokenizer_class": "BertTokenizer", "target_size": vocab_size}
 
 
-def _unit_stream(units_counts: Counter, rare: set[str]) -> Iterator[tuple[str, int]]:
-    """(unit with ▁ for space, count) for training; rare characters cut units apart."""
+def _unit_stream(units_counts: Counter, rare: set[str], word_start_marker: bool = False) -> Iterator[tuple[str, int]]:
+    """(unit with ▁ for space, count) for training; rare characters cut units apart. With
+    ``word_start_marker`` every unit starts with ▁ (the word-start marker of the MVP author's
+    vocabulary; a unit with an attached space already does)."""
     for u, c in units_counts.items():
         if u.isspace():
             continue
         u = u.replace(" ", SPACE_MARK)
+        if word_start_marker and not u.startswith(SPACE_MARK):
+            u = SPACE_MARK + u
         if rare and any(ch in rare for ch in u):
             part = []
             for ch in u:
@@ -393,12 +404,20 @@ def _merge_counts(pairs: Iterable[tuple[str, int]]) -> Counter:
     return out
 
 
-def _segmented_tokenizer_common(tk):
+def _segmented_tokenizer_common(tk, word_start_marker: bool = False):
     from tokenizers import decoders, pre_tokenizers
 
+    # with the word-start marker, Metaspace prepends ▁ to every unit (word) that does not start
+    # with one, so the first piece of every word is a ▁-piece ("▁喜欢" != "喜欢")
+    scheme = "always" if word_start_marker else "never"
     tk.normalizer = None
-    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE_MARK, prepend_scheme="never", split=False)
-    tk.decoder = decoders.Metaspace(replacement=SPACE_MARK, prepend_scheme="never", split=False)
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE_MARK, prepend_scheme=scheme, split=False)
+    if word_start_marker:
+        # ▁ is both the marker and an attached space (as in the author's sentencepiece): decoding
+        # drops it, so Chinese text decodes exactly and spaces between words are lost
+        tk.decoder = decoders.Sequence([decoders.Replace(SPACE_MARK, ""), decoders.Fuse()])
+    else:
+        tk.decoder = decoders.Metaspace(replacement=SPACE_MARK, prepend_scheme=scheme, split=False)
     tk.post_processor = _bert_post_processor()
     return tk
 
@@ -410,15 +429,19 @@ def _ensure_specials(tk) -> None:
 
 
 def learn_sgt(unit_counts: Counter, char_counts: Counter, learner: str, vocab_size: int, min_char_count: int = 2,
-              max_piece_len: int = 16, spm_input_words: int = 2_000_000, workdir: Path | None = None):
-    """Learn sub-words inside segmented units; returns a ``tokenizers.Tokenizer`` (pipeline part only)."""
+              max_piece_len: int = 16, spm_input_words: int = 2_000_000, workdir: Path | None = None,
+              word_start_marker: bool = False):
+    """Learn sub-words inside segmented units; returns a ``tokenizers.Tokenizer`` (pipeline part only).
+
+    ``word_start_marker`` (the MVP author's variant): every word's first piece carries ``▁``, so
+    the ids carry the segmentation; whitespace units become ``▁`` + the character (one token)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     rare = {c for c, n in char_counts.items() if n < min_char_count}
-    counts = _merge_counts(_unit_stream(unit_counts, rare))
+    counts = _merge_counts(_unit_stream(unit_counts, rare, word_start_marker))
     # characters that must stay representable (whitespace units included, ▁ for the attached space)
     keep_chars = sorted({c for c, n in char_counts.items() if n >= min_char_count and c != " "})
-    if char_counts.get(" ", 0) >= min_char_count:
+    if char_counts.get(" ", 0) >= min_char_count or word_start_marker:
         keep_chars.append(SPACE_MARK)
     if not counts:
         raise UserError("sgt: the training split has no text to learn sub-words from")
@@ -455,7 +478,12 @@ def learn_sgt(unit_counts: Counter, char_counts: Counter, learner: str, vocab_si
         tk = _learn_spm(counts, keep_chars, learner, vocab_size, max_piece_len, spm_input_words, workdir)
     else:
         raise UserError(f"sgt.learner: unknown learner {learner!r}")
-    _segmented_tokenizer_common(tk)
+    if word_start_marker:
+        # a whitespace unit ("\n") is marked too: "▁\n" as one token, not "▁" + "\n"
+        ws = [SPACE_MARK + c for c in keep_chars if c.isspace() and SPACE_MARK + c not in tk.get_vocab()]
+        if ws:
+            tk = _append_tokens(tk, ws)
+    _segmented_tokenizer_common(tk, word_start_marker)
     _ensure_specials(tk)
     _check_specials(tk.get_vocab(), f"sgt vocabulary ({learner})")
     return tk
@@ -522,6 +550,12 @@ def _append_tokens(tk, extra: list[str]):
         n = len(model["vocab"])
         for k, c in enumerate(extra):
             model["vocab"][c] = n + k
+        if model["type"] == "BPE" and "merges" in model:
+            # a two-character token is reachable in BPE only through a merge of its characters
+            pair_as_str = bool(model["merges"]) and isinstance(model["merges"][0], str)
+            for c in extra:
+                if len(c) == 2 and c[0] in model["vocab"] and c[1] in model["vocab"]:
+                    model["merges"].append(f"{c[0]} {c[1]}" if pair_as_str else [c[0], c[1]])
     return Tokenizer.from_str(json.dumps(data))
 
 

@@ -120,10 +120,12 @@ def main_vocab(cfg: TokenizationConfig) -> int:
             elif kind == "sgt":
                 c = cfg.sgt
                 tk = learn_sgt(unit_counts, char_counts, c.learner, c.vocab_size, c.min_char_count,
-                               c.max_piece_len, c.spm_input_words, workdir=vocab_root)
+                               c.max_piece_len, c.spm_input_words, workdir=vocab_root,
+                               word_start_marker=c.word_start_marker)
                 save_segmented_folder(tk, tmp, seg, word_fallback=False)
                 info = {"kind": "sgt", "size": tk.get_vocab_size(), "trust_remote_code": True,
                         "learner": c.learner, "target_size": c.vocab_size, "min_char_count": c.min_char_count,
+                        "word_start_marker": c.word_start_marker,
                         "tokenizer_class": "SegmentedTokenizer"}
             elif kind == "word":
                 c = cfg.word

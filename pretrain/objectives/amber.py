@@ -74,37 +74,44 @@ def stream(batch: dict[str, np.ndarray], kind: str, primary: str) -> dict[str, t
                 raise UserError(f"the batch has no '{prefix + k}': stream '{kind}' is not loaded "
                                 f"(add it to data.extra_kinds or make it data.kind)")
         out[k] = torch.from_numpy(np.ascontiguousarray(a))
-    return {"input_ids": out["input_ids"].long(), "word_start": out["word_start"].bool(),
-            "char_len": out["char_len"].long(), "special_mask": out["special_mask"].bool(),
-            "attention_mask": out["attention_mask"].long()}
+    res = {"input_ids": out["input_ids"].long(), "word_start": out["word_start"].bool(),
+           "char_len": out["char_len"].long(), "special_mask": out["special_mask"].bool(),
+           "attention_mask": out["attention_mask"].long()}
+    vis = batch.get(prefix + "vis_len")  # visible (non-whitespace) characters per token, from the loader
+    if vis is not None:
+        res["vis_len"] = torch.from_numpy(np.ascontiguousarray(vis)).long()
+    return res
 
 
 def align_views(fine: dict[str, torch.Tensor], coarse: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every fine token, the coarse tokens covering its first and its last character.
+    """For every fine token, the first and the last coarse token sharing a visible character with it.
 
-    Returns ``(first, last)`` int64 [B, T]; -1 where there is none (padding, or characters the
-    coarse window does not cover). A zero-length non-special fine token belongs to the character
-    before it (``tokenization/align.py`` convention). Special tokens (``[CLS]``/``[SEP]``, which
-    cover no character) map to the coarse special of the same rank in the window. When the two
-    tokenizations nest (every fine token inside one coarse token, the char/SGT/word case for CJK
-    text), ``first == last``.
+    Alignment by character spans of the non-whitespace characters
+    (:func:`tokenization.align.align_tokens`): a token's visible span is the last ``vis_len``
+    characters of its ``char_len`` span (``vis_len`` from the loader; without it the whole span),
+    so whitespace the fine stream folds into the next token (the char kind drops ``\n``) never
+    ties that token to the coarse stream's ``\n`` token. Returns ``(first, last)`` int64 [B, T];
+    -1 where there is none (padding, or characters the coarse window does not cover). A
+    zero-length non-special fine token belongs to the character before it. Special tokens
+    (``[CLS]``/``[SEP]``, which cover no character) map to the coarse special of the same rank in
+    the window. When the two tokenizations nest (every fine token inside one coarse token, the
+    char/SGT/word case for CJK text), ``first == last``.
     """
-    f_len, c_len = fine["char_len"], coarse["char_len"]
-    B, T = f_len.shape
-    S = c_len.shape[1]
+    from tokenization.align import align_tokens
+
+    B, T = fine["char_len"].shape
+    S = coarse["char_len"].shape[1]
     f_sp = fine["special_mask"] & (fine["attention_mask"] > 0)
     c_sp = coarse["special_mask"] & (coarse["attention_mask"] > 0)
     f_real = (fine["attention_mask"] > 0) & ~fine["special_mask"]
-    c_len = torch.where((coarse["attention_mask"] > 0) & ~coarse["special_mask"], c_len, torch.zeros_like(c_len))
-    f_len = torch.where(f_real, f_len, torch.zeros_like(f_len))
-    f_end = f_len.cumsum(1)
-    f_start = f_end - f_len
-    c_end = c_len.cumsum(1).contiguous()
-    key_first = torch.where(f_len > 0, f_start, f_end - 1)
-    key_last = f_end - 1
-    first = torch.searchsorted(c_end, key_first.contiguous(), right=True)
-    last = torch.searchsorted(c_end, key_last.contiguous(), right=True)
-    ok = f_real & (key_first >= 0) & (first < S)
+    c_real = (coarse["attention_mask"] > 0) & ~coarse["special_mask"]
+    f_len = torch.where(f_real, fine["char_len"], torch.zeros_like(fine["char_len"]))
+    c_len = torch.where(c_real, coarse["char_len"], torch.zeros_like(coarse["char_len"]))
+    fv, cv = fine.get("vis_len"), coarse.get("vis_len")
+    f_np, l_np = align_tokens(f_len.numpy(), c_len.numpy(), None if fv is None else fv.numpy(),
+                              None if cv is None else cv.numpy())
+    first, last = torch.from_numpy(f_np), torch.from_numpy(l_np)
+    ok = f_real & (first >= 0) & (first < S)
     first = torch.where(ok, first, torch.full_like(first, -1))
     last = torch.where(ok, last.clamp(max=S - 1), torch.full_like(last, -1))
     # specials by rank
@@ -156,7 +163,10 @@ def consistent_mask(fine: dict[str, torch.Tensor], coarse: dict[str, torch.Tenso
     """Select coarse tokens with the engine's whole-word masking, then mask exactly their characters.
 
     Returns ``fine_input``, ``fine_labels`` [B, T] and ``coarse_input``, ``coarse_labels`` [B, S]
-    (labels -100 where not selected), plus the alignment ``first``/``last`` [B, T]. The 80/10/10
+    (labels -100 where not selected), plus the alignment ``first``/``last`` [B, T] and
+    ``fine_all`` (bool [B, T]: selected fine tokens all of whose coarse tokens are selected -- the
+    char targets that can be read from coarse states without their character showing in the
+    coarse input). The 80/10/10
     action is the coarse token's: a fine token of a ``[MASK]``-ed coarse token becomes ``[MASK]``,
     of a randomised one a random fine token, of a kept one stays.
     """
@@ -182,8 +192,15 @@ def consistent_mask(fine: dict[str, torch.Tensor], coarse: dict[str, torch.Tenso
     f_in = torch.where(act_mask_f, torch.full_like(f_ids, fine_vocab.mask_id), f_ids)
     f_in = torch.where(act_rand_f, rand_f, f_in)
     f_labels = torch.where(sel_f, f_ids, torch.full_like(f_ids, -100))
+    # fine tokens *every* coarse token of which is selected: their characters are nowhere left
+    # visible in the coarse input (a straddling fine token with an unselected neighbour is not)
+    S = sel_c.shape[1]
+    cum = torch.zeros(sel_c.shape[0], S + 1, dtype=torch.long)
+    cum[:, 1:] = sel_c.long().cumsum(1)
+    n_sel = cum.gather(1, f1 + 1) - cum.gather(1, f0)
+    fine_all = sel_f & (first >= 0) & (n_sel == (f1 - f0 + 1))
     return {"fine_input": f_in, "fine_labels": f_labels, "coarse_input": c_in, "coarse_labels": c_labels,
-            "first": first, "last": last}
+            "first": first, "last": last, "fine_all": fine_all}
 
 
 def flat_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,10 @@ Batch contract (what the loader hands to ``collate``), all numpy arrays with a l
 * ``attention_mask`` int64 [B, T]  1 for real tokens, 0 for padding.
 * For objectives that read a second stream (``extra_streams``), the same keys prefixed with the
   stream's kind and a dot (``sgt.input_ids`` [B, T2], ...), covering exactly the same characters as
-  the primary window, padded on the right with the second vocabulary's ``[PAD]``.
+  the primary window, padded on the right with the second vocabulary's ``[PAD]``. With extra
+  streams the loader also gives ``vis_len`` / ``KIND.vis_len`` int16: each token's non-whitespace
+  characters (the multi-vocabulary objectives align streams by these visible spans,
+  ``tokenization/align.py``).
 
 ``collate`` must be vectorised torch (no Python loop over tokens) and draw all randomness from the
 ``generator`` it is given, which the trainer seeds from (seed, step, rank), so resuming reproduces

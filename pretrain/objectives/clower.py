@@ -47,13 +47,21 @@ from pretrain.objectives.mlm import MaskedLM
 WORD_KIND = "word"
 
 
-def align_to_words(char_len: torch.Tensor, word_char_len: torch.Tensor) -> torch.Tensor:
+def align_to_words(char_len: torch.Tensor, word_char_len: torch.Tensor, vis_len: torch.Tensor | None = None,
+                   word_vis_len: torch.Tensor | None = None) -> torch.Tensor:
     """For each primary token [B, T], the index of the word token [B, T2] covering its last
-    character (by cumulative ``char_len``), or -1 for tokens that cover no character."""
-    c_end = char_len.long().cumsum(dim=1)
-    w_end = word_char_len.long().cumsum(dim=1).contiguous()
-    j = torch.searchsorted(w_end, c_end.contiguous(), side="left")
-    j = j.clamp(max=w_end.shape[1] - 1)
+    visible character, or -1 for tokens that cover no character.
+
+    The alignment is :func:`tokenization.align.align_tokens` (visible character spans: the last
+    ``vis_len`` characters of each ``char_len`` span; whitespace the char stream folds into the
+    next token is not matched to the word stream's whitespace tokens).
+    """
+    from tokenization.align import align_tokens
+
+    _, last = align_tokens(char_len.long().numpy(), word_char_len.long().numpy(),
+                           None if vis_len is None else vis_len.numpy(),
+                           None if word_vis_len is None else word_vis_len.numpy())
+    j = torch.from_numpy(last)
     return torch.where(char_len > 0, j, torch.full_like(j, -1))
 
 
@@ -181,7 +189,11 @@ class Clower(MaskedLM):
         w_len = torch.from_numpy(np.ascontiguousarray(batch[f"{WORD_KIND}.char_len"])).long()
         B, T = char_len.shape
         T2 = w_ids.shape[1]
-        tok_word = align_to_words(char_len, w_len)  # [B, T] word column or -1
+        vis = batch.get("vis_len")
+        w_vis = batch.get(f"{WORD_KIND}.vis_len")
+        tok_word = align_to_words(char_len, w_len,  # [B, T] word column or -1
+                                  None if vis is None else torch.from_numpy(np.ascontiguousarray(vis)),
+                                  None if w_vis is None else torch.from_numpy(np.ascontiguousarray(w_vis)))
         flat_word = torch.where(tok_word >= 0, tok_word + torch.arange(B)[:, None] * T2, torch.full_like(tok_word, -1))
         has_char = torch.zeros(B * T2 + 1, dtype=torch.bool)
         has_char[flat_word.view(-1).clamp(min=-1) + 1] = True  # slot 0 collects the -1s

@@ -7,7 +7,9 @@ AL-MVP beats AMBERT and resists adversarial attacks. The designs below are the r
 and is listed in ``docs/multivocab.md``. Call the results "MVP-style".
 
 Both read two streams aligned by characters: the ``char`` stream (fine) and the ``sgt`` stream
-(coarse); masking is consistent across them (:func:`pretrain.objectives.amber.consistent_mask`:
+(coarse), aligned by their *visible* (non-whitespace) character spans
+(:func:`tokenization.align.align_tokens`: the char stream folds a dropped ``\n`` into the next
+token, the SGT stream keeps it as a token); masking is consistent across them (:func:`pretrain.objectives.amber.consistent_mask`:
 whole SGT words are selected with the engine's whole-word masking, and exactly their characters
 are masked in the char view, with the same 80/10/10 action).
 
@@ -31,7 +33,8 @@ adapter ``hi_mvp``: every character gets the fused state of its char token (+ th
   a pre-trained character decoder.
 * ``b``: AMBERT-like: the char and SGT views through one shared encoder with separate token
   embeddings, MLM on both, plus an alignment loss between each SGT token's state and the mean of
-  its characters' states (``align_loss``: InfoNCE over the tokens of the batch, or cosine).
+  its characters' states (``align_loss``: InfoNCE over the tokens of the batch, other occurrences
+  of the same SGT type left out of the negatives, or cosine).
   Exports ``AmbertForMaskedLM`` (trust_remote_code), adapter ``multivocab_pair``.
 
 Why ``a`` is the default: the issue's common goal is "the efficiency of SGT inputs without losing
@@ -69,10 +72,27 @@ def group_offsets(first: torch.Tensor) -> torch.Tensor:
     """Offset of each fine token inside its coarse token (0 for the first one), from ``first`` [B, T]."""
     B, T = first.shape
     pos = torch.arange(T).expand(B, T)
-    slot = torch.where(first >= 0, first, torch.full_like(first, T))
-    start = torch.full((B, T + 1), T, dtype=torch.long).scatter_reduce(1, slot, pos, reduce="amin", include_self=True)
+    n = max(T, int(first.max()) + 1 if first.numel() else 0)  # coarse indices may exceed the fine length
+    slot = torch.where(first >= 0, first, torch.full_like(first, n))
+    start = torch.full((B, n + 1), T, dtype=torch.long).scatter_reduce(1, slot, pos, reduce="amin", include_self=True)
     off = pos - start.gather(1, slot)
     return torch.where(first >= 0, off, torch.zeros_like(off))
+
+
+def align_infonce(p: torch.Tensor, q: torch.Tensor, type_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between pooled char states ``p`` and SGT states ``q`` [N, D].
+
+    Anchor ``j``'s positive is ``q_j``; every other ``q_k`` is a negative unless ``type_ids[k] ==
+    type_ids[j]`` (another occurrence of the same SGT token type in the batch: a false negative,
+    left out as ``clower`` does).
+    """
+    p, q = F.normalize(p, dim=-1), F.normalize(q, dim=-1)
+    sim = p @ q.t() / temperature
+    same = type_ids[:, None].to(sim.device) == type_ids[None, :].to(sim.device)
+    same.fill_diagonal_(False)
+    sim = sim.masked_fill(same, float("-inf"))
+    tgt = torch.arange(sim.shape[0], device=sim.device)
+    return 0.5 * (F.cross_entropy(sim, tgt) + F.cross_entropy(sim.t(), tgt))
 
 
 # ---------------------------------------------------------------------------- Hi-MVP
@@ -279,8 +299,10 @@ class AlMvp(MultiVocabExportMixin, Objective):
         first = m["first"]
         B, S = coarse["input_ids"].shape
         if self.cfg.reading == "a":
-            # char targets: every fine token of a selected coarse token, read from that token's state
-            sel = m["fine_labels"] != -100
+            # char targets: every fine token all of whose (visible-span) coarse tokens are selected,
+            # read from the first of them; a fine token straddling an unselected coarse token would
+            # have its character in the coarse input (label leakage) and is not a target
+            sel = m["fine_all"]
             off = group_offsets(first)
             b_idx = torch.arange(first.shape[0]).unsqueeze(1).expand_as(first)
             src = (b_idx * S + first.clamp(min=0))[sel]
@@ -302,6 +324,8 @@ class AlMvp(MultiVocabExportMixin, Objective):
                 keep = torch.randperm(idx.numel(), generator=generator)[: self.cfg.align_max_tokens]
                 idx = idx[keep.sort().values]
             out["align_idx"] = idx
+            # the SGT type of each anchor: other occurrences of the same type are not negatives
+            out["align_ids"] = coarse["input_ids"].reshape(-1)[idx]
         self._pred_frac = 0.9 * self._pred_frac + 0.1 * out["coarse_pos"].numel() / max(1, B * S)
         return out
 
@@ -329,10 +353,7 @@ class AlMvp(MultiVocabExportMixin, Objective):
             if self.cfg.align_loss == "cosine":
                 align = (1.0 - F.cosine_similarity(p, q, dim=-1)).mean()
             else:
-                p, q = F.normalize(p, dim=-1), F.normalize(q, dim=-1)
-                sim = p @ q.t() / self.cfg.temperature
-                tgt = torch.arange(sim.shape[0], device=sim.device)
-                align = 0.5 * (F.cross_entropy(sim, tgt) + F.cross_entropy(sim.t(), tgt))
+                align = align_infonce(p, q, batch["align_ids"], self.cfg.temperature)
         return fl, batch["fine_labels"], cl, align
 
     def forward(self, batch):
