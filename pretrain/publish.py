@@ -34,6 +34,9 @@ from pretrain.export import make_shareable
 log = get_logger("publish")
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# two-view exports (config model_type) -> layout of their one-call tokenizer (pretrain/remote/)
+TWO_VIEW_LAYOUTS = {"zh_ambert": "pair", "zh_hi_mvp": "hierarchical"}
+TWO_VIEW_TOKENIZER = Path(__file__).parent / "remote" / "tokenization_multivocab.py"
 # files the publisher writes itself (an export never needs them copied)
 WRITTEN_HERE = {"README.md", "LICENSE", "pretrain_config.yaml", "corpus_stats.json", "vocab_stats.json",
                 "eval_results.json"}
@@ -132,6 +135,19 @@ def user_tokenizer(folder: Path, meta: dict) -> list[str]:
                                                           special_tokens=[("[CLS]", bos)])
         cfg.update(bos_token="[CLS]", eos_token="[SEP]", model_input_names=["input_ids", "attention_mask"])
         notes.append("prompts are encoded as `[CLS]` (BOS) + text; generation stops at `[SEP]` (end of document)")
+    conf = _maybe_json(folder / "config.json") or {}
+    coarse = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.startswith("coarse."))
+    if conf.get("model_type") in TWO_VIEW_LAYOUTS and coarse and cfg.get("tokenizer_class") != "SegmentedTokenizer":
+        # two-view models: AutoTokenizer builds both views from raw text in one call
+        shutil.copyfile(TWO_VIEW_TOKENIZER, folder / TWO_VIEW_TOKENIZER.name)
+        cfg.update(tokenizer_class="TwoViewTokenizer", view_layout=TWO_VIEW_LAYOUTS[conf["model_type"]],
+                   coarse_files=coarse,
+                   auto_map={"AutoTokenizer": [None, f"{TWO_VIEW_TOKENIZER.stem}.TwoViewTokenizer"]})
+        cfg.pop("model_input_names", None)
+        notes.append("`AutoTokenizer` (with `trust_remote_code=True`) returns both views from raw text: the "
+                     "character view as `input_ids` and the coarse view as `coarse_input_ids`"
+                     + (" plus `coarse_index`" if TWO_VIEW_LAYOUTS[conf["model_type"]] == "hierarchical" else "")
+                     + " (`tokenization_multivocab.py`)")
     tk.save(str(tj))
     cfg_p.write_text(json.dumps(cfg, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return notes
@@ -152,7 +168,9 @@ def trim_padded_vocab(folder: Path, meta: dict) -> int | None:
     if int(conf.get("vocab_size", 0)) <= n:
         return None
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     cls = AutoModelForCausalLM if meta.get("model_type") == "decoder" else AutoModelForMaskedLM
     model = cls.from_pretrained(folder, use_safetensors=True)
     model.resize_token_embeddings(n, mean_resizing=False)
@@ -238,7 +256,7 @@ def build_folder(export: Path, out: Path, repo_id: str | None = None, results_pa
         tok_notes = user_tokenizer(tmp, meta)
         if trim_padded_vocab(tmp, meta) is not None:
             _, n_params = check_safetensors(tmp)
-            copied = sorted(set(copied) | {p.name for p in tmp.glob("*.safetensors*")})
+        copied = [p.relative_to(tmp).as_posix() for p in sorted(tmp.rglob("*")) if p.is_file()]
         if pre_cfg is not None:
             shutil.copy2(run_dir / "config.yaml", tmp / "pretrain_config.yaml")
             copied.append("pretrain_config.yaml")

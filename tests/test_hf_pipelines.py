@@ -77,10 +77,18 @@ RUNNER = GUARD + textwrap.dedent("""
             r["prompt_ids"] = tok("我们在北京")["input_ids"]
             r["generated"] = pipe("我们在北京", max_new_tokens=8, do_sample=False)[0]["generated_text"]
         else:
+            from transformers import AutoModel
+
             pipe = pipeline("feature-extraction", model=folder, trust_remote_code=trc)
             feats = pipe("我们在北京学习中文。")
             r["features"] = [len(feats), len(feats[0]), len(feats[0][0])]
-            r["n_fine_tokens"] = len(tok("我们在北京学习中文。")["input_ids"])
+            enc = tok("我们在北京学习中文。")
+            r["inputs"] = {k: v for k, v in enc.items()}
+            r["tokenizer_class"] = type(tok).__name__
+            model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+            with torch.no_grad():
+                o = model(**tok(["我们在北京学习中文。", "你好"], padding=True, return_tensors="pt"))
+            r["batch_states"] = list(o.last_hidden_state.shape)
         out[name] = r
     print("RESULT" + json.dumps(out, ensure_ascii=False))
 """)
@@ -90,6 +98,7 @@ KINDS = {  # published model -> (pipeline task, trust_remote_code, modules block
     "ntp": ("text-generation", False, SEGMENTERS),
     "mlm_sgt": ("fill-mask", True, []),
     "amber": ("feature-extraction", True, []),
+    "hi_mvp": ("feature-extraction", True, []),
 }
 
 
@@ -114,7 +123,7 @@ def _run_fresh(published: Path, names: list[str], blocked: list[str]) -> dict:
 @pytest.fixture(scope="module")
 def results(published):
     out = _run_fresh(published, ["mlm", "ntp"], SEGMENTERS)  # torch + transformers only
-    out.update(_run_fresh(published, ["mlm_sgt", "amber"], []))
+    out.update(_run_fresh(published, ["mlm_sgt", "amber", "hi_mvp"], []))
     return out
 
 
@@ -133,7 +142,7 @@ def test_mixed_strings_round_trip_without_unk(results, name):
             covered += 1
             assert r["unk_id"] not in item["ids"], (name, item["text"], item["tokens"])
             dec = item["decoded"]
-            if name in ("mlm_sgt", "amber") and KINDS[name][0] != "feature-extraction":
+            if name == "mlm_sgt":
                 assert dec == norm, (name, item["text"], dec)  # SGT decoding is exact
             else:  # WordPiece: same characters in order, case kept, CJK joined without spaces
                 assert dec.replace(" ", "") == norm.replace(" ", ""), (name, item["text"], dec)
@@ -163,10 +172,35 @@ def test_text_generation_continues_the_prompt(results):
     assert " " not in r["generated"][:6]  # CJK joined without spaces
 
 
-def test_two_view_feature_extraction_from_raw_text(results):
-    r = results["amber"]
+@pytest.mark.parametrize("name", ["amber", "hi_mvp"])
+def test_two_view_feature_extraction_from_raw_text(results, published, name):
+    """One tokenizer call builds both views; the pipeline and AutoModel run on them."""
+    from transformers import AutoTokenizer
+
+    from finetune.adapters_multivocab import load_view_tokenizer
+
+    r = results[name]
+    assert r["tokenizer_class"] == "TwoViewTokenizer"
+    enc = r["inputs"]
+    fine, _ = load_view_tokenizer(published / name, "fine")
+    coarse, _ = load_view_tokenizer(published / name, "coarse")
+    text = "我们在北京学习中文。"
+    assert enc["input_ids"] == fine(text)["input_ids"] and enc["coarse_input_ids"] == coarse(text)["input_ids"]
     n_batch, n_tokens, hidden = r["features"]
-    assert n_batch == 1 and n_tokens == r["n_fine_tokens"] and hidden == 32
+    if name == "amber":  # states of the fine view
+        assert (n_batch, n_tokens, hidden) == (1, len(enc["input_ids"]), 32)
+        assert r["batch_states"][0] == 2
+    else:  # hi_mvp: upper (coarse) states; every fine token points into its coarse token
+        assert (n_batch, n_tokens, hidden) == (1, len(enc["coarse_input_ids"]), 32)
+        idx = enc["coarse_index"]
+        assert idx[0] == 0 and idx[-1] == len(enc["coarse_input_ids"]) - 1
+        assert all(0 <= i < len(enc["coarse_input_ids"]) for i in idx) and idx == sorted(idx)
+        tok = AutoTokenizer.from_pretrained(str(published / name), trust_remote_code=True)
+        offsets = coarse(text, return_offsets_mapping=True)["offset_mapping"]
+        fine_off = fine(text, return_offsets_mapping=True)["offset_mapping"]
+        for j, (a, _) in zip(idx[1:-1], fine_off[1:-1]):
+            assert offsets[j][0] <= a < offsets[j][1]
+        assert tok(text)["coarse_index"] == idx
 
 
 def test_published_tokenizer_settings(published):
@@ -182,7 +216,7 @@ def test_published_tokenizer_settings(published):
 def test_published_folders_are_group_readable(published):
     import stat
 
-    for p in [published, *published.rglob("*")]:
+    for p in [q for d in published.iterdir() for q in (d, *d.rglob("*"))]:  # (pytest's own tmp folder is 0700)
         mode = stat.S_IMODE(p.stat().st_mode)
         assert mode & stat.S_IRGRP, (p, oct(mode))
         if p.is_dir():
