@@ -5,9 +5,13 @@
 
 The argument is an export folder (has ``pretrain_meta.json``), a pre-training output folder
 (``runs/RUN/pretrain/NAME``) or a whole run (``runs/RUN``). The published folder
-(``runs/RUN/publish/NAME/`` unless ``--out``) holds the safetensors weights, config, tokenizer
-files, custom modelling code only where the variant needs it, the model card ``README.md``, the
-resolved pre-training config and the corpus and vocabulary statistics.
+(``runs/RUN/publish/NAME/`` unless ``--out``) holds every file of the export (safetensors weights,
+config, the tokenizer files of every view, a user dictionary, modelling code where the variant
+needs it), the model card ``README.md`` (:mod:`pretrain.model_card`), the resolved pre-training
+config and the corpus and vocabulary statistics. Tokenizers are rewritten for users
+(:func:`user_tokenizer`), embedding rows past the vocabulary dropped (:func:`trim_padded_vocab`),
+and every file made group-readable (:func:`pretrain.export.make_shareable`). Without ``--repo-id``
+the card's snippets name the folder itself.
 
 Safety: weights are only ever read from safetensors; a pickle-based file (``*.bin``, ``*.pt``,
 ``*.pth``, ``*.ckpt``, ``*.pkl``) anywhere in the export is refused. The hub token comes from the

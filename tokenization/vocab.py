@@ -4,9 +4,11 @@ Every kind is a folder ``runs/RUN/vocab/KIND/`` that ``AutoTokenizer.from_pretra
 ``stats.json`` (written last). Special ids in every kind: ``[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3
 [MASK]=4``.
 
-* ``char`` -- Google-Chinese-BERT style: ``BertTokenizer`` files (``vocab.txt``,
-  ``tokenizer.json``, ``tokenizer_config.json``), every CJK character one token, WordPiece
-  (``##`` continuations) for other scripts. No custom code.
+* ``char`` -- Google-Chinese-BERT style: BERT's WordPiece over ``vocab.txt`` saved as a plain
+  ``tokenizer.json`` (``TokenizersBackend``; plus ``vocab.txt``), every CJK character one token,
+  WordPiece (``##`` continuations) for other scripts. No custom code.
+
+Every saved tokenizer normalises raw text as the corpus stage did (:func:`corpus_normalizer`).
 * ``sgt`` -- segmentation-guided sub-words: jieba words (a single space attached to the next
   word), then a sub-word learner inside each word (sentencepiece BPE/unigram or ``tokenizers``
   WordPiece/BPE), so no piece crosses a word boundary. Characters seen at least
