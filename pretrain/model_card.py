@@ -12,6 +12,10 @@ from typing import Any
 
 import yaml
 
+from pipeline.log import get_logger
+
+log = get_logger("publish")
+
 # What each objective is, with the honesty notes the card must carry.
 OBJECTIVE_NOTES: dict[str, str] = {
     "mlm": "BERT masked language modelling with whole-word masking over jieba (HMM off) word "
@@ -132,8 +136,9 @@ def eval_results(results: dict | None, model_key: str | None, finetune_config: d
         info = tasks.get(task, {})
         kind = info.get("kind", "")
         if kind not in TASK_TYPES:
-            raise ValueError(f"results.json: task {task!r} has kind {kind!r}, not one the card knows "
-                             f"({', '.join(sorted(TASK_TYPES))})")
+            log.warning("results.json: task %r has kind %r, not one of %s: left out of model-index "
+                        "(the card's evaluation table still lists it)", task, kind, ", ".join(sorted(TASK_TYPES)))
+            continue
         metric = info.get("metric", "")
         ds = hub.get(task, {})
         n = len(r.get("values", [])) or len(seeds)
@@ -236,11 +241,12 @@ def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpu
     lines += ["## Usage", "", "```python"]
     kw = ", trust_remote_code=True" if trc else ""
     if custom:
-        lines += ["from transformers import AutoModel, AutoProcessor",
-                  f'processor = AutoProcessor.from_pretrained("{repo_id}"{kw})',
+        lines += ["from transformers import AutoModel, AutoTokenizer, pipeline",
+                  f'tok = AutoTokenizer.from_pretrained("{repo_id}"{kw})',
                   f'model = AutoModel.from_pretrained("{repo_id}"{kw})',
-                  'inputs = processor("我们在北京学习中文。", return_tensors="pt")  # both views from raw text',
-                  "states = model(**inputs).last_hidden_state"]
+                  'inputs = tok("我们在北京学习中文。", return_tensors="pt")  # both views from raw text',
+                  "states = model(**inputs).last_hidden_state",
+                  f'features = pipeline("feature-extraction", model="{repo_id}"{kw})']
     elif model_type == "decoder":
         lines += ["from transformers import pipeline",
                   f'generate = pipeline("text-generation", model="{repo_id}"{kw})',
