@@ -178,9 +178,14 @@ def trim_padded_vocab(folder: Path, meta: dict) -> int | None:
     cls = AutoModelForCausalLM if meta.get("model_type") == "decoder" else AutoModelForMaskedLM
     model = cls.from_pretrained(folder, use_safetensors=True)
     model.resize_token_embeddings(n, mean_resizing=False)
-    # the weights may be memory-mapped: unlink before writing new files under the same names
-    weights = sorted(folder.glob("*.safetensors"))
-    sharded = [f for f in folder.glob("*.safetensors.index.json")]
+    # the model's own weight files only (an export may carry others, e.g. char_decoder.safetensors);
+    # they may be memory-mapped: unlink before writing new files under the same names
+    sharded = [f for f in folder.glob("model.safetensors.index.json")]
+    if sharded:
+        names = set(json.loads(sharded[0].read_text(encoding="utf-8"))["weight_map"].values())
+        weights = sorted(folder / n for n in names)
+    else:
+        weights = [folder / "model.safetensors"]
     shard = max(f.stat().st_size for f in weights)
     for f in weights + sharded:
         f.unlink()

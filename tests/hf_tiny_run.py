@@ -9,7 +9,8 @@
 * ``pretrain/NAME/{config.yaml,export/}`` -- the pre-training stage's config writer and
   :func:`pretrain.export.save_export` over freshly initialised tiny models (no training: the tests
   check packaging, not quality): ``mlm`` (char), ``mlm_sgt`` (SGT MLM, custom tokenizer code),
-  ``ntp`` (char decoder), ``amber`` and ``hi_mvp`` (two views: char + SGT, custom modelling code);
+  ``ntp`` (char decoder), ``amber`` and ``hi_mvp`` (two views: char + SGT, custom modelling code),
+  ``al_mvp`` (reading a: a stock SGT BERT plus ``char_decoder.safetensors``);
 * ``finetune/{config.yaml,report/results.json}`` -- the fine-tuning stage's config and report
   writers (:func:`finetune.report.build_results`, :func:`finetune.report.write_report`), task kinds
   and metrics from the registered task loaders and kinds.
@@ -88,6 +89,7 @@ MODELS = {  # name -> (config file, overrides)
     "ntp": ("ntp-tiny.yaml", []),
     "amber": ("amber-tiny.yaml", ["objective_options.coarse_kind=sgt", "data.extra_kinds=[sgt]"]),
     "hi_mvp": ("hi_mvp-tiny.yaml", ["model.num_layers=2"]),
+    "al_mvp": ("al_mvp-tiny.yaml", []),  # reading a: a stock SGT BERT + char_decoder.safetensors
 }
 
 

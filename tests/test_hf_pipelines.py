@@ -99,6 +99,7 @@ KINDS = {  # published model -> (pipeline task, trust_remote_code, modules block
     "mlm_sgt": ("fill-mask", True, []),
     "amber": ("feature-extraction", True, []),
     "hi_mvp": ("feature-extraction", True, []),
+    "al_mvp": ("fill-mask", True, []),
 }
 
 
@@ -123,7 +124,7 @@ def _run_fresh(published: Path, names: list[str], blocked: list[str]) -> dict:
 @pytest.fixture(scope="module")
 def results(published):
     out = _run_fresh(published, ["mlm", "ntp"], SEGMENTERS)  # torch + transformers only
-    out.update(_run_fresh(published, ["mlm_sgt", "amber", "hi_mvp"], []))
+    out.update(_run_fresh(published, ["mlm_sgt", "al_mvp", "amber", "hi_mvp"], []))
     return out
 
 
@@ -142,7 +143,7 @@ def test_mixed_strings_round_trip_without_unk(results, name):
             covered += 1
             assert r["unk_id"] not in item["ids"], (name, item["text"], item["tokens"])
             dec = item["decoded"]
-            if name == "mlm_sgt":
+            if name in ("mlm_sgt", "al_mvp"):
                 assert dec == norm, (name, item["text"], dec)  # SGT decoding is exact
             else:  # WordPiece: same characters in order, case kept, CJK joined without spaces
                 assert dec.replace(" ", "") == norm.replace(" ", ""), (name, item["text"], dec)
@@ -153,7 +154,7 @@ def test_mixed_strings_round_trip_without_unk(results, name):
     assert r["unk_id"] not in fw["ids"][:4]
 
 
-@pytest.mark.parametrize("name", ["mlm", "mlm_sgt"])
+@pytest.mark.parametrize("name", ["mlm", "mlm_sgt", "al_mvp"])
 def test_fill_mask_pipeline_returns_vocabulary_tokens(results, name):
     fill = results[name]["fill"]
     assert len(fill) == 10

@@ -124,7 +124,7 @@ def test_pickle_files_are_refused(tmp_path, tiny_hf_run):
 def test_every_export_file_is_published(tmp_path, tiny_hf_run):
     """Second-view tokenizers, shipped code and an SGT user dictionary travel with the model."""
     run = make_run(tmp_path, tiny_hf_run).parent.parent.parent
-    for name in ("amber", "mlm_sgt"):
+    for name in ("amber", "mlm_sgt", "al_mvp"):
         export = run / "pretrain" / name / "export"
         if name == "mlm_sgt":  # an SGT vocabulary built with a user dictionary saves it next to its tokenizer
             (export / "user_dict.txt").write_text("北京大学 5 nt\n", encoding="utf-8")
@@ -137,6 +137,12 @@ def test_every_export_file_is_published(tmp_path, tiny_hf_run):
 
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "pub" / "mlm_sgt"), trust_remote_code=True)
     assert tok._user_dict_file and tok._user_dict_file.endswith("user_dict.txt")
+    # al_mvp reading a: the extra weights survive the vocabulary trim of the model's own weights
+    from safetensors.torch import load_file
+
+    src = load_file(run / "pretrain" / "al_mvp" / "export" / "char_decoder.safetensors")
+    got = load_file(tmp_path / "pub" / "al_mvp" / "char_decoder.safetensors")
+    assert src.keys() == got.keys() and all(torch.equal(src[k], got[k]) for k in src)
 
 
 class FakeHub:
