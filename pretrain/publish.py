@@ -133,7 +133,7 @@ def user_tokenizer(folder: Path, meta: dict) -> list[str]:
         cfg.setdefault("model_input_names", ["input_ids", "token_type_ids", "attention_mask"])
     if tk.decoder is not None and type(tk.decoder).__name__ == "WordPiece":
         tk.decoder = cjk_joining_wordpiece_decoder()
-    if meta.get("model_type") == "decoder":
+    if meta.get("model_type") == "decoder" and tk.token_to_id("[CLS]") is not None:
         bos = tk.token_to_id("[CLS]")
         tk.post_processor = processors.TemplateProcessing(single="[CLS] $A", pair="[CLS] $A $B",
                                                           special_tokens=[("[CLS]", bos)])
