@@ -202,6 +202,10 @@ def test_two_view_feature_extraction_from_raw_text(results, published, name):
         for j, (a, _) in zip(idx[1:-1], fine_off[1:-1]):
             assert offsets[j][0] <= a < offsets[j][1]
         assert tok(text)["coarse_index"] == idx
+        pair = tok(text, "你好")  # the second segment's offsets restart at 0: matched per segment
+        assert -1 not in pair["coarse_index"] and pair["coarse_index"] == sorted(pair["coarse_index"])
+        assert pair["coarse_index"][-1] == len(pair["coarse_input_ids"]) - 1
+        assert len(set(pair["coarse_index"])) == len(pair["coarse_input_ids"])  # every coarse token is used
 
 
 def test_published_tokenizer_settings(published):

@@ -30,24 +30,29 @@ from transformers import AutoTokenizer, TokenizersBackend
 COARSE_PREFIX = "coarse."
 
 
-def _coarse_index(fine_offsets, fine_special, fine_mask, coarse_offsets, coarse_special, coarse_mask):
-    """Coarse position per fine position of one example (see the module docstring)."""
-    out = []
+def _coarse_index(fine_offsets, fine_special, fine_mask, fine_types, coarse_offsets, coarse_special, coarse_mask,
+                  coarse_types):
+    """Coarse position per fine position of one example (see the module docstring); offsets are
+    per segment (``text`` / ``text_pair``), told apart by the token type ids."""
     c_specials = [j for j, (s, m) in enumerate(zip(coarse_special, coarse_mask)) if s and m]
-    rank = 0
-    spans = [(j, a, b) for j, ((a, b), s) in enumerate(zip(coarse_offsets, coarse_special)) if not s]
-    k = 0
-    for (a, b), s, m in zip(fine_offsets, fine_special, fine_mask):
+    spans: dict = {}
+    for j, ((a, b), s, m, t) in enumerate(zip(coarse_offsets, coarse_special, coarse_mask, coarse_types)):
+        if m and not s:
+            spans.setdefault(t, []).append((j, a, b))
+    ptr: dict = {}
+    out, rank = [], 0
+    for (a, _), s, m, t in zip(fine_offsets, fine_special, fine_mask, fine_types):
         if not m:
             out.append(-1)
-            continue
-        if s:
+        elif s:
             out.append(c_specials[rank] if rank < len(c_specials) else -1)
             rank += 1
-            continue
-        while k < len(spans) and spans[k][2] <= a:
-            k += 1
-        out.append(spans[k][0] if k < len(spans) and spans[k][1] <= a < spans[k][2] else -1)
+        else:
+            lst, k = spans.get(t, []), ptr.get(t, 0)
+            while k < len(lst) and lst[k][2] <= a:
+                k += 1
+            ptr[t] = k
+            out.append(lst[k][0] if k < len(lst) and lst[k][1] <= a < lst[k][2] else -1)
     return out
 
 
@@ -83,21 +88,37 @@ class TwoViewTokenizer(TokenizersBackend):
                 self._coarse = AutoTokenizer.from_pretrained(tmp, trust_remote_code=True)
         return self._coarse
 
+    def _save_pretrained(self, save_directory, file_names, legacy_format=None, filename_prefix=None):
+        out = super()._save_pretrained(save_directory, file_names, legacy_format, filename_prefix)
+        from transformers.utils import cached_file
+
+        extra = []
+        for name in self.coarse_files:  # the coarse view travels with the fine one
+            src = cached_file(self.name_or_path, name)
+            dst = os.path.join(str(save_directory), name)
+            if os.path.abspath(src) != os.path.abspath(dst):
+                shutil.copyfile(src, dst)
+            extra.append(dst)
+        return tuple(out) + tuple(extra)
+
     def __call__(self, text=None, text_pair=None, **kwargs):
         tensors = kwargs.pop("return_tensors", None)
         kwargs.pop("return_offsets_mapping", None)
         kwargs.pop("return_special_tokens_mask", None)
         hier = self.view_layout == "hierarchical"
+        if hier:
+            kwargs["return_token_type_ids"] = True
         fine = super().__call__(text, text_pair, return_offsets_mapping=hier, return_special_tokens_mask=hier,
                                 **kwargs)
-        keep = {k: v for k, v in kwargs.items() if k in ("add_special_tokens", "truncation", "max_length", "padding")}
+        keep = {k: v for k, v in kwargs.items()
+                if k in ("add_special_tokens", "truncation", "max_length", "padding", "return_token_type_ids")}
         coarse = self.coarse_tokenizer(text, text_pair, return_offsets_mapping=hier,
                                        return_special_tokens_mask=hier, **keep)
         fine["coarse_input_ids"] = coarse["input_ids"]
         fine["coarse_attention_mask"] = coarse["attention_mask"]
         batched = bool(fine["input_ids"]) and isinstance(fine["input_ids"][0], list)
         if hier:
-            keys = ("offset_mapping", "special_tokens_mask", "attention_mask")
+            keys = ("offset_mapping", "special_tokens_mask", "attention_mask", "token_type_ids")
             views = [fine[k] for k in keys] + [coarse[k] for k in keys]
             rows = zip(*(x if batched else [x] for x in views))
             index = [_coarse_index(*r) for r in rows]
