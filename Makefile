@@ -23,8 +23,9 @@ TEST_ARGS       ?=
 # models the fine-tuning report compares (default: what `make pretrain` trained)
 FINETUNE_OBJECTIVES ?= $(OBJECTIVES)
 FINETUNE_EXPORTS = $(foreach o,$(FINETUNE_OBJECTIVES),$(R)/pretrain/$(o)/export)
-# hub repo id pattern for `make publish` ({run} and {model} are filled in); PUBLISH_ARGS=--push to upload
-HUB_REPO        ?= local/{run}-{model}
+# hub repo id pattern for `make publish` ({run} and {model} are filled in; empty: the cards name the
+# local folders); PUBLISH_ARGS=--push to upload (needs HUB_REPO)
+HUB_REPO        ?=
 PUBLISH_ARGS    ?=
 CORPUS_ARGS     ?=
 # every encoder objective, for the multi-seed comparison (`make compare`)
@@ -102,7 +103,7 @@ $(R)/finetune/report/results.json: $(foreach e,$(FINETUNE_EXPORTS),$(e)/model.sa
 finetune: $(R)/finetune/report/results.json  ## fine-tune FINETUNE_OBJECTIVES + random-init twins; report in runs/RUN/finetune/report/
 
 $(R)/publish/.done: $(foreach o,$(OBJECTIVES),$(R)/pretrain/$(o)/export/model.safetensors) $(wildcard $(R)/finetune/report/results.json)
-	$(PY) -m pretrain.publish $(R) --repo-id '$(HUB_REPO)' $(PUBLISH_ARGS)
+	$(PY) -m pretrain.publish $(R) $(if $(HUB_REPO),--repo-id '$(HUB_REPO)') $(PUBLISH_ARGS)
 	touch $@
 
 publish: $(R)/publish/.done  ## HF folders + model cards in runs/RUN/publish/MODEL/ (PUBLISH_ARGS=--push to upload)

@@ -15,6 +15,7 @@ Reading an export is ``pretrain.exports.load_export`` (model, tokenizer, special
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 from pathlib import Path
@@ -50,6 +51,23 @@ def _vocab_trust_remote_code(vocab_dir: str | Path) -> bool:
         return bool(json.loads(f.read_text(encoding="utf-8")).get("trust_remote_code", False))
     except (OSError, json.JSONDecodeError):
         return False
+
+
+def make_shareable(folder: str | Path) -> None:
+    """Give ``folder`` and everything in it the modes a normal ``mkdir``/``open`` would: directories
+    ``0o777``, files ``0o666`` (executables ``0o777``), minus the process umask -- 0755/0644 under
+    the usual umask 022. Temporary names (``mkdtemp``/``mkstemp``: 0700/0600) would otherwise make
+    an export or published folder unreadable for the rest of the group on a shared machine."""
+    mask = os.umask(0)
+    os.umask(mask)
+    root = Path(folder)
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            os.chmod(p, 0o777 & ~mask)
+        else:
+            os.chmod(p, (0o777 if p.stat().st_mode & 0o100 else 0o666) & ~mask)
 
 
 def save_export(objective: Objective, out_dir: str | Path, ctx: ObjectiveContext,
@@ -90,4 +108,5 @@ def save_export(objective: Objective, out_dir: str | Path, ctx: ObjectiveContext
         meta.update(objective.export_meta())
         meta.update(meta_extra or {})
         ExportMeta.from_dict(meta).save(tmp)  # typed: pretrain.exports.ExportMeta
+        make_shareable(tmp)
     return out_dir

@@ -42,6 +42,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # code files the pipeline ships with its folders -> the installed module holding the same code
 PROJECT_CODE = {
     "modeling_multivocab.py": "pretrain.remote.modeling_multivocab",
+    "tokenization_multivocab.py": "pretrain.remote.tokenization_multivocab",  # published two-view folders
     "tokenization_segmented.py": "tokenization.remote.tokenization_segmented",
 }
 TASKS = {"base": "AutoModel", "masked_lm": "AutoModelForMaskedLM", "causal_lm": "AutoModelForCausalLM"}

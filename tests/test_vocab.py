@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from corpora.io import write_shard
+from corpora.normalize import normalize_text
 from pipeline.config import ConfigError, load_config
 from pipeline.errors import UserError
 from tokenization.config import TokenizationConfig
@@ -40,13 +41,16 @@ def _pd(n: int, skip: int = 0) -> list[str]:
     out = []
     for line in (d / "tag" / "199801.txt").read_text(encoding="utf-8").splitlines()[skip:]:
         if line.strip():
-            out.append("".join(t.rpartition("/")[0].lstrip("[") or t for t in line.split()))
+            # as the corpus stage writes it (normalised: full-width digits folded, ...)
+            out.append(normalize_text("".join(t.rpartition("/")[0].lstrip("[") or t for t in line.split())))
         if len(out) >= n:
             break
     return out
 
 
 def _write(run: Path, split: str, texts: list[str], shard_docs: int = 400):
+    # corpus shards hold the corpus stage's normalised text (docs/contracts.md)
+    texts = [normalize_text(t) for t in texts]
     for i in range(0, max(1, len(texts)), shard_docs):
         recs = [{"id": f"{split}{i + j}", "text": t, "lang": "zh", "source": "t", "meta": {}}
                 for j, t in enumerate(texts[i:i + shard_docs])]
@@ -113,7 +117,7 @@ def test_sgt_and_word_decode_roundtrip(built):
             ids = tok(t, add_special_tokens=False)["input_ids"]
             if 1 in ids:  # [UNK]: characters rarer than min_char_count (documented exception)
                 continue
-            assert tok.decode(ids) == t, (kind, t)
+            assert tok.decode(ids) == normalize_text(t), (kind, t)  # the saved tokenizer normalises
 
 
 def test_sgt_tokens_never_cross_words_and_shorter_than_char(built):
@@ -231,9 +235,10 @@ def test_every_frequent_char_representable(learner, tmp_path):
                                          "tokens_per_char": None, "trust_remote_code": True})
     tok = AutoTokenizer.from_pretrained(str(d), trust_remote_code=True)
     enc = load_token_encoder(d)
-    for t in texts[:60] + EXTRA:
+    for raw in texts[:60] + EXTRA:
+        t = normalize_text(raw)  # the pipeline encodes corpus text, which the corpus stage normalised
         ids = enc.encode_words(seg.cut(t))[0].tolist()
-        assert tok(t, add_special_tokens=False)["input_ids"] == ids, (learner, t)
+        assert tok(raw, add_special_tokens=False)["input_ids"] == ids, (learner, raw)  # the tokenizer normalises raw text
         if 1 not in ids:
             assert tok.decode(ids) == t
 
@@ -326,3 +331,46 @@ def test_char_vocab_ids_do_not_depend_on_trainer_tie_order(tmp_path):
     vocab = json.loads((tmp_path / "a" / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
     ordered = [t for t, _ in sorted(vocab.items(), key=lambda x: x[1])]
     assert ordered == canonical_wordpiece_order(vocab)
+
+
+# raw text the corpus stage would have normalised (full-width digits/letters, tabs, decomposed
+# accents, ideographic and no-break spaces, zero-width characters, CRLF)
+RAW = ["１９９８年１月，人民日报", "ＡＢＣ公司\t成立于２００８年", "cafe\u0301 nai\u0308ve", "我们\u3000在北京\u00a0学习",
+       "零\u200b宽\ufeff字符", "第一行\r\n第二行\n\n\n\n第三行", "  两端空格  ", "中 文 词 语"]
+
+
+def test_corpus_normalizer_equals_normalize_text():
+    import random
+
+    from corpora.config import NormalizeConfig
+    from tokenization.vocab import corpus_normalizer
+
+    alpha = list("我们你好，。！？：；（）ａＺ１９ｂ＃　 \t\n\r\x00\x0b\x1c\x85\u00a0\u2028\u200b\ufeff\u00ade\u0301éA😀-/:")
+    alpha += ["\u202f", "\u2003", "\x7f", "\u180e", "\u2066", "\x0c", "\uff0c", "\uf900"]
+    rng = random.Random(0)
+    strings = RAW + ["".join(rng.choice(alpha) for _ in range(rng.randint(0, 12))) for _ in range(3000)]
+    for over in ({}, {"fullwidth": "all"}, {"unicode_form": "NFKC"}, {"cjk_space": False, "fold_whitespace": False}):
+        n = corpus_normalizer(over)
+        cfg = NormalizeConfig(**over)
+        for s in strings:
+            assert n.normalize_str(s) == normalize_text(s, cfg), (over, s)
+
+
+@pytest.mark.parametrize("kind", ["char", "sgt", "word"])
+def test_saved_tokenizers_normalise_raw_text(built, kind):
+    """Raw text gives the ids of its normalised form: ``１９９８年`` is not [UNK] when 1, 9, 8 are known."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(built.vocab_root / kind), trust_remote_code=kind != "char")
+    for raw in RAW:
+        assert tok(raw)["input_ids"] == tok(normalize_text(raw))["input_ids"], (kind, raw)
+    ids = tok("１９９８年")["input_ids"]
+    assert 1 not in ids and tok.decode(ids, skip_special_tokens=True).replace(" ", "") == "1998年"
+    assert load_vocab_meta(built.vocab_root / kind)["normalizer"]["unicode_form"] == "NFC"
+
+
+def test_char_folder_has_vocab_txt_in_id_order(built):
+    d = built.vocab_root / "char"
+    lines = (d / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    vocab = json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    assert lines == sorted(vocab, key=vocab.get) and lines[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -4,9 +4,11 @@ Every kind is a folder ``runs/RUN/vocab/KIND/`` that ``AutoTokenizer.from_pretra
 ``stats.json`` (written last). Special ids in every kind: ``[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3
 [MASK]=4``.
 
-* ``char`` -- Google-Chinese-BERT style: ``BertTokenizer`` files (``vocab.txt``,
-  ``tokenizer.json``, ``tokenizer_config.json``), every CJK character one token, WordPiece
-  (``##`` continuations) for other scripts. No custom code.
+* ``char`` -- Google-Chinese-BERT style: BERT's WordPiece over ``vocab.txt`` saved as a plain
+  ``tokenizer.json`` (``TokenizersBackend``; plus ``vocab.txt``), every CJK character one token,
+  WordPiece (``##`` continuations) for other scripts. No custom code.
+
+Every saved tokenizer normalises raw text as the corpus stage did (:func:`corpus_normalizer`).
 * ``sgt`` -- segmentation-guided sub-words: jieba words (a single space attached to the next
   word), then a sub-word learner inside each word (sentencepiece BPE/unigram or ``tokenizers``
   WordPiece/BPE), so no piece crosses a word boundary. Characters seen at least
@@ -203,6 +205,9 @@ class SegmentedEncoder(_HFEncoder):
 
     def __init__(self, vocab_dir: Path, meta: dict):
         super().__init__(vocab_dir, meta)
+        # units are encoded one by one (pre-tokenized): the saved normaliser would run per unit (and
+        # strip an attached space); corpus text is already normalised, so it is off here
+        self.tk.normalizer = None
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
         # word-start marker vocabularies: a bare "▁" piece the pre-tokenizer prepended covers no
         # character (tokenizers aligns it with the word's first character; the piece after it has it)
@@ -312,6 +317,66 @@ def load_token_encoder(vocab_dir: str | Path) -> TokenEncoder:
 # ---------------------------------------------------------------------------------------------
 # building
 # ---------------------------------------------------------------------------------------------
+def corpus_normalizer(norm: dict | None = None):
+    """A ``tokenizers`` normalizer that does what ``corpora.normalize.normalize_text`` does.
+
+    ``norm`` is the corpus stage's ``normalize`` config section (``runs/RUN/corpus/stats.json``
+    ``config.normalize``; ``None`` = the defaults). Saved into every ``tokenizer.json``, so raw text
+    at inference (``１９９８年``, tabs, decomposed accents, ideographic spaces) becomes what the
+    model saw in training. Each step is a serialisable ``tokenizers`` normalizer (NFC/NFKC,
+    ``Replace`` with Oniguruma regexes, ``Strip``), so a published folder needs no custom code;
+    ``tests/test_vocab.py`` checks equality with ``normalize_text`` on raw strings. Traditional ->
+    Simplified (``t2s: true``) has no serialisable form: it is not applied at inference (a warning
+    is logged and the vocabulary's ``stats.json`` records ``normalizer.t2s_at_inference: false``).
+    """
+    from tokenizers import Regex, normalizers
+
+    from corpora.config import NormalizeConfig
+    from corpora.normalize import _CJK, _CTRL_RE, _FW_TABLE_ALL, _FW_TABLE_ASCII
+
+    c = NormalizeConfig(**{k: v for k, v in (norm or {}).items() if k in NormalizeConfig.__dataclass_fields__})
+    steps = []
+    if c.unicode_form == "NFC":
+        steps.append(normalizers.NFC())
+    elif c.unicode_form == "NFKC":
+        steps.append(normalizers.NFKC())
+    table = {"ascii": _FW_TABLE_ASCII, "all": _FW_TABLE_ALL}.get(c.fullwidth, {})
+    steps += [normalizers.Replace(chr(a), chr(b)) for a, b in sorted(table.items())]
+    steps += [normalizers.Replace("\r\n", "\n"), normalizers.Replace("\r", "\n")]
+    if c.remove_control:
+        steps += [normalizers.Replace("\t", " "), normalizers.Replace(Regex(_CTRL_RE.pattern), "")]
+    if c.fold_whitespace:
+        steps += [normalizers.Replace(Regex(r"[^\S\n]+"), " "), normalizers.Replace(Regex(" *\n *"), "\n"),
+                  normalizers.Replace(Regex("\n{3,}"), "\n\n"), normalizers.Strip()]
+    if c.cjk_space:
+        steps.append(normalizers.Replace(Regex(f"(?<=[{_CJK}]) (?=[{_CJK}])"), ""))
+    if c.t2s:
+        log.warning("corpus normalisation has t2s: true; Traditional -> Simplified has no serialisable "
+                    "tokenizer step, so saved tokenizers do not apply it to raw text")
+    return normalizers.Sequence(steps)
+
+
+def normalizer_info(norm: dict | None) -> dict:
+    """What the saved tokenizers apply to raw text (recorded in the vocabulary ``stats.json``)."""
+    from corpora.config import NormalizeConfig
+
+    c = NormalizeConfig(**{k: v for k, v in (norm or {}).items() if k in NormalizeConfig.__dataclass_fields__})
+    d = dict(c.__dict__)
+    d["t2s_at_inference"] = False if c.t2s else None
+    return d
+
+
+def cjk_joining_wordpiece_decoder():
+    """WordPiece decoding (``##`` joins, BERT clean-up) without the space it puts between two CJK
+    characters: ``["我", "们", "hello"]`` -> ``"我们 hello"`` (serialisable, no custom code)."""
+    from tokenizers import Regex, decoders
+
+    from corpora.normalize import _CJK
+
+    return decoders.Sequence([decoders.WordPiece(prefix="##", cleanup=True), decoders.Fuse(),
+                              decoders.Replace(Regex(f"(?<=[{_CJK}]) (?=[{_CJK}])"), "")])
+
+
 def _bert_post_processor():
     from tokenizers import processors
 
@@ -338,14 +403,18 @@ def canonical_wordpiece_order(vocab: dict[str, int]) -> list[str]:
 
 
 def build_char(texts: Iterable[str], out_dir: Path, vocab_size: int, lowercase: bool = True,
-               char_counts: Counter | None = None, min_char_count: int = 1) -> dict:
+               char_counts: Counter | None = None, min_char_count: int = 1, normalize: dict | None = None) -> dict:
     """Train a BERT WordPiece vocabulary (CJK characters split, ``##`` continuations) into ``out_dir``.
 
-    The runtime tokenizer is transformers' own ``BertTokenizer`` built from the learned
-    ``vocab.txt``; the pipeline encoder reads the ``tokenizer.json`` it saves.
+    The saved tokenizer is BERT's (``BertTokenizer``'s WordPiece over the learned ``vocab.txt``,
+    which is saved too), with two changes that ``BertTokenizer`` would undo on load, so it is saved
+    as a plain ``tokenizer.json`` (class ``TokenizersBackend``, no custom code): the corpus stage's
+    normalisation (:func:`corpus_normalizer` with ``normalize``, the corpus ``normalize`` config)
+    runs before ``BertNormalizer``, and decoding joins CJK characters without spaces
+    (:func:`cjk_joining_wordpiece_decoder`). The pipeline encoder reads the same ``tokenizer.json``.
     """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import BertTokenizer
+    from transformers import BertTokenizer, TokenizersBackend
 
     tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tk.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
@@ -365,11 +434,20 @@ def build_char(texts: Iterable[str], out_dir: Path, vocab_size: int, lowercase: 
         vf = Path(tmp) / "vocab.txt"
         vf.write_text("".join(t + "\n" for t in canonical_wordpiece_order(vocab)), encoding="utf-8")
         bt = BertTokenizer(vocab=str(vf), do_lower_case=lowercase, tokenize_chinese_chars=True,
-                           strip_accents=None, model_max_length=512, split_special_tokens=True,
-                           clean_up_tokenization_spaces=False)
-        bt.save_pretrained(str(out_dir))
+                           strip_accents=None, model_max_length=512)
+        saved = Tokenizer.from_str(bt.backend_tokenizer.to_str())
+        saved.normalizer = normalizers.Sequence([corpus_normalizer(normalize), saved.normalizer])
+        saved.decoder = cjk_joining_wordpiece_decoder()
+        wrapper = TokenizersBackend(tokenizer_object=saved, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=512,
+                                    model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+                                    clean_up_tokenization_spaces=False, split_special_tokens=True,
+                                    do_lower_case=lowercase)
+        wrapper.save_pretrained(str(out_dir))
+        shutil.copyfile(vf, out_dir / "vocab.txt")
     return {"kind": "char", "size": len(vocab), "trust_remote_code": False, "lowercase": lowercase,
-            "tokenizer_class": "BertTokenizer", "target_size": vocab_size}
+            "tokenizer_class": "TokenizersBackend", "target_size": vocab_size,
+            "normalizer": normalizer_info(normalize)}
 
 
 def _unit_stream(units_counts: Counter, rare: set[str], word_start_marker: bool = False) -> Iterator[tuple[str, int]]:
@@ -586,11 +664,16 @@ def build_word(unit_counts: Counter, char_counts: Counter, min_count: int, max_s
     return tk, {"n_chars": n_chars, "n_words": len(vocab) - len(SPECIALS) - n_chars}
 
 
-def save_segmented_folder(tk, out_dir: Path, segmenter, word_fallback: bool) -> None:
-    """Save a ``tokenizers`` model with the remote ``SegmentedTokenizer`` class into ``out_dir``."""
+def save_segmented_folder(tk, out_dir: Path, segmenter, word_fallback: bool, normalize: dict | None = None) -> None:
+    """Save a ``tokenizers`` model with the remote ``SegmentedTokenizer`` class into ``out_dir``.
+
+    The saved ``tokenizer.json`` carries the corpus stage's normalisation (:func:`corpus_normalizer`
+    with ``normalize``), so raw text is segmented and looked up as the corpus stage would have
+    written it."""
     from transformers import TokenizersBackend
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    tk.normalizer = corpus_normalizer(normalize)
     wrapper = TokenizersBackend(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                 sep_token="[SEP]", mask_token="[MASK]", model_max_length=512,
                                 clean_up_tokenization_spaces=False, split_special_tokens=True)

@@ -20,7 +20,7 @@ from corpora.io import iter_corpus, list_shards
 from pipeline.config import save_config
 from pipeline.errors import UserError
 from pipeline.log import get_logger, print_table
-from pipeline.runs import atomic_dir, atomic_write_json
+from pipeline.runs import atomic_dir, atomic_write_json, read_json
 from tokenization import metrics as M
 from tokenization.config import TokenizationConfig
 from tokenization.ngram import build_lexicon, max_match
@@ -28,7 +28,8 @@ from tokenization.segcache import ensure_segmented, iter_split
 from tokenization.segment import Segmenter, from_config
 from tokenization.shards import _batched
 from tokenization.vocab import (SPECIAL_IDS, attach_spaces, build_char, build_word, learn_sgt,
-                                load_token_encoder, load_vocab_meta, save_segmented_folder)
+                                load_token_encoder, load_vocab_meta, normalizer_info,
+                                save_segmented_folder)
 
 log = get_logger("tokenization")
 BATCH = 256
@@ -79,6 +80,14 @@ def _finish_kind(tmp: Path, info: dict, run_dir: Path, seg: Segmenter, gold, ent
     return info
 
 
+def corpus_normalize_config(run_dir: Path) -> dict | None:
+    """The corpus stage's ``normalize`` section (from ``corpus/stats.json``), for the saved tokenizers."""
+    p = run_dir / "corpus" / "stats.json"
+    if not p.is_file():
+        return None
+    return ((read_json(p).get("config") or {}).get("normalize")) or None
+
+
 def main_vocab(cfg: TokenizationConfig) -> int:
     run_dir = cfg.run_dir
     corpus = run_dir / "corpus"
@@ -102,6 +111,7 @@ def main_vocab(cfg: TokenizationConfig) -> int:
              len(unit_counts), len(char_counts), n_docs, time.perf_counter() - t)
     gold = M.pd_gold_test(cfg.metrics.pd_lines)
     ents = M.msra_test_entities(cfg.metrics.ner_sentences)
+    norm = corpus_normalize_config(run_dir)
     seg_info = {"backend": seg.backend, "hmm": seg.hmm, "user_dict": bool(seg.user_dict),
                 "fingerprint": seg.fingerprint()}
 
@@ -115,14 +125,14 @@ def main_vocab(cfg: TokenizationConfig) -> int:
             if kind == "char":
                 c = cfg.char
                 info = build_char((d["text"] for d in iter_corpus(corpus, "train")), tmp, c.vocab_size,
-                                  c.lowercase, char_counts, c.min_char_count)
+                                  c.lowercase, char_counts, c.min_char_count, normalize=norm)
                 info["min_char_count"] = c.min_char_count
             elif kind == "sgt":
                 c = cfg.sgt
                 tk = learn_sgt(unit_counts, char_counts, c.learner, c.vocab_size, c.min_char_count,
                                c.max_piece_len, c.spm_input_words, workdir=vocab_root,
                                word_start_marker=c.word_start_marker)
-                save_segmented_folder(tk, tmp, seg, word_fallback=False)
+                save_segmented_folder(tk, tmp, seg, word_fallback=False, normalize=norm)
                 info = {"kind": "sgt", "size": tk.get_vocab_size(), "trust_remote_code": True,
                         "learner": c.learner, "target_size": c.vocab_size, "min_char_count": c.min_char_count,
                         "word_start_marker": c.word_start_marker,
@@ -130,7 +140,7 @@ def main_vocab(cfg: TokenizationConfig) -> int:
             elif kind == "word":
                 c = cfg.word
                 tk, extra = build_word(unit_counts, char_counts, c.min_count, c.max_size, c.min_char_count)
-                save_segmented_folder(tk, tmp, seg, word_fallback=True)
+                save_segmented_folder(tk, tmp, seg, word_fallback=True, normalize=norm)
                 info = {"kind": "word", "size": tk.get_vocab_size(), "trust_remote_code": True,
                         "min_count": c.min_count, "max_size": c.max_size, **extra,
                         "tokenizer_class": "SegmentedTokenizer"}
@@ -141,6 +151,7 @@ def main_vocab(cfg: TokenizationConfig) -> int:
                 results[kind] = info
                 continue
             info["segmenter"] = seg_info
+            info["normalizer"] = normalizer_info(norm)
             info["train_docs"] = n_docs
             results[kind] = _finish_kind(tmp, info, run_dir, seg, gold, ents, t0)
 
