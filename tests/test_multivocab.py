@@ -307,7 +307,9 @@ def newline_run(tmp_path_factory):
     docs += ["\n\n".join(rev[i:i + 3]) for i in range(0, 100, 3)]
     docs += ["第一行\n  第二行 with Latin words running\n结束", "喜欢\nplaying football\n和游泳"] * 5
     root = tmp_path_factory.mktemp("nl_run")
-    recs = [record(t) for t in docs]
+    from corpora.normalize import normalize_text
+
+    recs = [record(normalize_text(t)) for t in docs]  # corpus shards hold normalised text
     write_corpus(root / "t", recs, recs[::5])
     cfg = tok_config(root, "t", "kinds=[char,sgt]")
     main_vocab(cfg)

@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from corpora.normalize import normalize_text
 from pipeline.runs import atomic_write_json
 from test_shards_helpers import real_texts
 from tokenization.segment import Segmenter
@@ -17,7 +18,8 @@ TEXTS_EXTRA = ["我们喜欢北京。\n他们也喜欢。", "喜欢 Python 和\n
 
 def _build(tmp_path, learner, marker):
     pd, rev = real_texts(300, 100)
-    texts = pd + rev + ["第一行\n第二行\n第三行"] * 3
+    # corpus shards hold the corpus stage's normalised text (the saved tokenizers normalise raw text)
+    texts = [normalize_text(t) for t in pd + rev + ["第一行\n第二行\n第三行"] * 3]
     seg = Segmenter()
     units, chars = Counter(), Counter()
     for t in texts:
@@ -39,7 +41,7 @@ def test_word_start_marker_marks_every_word(learner, tmp_path):
     enc = load_token_encoder(d)
     tok = AutoTokenizer.from_pretrained(str(d), trust_remote_code=True)
     n_words = 0
-    for t in texts[:40] + TEXTS_EXTRA:
+    for t in texts[:40] + [normalize_text(t) for t in TEXTS_EXTRA]:
         words = seg.cut(t)
         ids, cl, ws = enc.encode_words(words)
         assert int(cl.astype(np.int64).sum()) == len(t)
