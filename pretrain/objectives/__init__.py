@@ -10,7 +10,7 @@ from pretrain.objectives.base import (  # noqa: F401
     Objective, ObjectiveContext, VocabInfo, build_objective, get_objective, register, registered,
 )
 
-_MODULES = ["mlm", "ntp", "amber", "mvp", "clower", "ernie_gram", "meap"]
+_MODULES = ["mlm", "ntp", "amber", "hi_mvp", "al_mvp", "clower", "ernie_gram", "meap"]
 
 for _m in _MODULES:
     importlib.import_module(f"pretrain.objectives.{_m}")
