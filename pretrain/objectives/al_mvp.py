@@ -109,7 +109,9 @@ class CharDecoder(nn.Module):
 class AlMvp(MultiVocabExportMixin, Objective):
     name = "al_mvp"
     model_type = "encoder"
-    extra_streams = ()
+    # streams: fine_kind and coarse_kind (MultiVocabExportMixin.streams)
+    card_note = ("AL-MVP, a reconstruction from the MVP-BERT abstract (Zhu, 2021): the method section "
+                 "was not available, so the aligned multi-vocabulary design is a documented reading.")
     finetune_adapter = "al_mvp_char"  # reading b switches to "multivocab_pair" (see finetune_adapter_name)
 
     @dataclass

@@ -54,7 +54,10 @@ from pretrain.objectives.multiview import (
 class Ambert(MultiVocabExportMixin, Objective):
     name = "amber"
     model_type = "encoder"
-    extra_streams = ()  # the coarse stream is named by ``coarse_kind`` and loaded via data.extra_kinds
+    # streams: fine_kind and coarse_kind (MultiVocabExportMixin.streams)
+    card_note = ("AMBERT (Zhang & Li): a fine-grained (character) and a coarse-grained (word/SGT) view "
+                 "of the same text through shared Transformer layers with separate embeddings, MLM on "
+                 "both views. Implemented from the full paper text.")
     finetune_adapter = "multivocab_pair"
 
     @dataclass

@@ -48,7 +48,10 @@ from pretrain.objectives.multiview import (
 class HiMvp(MultiVocabExportMixin, Objective):
     name = "hi_mvp"
     model_type = "encoder"
-    extra_streams = ()  # fine/coarse kinds name the streams; the configs load them via data.extra_kinds
+    # streams: fine_kind and coarse_kind (MultiVocabExportMixin.streams)
+    card_note = ("Hi-MVP, a reconstruction from the MVP-BERT abstract (Zhu, 2021): the method section "
+                 "was not available, so the hierarchical design is a documented reading, not the "
+                 "paper's verified architecture.")
     finetune_adapter = "hi_mvp"
 
     @dataclass

@@ -302,10 +302,21 @@ def multivocab_config(cls, ctx: ObjectiveContext, fine: VocabInfo, coarse: Vocab
 
 
 class MultiVocabExportMixin:
-    """Shared plumbing of the two-view objectives: consistent masking of both views; export
-    (remote code file, both views' tokenizers, meta)."""
+    """Shared plumbing of the two-view objectives: their streams (both views' kinds), predicted
+    fraction, consistent masking of both views; export (remote code file, both views' tokenizers,
+    meta)."""
 
     _export_tmp: Optional[tempfile.TemporaryDirectory] = None
+
+    @classmethod
+    def streams(cls, cfg) -> tuple[str, ...]:
+        """Both views' kinds (``fine_kind``, ``coarse_kind``): the one that is not ``data.kind`` is
+        loaded aligned by characters without a ``data.extra_kinds`` entry."""
+        return (cfg.fine_kind, cfg.coarse_kind)
+
+    def predicted_fraction(self) -> float:
+        """The masking rate (``mask_prob``): both views predict only the selected tokens."""
+        return self.cfg.mask_prob
 
     def _masked_views(self, batch: dict[str, np.ndarray], generator: torch.Generator):
         """Both views of ``batch`` (checked against the position limit), masked consistently:
