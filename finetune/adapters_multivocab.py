@@ -22,7 +22,7 @@ tasks with character-level tags (NER) and sentence tasks run through the same su
   the decoder that was trained to read characters out of SGT token states.
 
 The exports carry both views' vocabulary folders as flat files ``fine.<name>`` and
-``coarse.<name>`` (``pretrain/objectives/amber.py``); :func:`load_view_tokenizer` restores them.
+``coarse.<name>`` (``pretrain/objectives/multiview.py``); :func:`load_view_tokenizer` restores them.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from finetune.encoders import (
 )
 from pipeline.errors import UserError
 
-VIEW_PREFIXES = {"fine": "fine.", "coarse": "coarse."}  # same as pretrain.objectives.amber.VIEW_PREFIXES
+VIEW_PREFIXES = {"fine": "fine.", "coarse": "coarse."}  # same as pretrain.objectives.multiview.VIEW_PREFIXES
 
 
 def load_view_tokenizer(model_dir: str | Path, view: str, trust_remote_code: bool = False):

@@ -19,12 +19,31 @@ from pipeline.errors import main_guard  # noqa: E402
 from pipeline.log import print_table  # noqa: E402
 
 
+def memory_estimate(obj, micro: int, seq_len: int, bytes_per_value: int) -> dict[str, float]:
+    """Bytes of one micro-batch's training state for objective ``obj`` (built, not trained).
+
+    ``state``: fp32 weights + gradients + AdamW moments (16 bytes a parameter); ``activations`` /
+    ``activations_fused``: :func:`pretrain.flops.activation_bytes` with and without the s×s attention
+    matrices; ``logits``: fp32 logits over the primary vocabulary at the fraction of positions the
+    objective declares (``Objective.predicted_fraction``)."""
+    from pretrain.flops import activation_bytes, logits_bytes
+    from pretrain.models import count_parameters
+
+    layers, hidden, heads, _ = obj.ctx.model.dims()
+    return {
+        "state": 16.0 * count_parameters(obj),
+        "activations": activation_bytes(micro, seq_len, hidden, layers, heads, bytes_per_value),
+        "activations_fused": activation_bytes(micro, seq_len, hidden, layers, heads, bytes_per_value,
+                                              attention_matrix=False),
+        "logits": logits_bytes(micro, seq_len, obj.ctx.vocab.padded_size, obj.predicted_fraction()),
+    }
+
+
 def dry_run(cfg) -> int:
     import torch
 
     from pretrain.config import resolve_batch
     from pretrain.data import build_context, shards_root
-    from pretrain.flops import activation_bytes
     from pretrain.models import count_parameters
     from pretrain.objectives.base import build_objective
     from pretrain.trainer import world_size_hint
@@ -43,10 +62,8 @@ def dry_run(cfg) -> int:
     total_tokens = tps * t.steps
     gpu = torch.cuda.is_available()
     act_bytes = 2 if gpu and t.mixed_precision in ("auto", "bf16", "fp16") else 4
-    state = 16 * n  # fp32 weights + grads + AdamW moments
-    act = activation_bytes(micro, cfg.data.seq_len, hidden, layers, heads, act_bytes)
-    act_fused = activation_bytes(micro, cfg.data.seq_len, hidden, layers, heads, act_bytes, attention_matrix=False)
-    logits = micro * cfg.data.seq_len * ctx.vocab.padded_size * 4 * (1.0 if obj.model_type == "decoder" else 0.2)
+    mem = memory_estimate(obj, micro, cfg.data.seq_len, act_bytes)
+    state, act, act_fused, logits = mem["state"], mem["activations"], mem["activations_fused"], mem["logits"]
     shards = shards_root(cfg) / cfg.data.kind
     rows = [
         ["objective", f"{cfg.objective} ({obj.model_type})"],
@@ -61,6 +78,7 @@ def dry_run(cfg) -> int:
         ["FLOPs per token (training)", f"{fpt:.3e}" if fpt else "unknown"],
         ["total FLOPs", f"{fpt * total_tokens:.3e}" if fpt else "unknown"],
         ["memory: weights+grads+AdamW", f"{state / 2**30:.2f} GiB"],
+        ["predicted positions (logits)", f"{obj.predicted_fraction():.0%} of each window"],
         ["memory: activations per micro-batch (est.)",
          f"{(act + logits) / 2**30:.2f} GiB with s×s attention matrices (eager); "
          f"{(act_fused + logits) / 2**30:.2f} GiB with fused SDPA/flash"],

@@ -21,7 +21,7 @@ from pretrain.models import ModelConfig
 @dataclass
 class DataConfig:
     kind: str = "char"  # primary shard / vocabulary kind (``input_ids``)
-    extra_kinds: list[str] = field(default_factory=list)  # more aligned streams (objectives may add theirs)
+    extra_kinds: list[str] = field(default_factory=list)  # more aligned streams; the objective adds the ones it reads (Objective.streams)
     seq_len: int = 128  # window length including the leading [CLS]
     mixing: Optional[dict[str, float]] = None  # per-language / per-source weights, passed to the loader
     shuffle: bool = True

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from pipeline.errors import UserError
 from pretrain.config import PretrainConfig
-from pretrain.objectives.base import ObjectiveContext, VocabInfo, get_objective
+from pretrain.objectives.base import ObjectiveContext, VocabInfo, get_objective, objective_config
 
 SPECIAL_KEYS = ("pad", "unk", "cls", "sep", "mask")
 
@@ -28,10 +28,12 @@ def vocab_root(cfg: PretrainConfig) -> Path:
 
 
 def stream_kinds(cfg: PretrainConfig) -> list[str]:
-    """Extra aligned streams: the config's ``extra_kinds`` plus what the objective declares."""
+    """Extra aligned streams: the config's ``data.extra_kinds`` plus the streams the objective declares
+    for its options (``Objective.streams``), without the primary ``data.kind``."""
     cls = get_objective(cfg.objective)
+    declared = cls.streams(objective_config(cfg.objective, cfg.objective_options))
     kinds: list[str] = []
-    for k in list(cfg.data.extra_kinds) + list(cls.extra_streams):
+    for k in list(cfg.data.extra_kinds) + list(declared):
         if k != cfg.data.kind and k not in kinds:
             kinds.append(k)
     return kinds

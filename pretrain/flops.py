@@ -64,6 +64,14 @@ def mfu(flops_per_token: float, tokens_per_s: float, n_devices: int, peak: float
     return flops_per_token * tokens_per_s / (n_devices * peak)
 
 
+def logits_bytes(micro_batch: int, seq_len: int, vocab: int, predicted_fraction: float,
+                 bytes_per_value: int = 4) -> float:
+    """fp32 logits of one micro-batch: ``b·s·p·V`` values, ``p`` the fraction of positions an objective
+    sends through its vocabulary head (``Objective.predicted_fraction``: 1 for next-token
+    prediction, the masking rate for sparse MLM heads)."""
+    return micro_batch * seq_len * predicted_fraction * vocab * bytes_per_value
+
+
 def activation_bytes(micro_batch: int, seq_len: int, hidden: int, layers: int, heads: int,
                      bytes_per_value: int = 2, attention_matrix: bool = True) -> float:
     """Activation memory of one micro-batch (Korthikanti et al. 2022: ``s·b·h·(34 + 5·a·s/h)`` per layer

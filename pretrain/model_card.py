@@ -16,29 +16,15 @@ from pipeline.log import get_logger
 
 log = get_logger("publish")
 
-# What each objective is, with the honesty notes the card must carry.
-OBJECTIVE_NOTES: dict[str, str] = {
-    "mlm": "BERT masked language modelling with whole-word masking over jieba (HMM off) word "
-           "boundaries, 80/10/10 replacement decided per word.",
-    "ntp": "Plain next-token prediction (causal language modelling) with a Llama-family decoder.",
-    "amber": "AMBERT (Zhang & Li): a fine-grained (character) and a coarse-grained (word/SGT) view "
-             "of the same text through shared Transformer layers with separate embeddings, MLM on "
-             "both views. Implemented from the full paper text.",
-    "hi_mvp": "Hi-MVP, a reconstruction from the MVP-BERT abstract (Zhu, 2021): the method section "
-              "was not available, so the hierarchical design is a documented reading, not the "
-              "paper's verified architecture.",
-    "al_mvp": "AL-MVP, a reconstruction from the MVP-BERT abstract (Zhu, 2021): the method section "
-              "was not available, so the aligned multi-vocabulary design is a documented reading.",
-    "clower": "CLOWER-style (Chen et al., 2022) word/character contrastive learning added to "
-              "whole-word MLM; a reconstruction from the abstract (word view, temperature and "
-              "weights are documented choices, not the paper's values). Ships a plain char BERT.",
-    "ernie_gram": "ERNIE-Gram-style explicitly n-gram MLM (Xiao et al., 2021); lexicon size, n, "
-                  "generator size and loss weights are documented choices (the paper's values "
-                  "were not available). Ships a plain BERT.",
-    "meap": "MEAP (Zhuang et al., 2025): a share of input tokens replaced by [MASK], plain "
-            "next-token prediction on clean targets; no architecture change. [MASK] is suppressed "
-            "at generation.",
-}
+def objective_note(objective: str) -> str:
+    """What objective ``objective`` is, with the honesty notes the card must carry: the objective's
+    own ``card_note`` (``pretrain/objectives/``), looked up by the name the export meta records."""
+    from pretrain.objectives.base import registered
+
+    cls = registered().get(objective)
+    note = cls.card_note if cls is not None else ""
+    return note or f"Objective `{objective}`."
+
 
 PIPELINE_TAG = {"encoder": "fill-mask", "decoder": "text-generation"}
 
@@ -269,7 +255,7 @@ def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpu
                   "and must be fine-tuned before its output means anything."]
     lines += [""]
 
-    lines += ["## Objective", "", OBJECTIVE_NOTES.get(objective, f"Objective `{objective}`.")]
+    lines += ["## Objective", "", objective_note(objective)]
     opts = (pretrain_config or {}).get("objective_options") or {}
     if opts:
         lines += ["", "Objective options: " + ", ".join(f"`{k}={v}`" for k, v in opts.items()) + "."]

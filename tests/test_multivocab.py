@@ -10,11 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrain.objectives.amber import (
-    MaskingOptions, align_views, consistent_mask, propagate_mask, stream,
-)
 from pretrain.objectives.base import build_objective, registered
-from pretrain.objectives.mvp import group_offsets
+from pretrain.objectives.multiview import (
+    MaskingOptions, align_views, consistent_mask, group_offsets, propagate_mask, stream,
+)
 from test_multivocab_data import MASK, context, make_batch, vocab
 
 VARIANTS = [
@@ -264,7 +263,7 @@ def test_al_mvp_a_char_targets_are_read_from_their_own_masked_token(seed):
 
 
 def test_al_mvp_b_same_type_is_not_a_negative():
-    from pretrain.objectives.mvp import align_infonce
+    from pretrain.objectives.al_mvp import align_infonce
 
     torch.manual_seed(0)
     p, q = torch.randn(4, 8), torch.randn(4, 8)

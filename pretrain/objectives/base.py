@@ -14,7 +14,7 @@ Batch contract (what the loader hands to ``collate``), all numpy arrays with a l
 * ``char_len``    int16 [B, T]  characters covered by each token (0 for specials).
 * ``special_mask`` bool [B, T]  ``[CLS]``/``[SEP]``/``[PAD]`` positions (never masked, never targets).
 * ``attention_mask`` int64 [B, T]  1 for real tokens, 0 for padding.
-* For objectives that read a second stream (``extra_streams``), the same keys prefixed with the
+* For objectives that read a second stream (``streams``), the same keys prefixed with the
   stream's kind and a dot (``sgt.input_ids`` [B, T2], ...), covering exactly the same characters as
   the primary window, padded on the right with the second vocabulary's ``[PAD]``. With extra
   streams the loader also gives ``vis_len`` / ``KIND.vis_len`` int16: each token's non-whitespace
@@ -85,6 +85,9 @@ class Objective(nn.Module):
     extra_streams: ClassVar[tuple[str, ...]] = ()  # additional shard kinds read aligned by characters
     # how finetune.encoders loads the export ("hf" = stock AutoModel); written to pretrain_meta.json
     finetune_adapter: ClassVar[str] = "hf"
+    # what the objective is, with the honesty notes the model card must carry (the "Objective"
+    # section of pretrain/model_card.py, looked up by the export meta's objective name)
+    card_note: ClassVar[str] = ""
 
     @dataclass
     class Config:
@@ -94,6 +97,22 @@ class Objective(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.ctx = ctx
+
+    @classmethod
+    def streams(cls, cfg: Any) -> tuple[str, ...]:
+        """The vocabulary kinds (shard streams) the objective reads, given its options ``cfg`` (an
+        instance of its ``Config``). The primary kind (``data.kind``) may be among them; every other
+        one is loaded aligned by characters next to the primary stream, together with the config's
+        ``data.extra_kinds`` (:func:`pretrain.data.stream_kinds`), so configs need not repeat them.
+        Default: ``extra_streams``."""
+        return tuple(cls.extra_streams)
+
+    def predicted_fraction(self) -> float:
+        """Fraction of the primary window's positions at which the objective computes vocabulary
+        logits in one training step (the dry run's logits-memory estimate, ``python -m pretrain
+        --dry-run``). Default 1.0: every position, as next-token prediction does; masked objectives
+        return their masking rate."""
+        return 1.0
 
     def collate(self, batch: dict[str, np.ndarray], generator: torch.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -159,13 +178,17 @@ def registered() -> dict[str, type[Objective]]:
     return dict(_REGISTRY)
 
 
-def build_objective(name: str, options: dict | None, ctx: ObjectiveContext) -> Objective:
-    """Instantiate objective ``name`` with ``options`` checked against its ``Config`` dataclass."""
+def objective_config(name: str, options: dict | None) -> Any:
+    """Objective ``name``'s ``Config`` built from ``options`` (checked: unknown keys, types, ``validate``)."""
     from pipeline.config import _build
 
     cls = get_objective(name)
-    cfg = _build(cls.Config, dict(options or {}), f"objective '{name}' options", prefix="objective_options.")
-    return cls(cfg, ctx)
+    return _build(cls.Config, dict(options or {}), f"objective '{name}' options", prefix="objective_options.")
+
+
+def build_objective(name: str, options: dict | None, ctx: ObjectiveContext) -> Objective:
+    """Instantiate objective ``name`` with ``options`` checked against its ``Config`` dataclass."""
+    return get_objective(name)(objective_config(name, options), ctx)
 
 
 def config_fields(cls: type[Objective]) -> list[str]:

@@ -121,6 +121,9 @@ class Clower(MaskedLM):
     name = "clower"
     model_type = "encoder"
     extra_streams = (WORD_KIND,)
+    card_note = ("CLOWER-style (Chen et al., 2022) word/character contrastive learning added to "
+                 "whole-word MLM; a reconstruction from the abstract (word view, temperature and "
+                 "weights are documented choices, not the paper's values). Ships a plain char BERT.")
 
     @dataclass
     class Config(MaskedLM.Config):

@@ -264,7 +264,9 @@ class ErnieGram(Objective):
 
     name = "ernie_gram"
     model_type = "encoder"
-    extra_streams = ()
+    card_note = ("ERNIE-Gram-style explicitly n-gram MLM (Xiao et al., 2021); lexicon size, n, "
+                 "generator size and loss weights are documented choices (the paper's values "
+                 "were not available). Ships a plain BERT.")
 
     @dataclass
     class Config:
@@ -544,6 +546,14 @@ class ErnieGram(Objective):
 
     def export(self):
         return self.model
+
+    def predicted_fraction(self) -> float:
+        """The masking rate once per enabled vocabulary head (explicit n-gram classifier,
+        comprehensive queries, generator): each predicts at the masked units only. An estimate:
+        the n-gram heads' joint vocabulary is larger than the primary one, and a unit spans
+        several tokens."""
+        heads = int(self.cfg.explicit) + int(self.cfg.comprehensive) + int(self.cfg.generator)
+        return self.cfg.mask_prob * max(1, heads)
 
     def flops_per_token(self) -> float:
         n = sum(p.numel() for n_, p in self.model.bert.named_parameters() if "embeddings" not in n_)

@@ -93,6 +93,9 @@ class Meap(_NtpBase):
     """``ntp`` + in-place ``[MASK]`` on a share of the input positions (training only)."""
 
     name = "meap"
+    card_note = ("MEAP (Zhuang et al., 2025): a share of input tokens replaced by [MASK], plain "
+                 "next-token prediction on clean targets; no architecture change. [MASK] is suppressed "
+                 "at generation.")
     model_type = "decoder"
 
     @dataclass

@@ -106,6 +106,8 @@ def whole_word_mask(input_ids: torch.Tensor, word_start: torch.Tensor, special: 
 @register
 class MaskedLM(Objective):
     name = "mlm"
+    card_note = ("BERT masked language modelling with whole-word masking over jieba (HMM off) word "
+                 "boundaries, 80/10/10 replacement decided per word.")
     model_type = "encoder"
 
     @dataclass
@@ -134,6 +136,10 @@ class MaskedLM(Objective):
         keep[[i for i in special if i < v.size]] = False
         self._random_ids = ids[keep]
         self._pred_frac = cfg.mask_prob  # running fraction of positions sent through the LM head
+
+    def predicted_fraction(self) -> float:
+        """The masking rate: the LM head runs only at the selected positions (sparse head)."""
+        return self.cfg.mask_prob
 
     # ---- data ----------------------------------------------------------------------------------
     def collate(self, batch: dict[str, np.ndarray], generator: torch.Generator) -> dict[str, torch.Tensor]:

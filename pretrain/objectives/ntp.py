@@ -78,6 +78,7 @@ def document_causal_mask(seg: torch.Tensor, attention_mask: torch.Tensor | None 
 @register
 class NextTokenPrediction(Objective):
     name = "ntp"
+    card_note = "Plain next-token prediction (causal language modelling) with a Llama-family decoder."
     model_type = "decoder"
 
     @dataclass

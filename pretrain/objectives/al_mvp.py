@@ -1,26 +1,17 @@
-"""``hi_mvp`` and ``al_mvp``: multi-vocabulary pre-training in the style of MVP-BERT (Zhu, 2021).
+"""``al_mvp``: aligned multi-vocabulary pre-training in the style of MVP-BERT's AL-MVP (Zhu, 2021).
 
-**These are reconstructions, not MVP-BERT.** Only the paper's abstract could be read
+**This is a reconstruction, not MVP-BERT.** Only the paper's abstract could be read
 (``methods.md`` §2): SGT inputs are efficient; Hi-MVP and AL-MVP help most on span-level tasks;
 AL-MVP beats AMBERT and resists adversarial attacks. The designs below are the readings of
 ``methods.md`` §2.2; every choice the abstract leaves open is an option of the ``Config`` classes
 and is listed in ``docs/multivocab.md``. Call the results "MVP-style".
 
-Both read two streams aligned by characters: the ``char`` stream (fine) and the ``sgt`` stream
+It reads two streams aligned by characters: the ``char`` stream (fine) and the ``sgt`` stream
 (coarse), aligned by their *visible* (non-whitespace) character spans
 (:func:`tokenization.align.align_tokens`: the char stream folds a dropped ``\n`` into the next
-token, the SGT stream keeps it as a token); masking is consistent across them (:func:`pretrain.objectives.amber.consistent_mask`:
+token, the SGT stream keeps it as a token); masking is consistent across them (:func:`pretrain.objectives.multiview.consistent_mask`:
 whole SGT words are selected with the engine's whole-word masking, and exactly their characters
 are masked in the char view, with the same 80/10/10 action).
-
-``hi_mvp`` (hierarchical): the lower ``lower_layers`` layers run on the char sequence; the char
-states are pooled (``pooling``: mean or first) into one vector per SGT token; the upper layers run
-on the shorter SGT sequence. Two MLM heads: an SGT-vocabulary head on the upper states and a
-char-vocabulary head on the char states. ``char_head_on: fused`` (default) reads the fused state
-``LayerNorm(lower + W @ upper[its SGT token])``, the same character decoder the span fine-tuning
-uses, so that path is pre-trained; ``lower`` reads the lower-layer states only (the literal
-reading of §2.2). Export: ``HiMvpForMaskedLM`` with its modelling code (trust_remote_code),
-adapter ``hi_mvp``: every character gets the fused state of its char token (+ the offset embedding).
 
 ``al_mvp`` (aligned), two readings (``reading``):
 
@@ -43,6 +34,9 @@ and inference and ships a stock model; reading ``b`` costs two passes, like AMBE
 from ``amber`` only by the alignment term, so ``amber`` vs ``al_mvp`` would measure little beyond
 that term. ``b`` fits the abstract's "compared with AMBERT" at least as well and is one option
 away: ``objective_options.reading=b`` (the evidence recipe trains both).
+
+The two-view helpers (alignment, consistent masking, export plumbing) are in ``multiview.py``;
+``hi_mvp.py`` is the hierarchical variant.
 """
 
 from __future__ import annotations
@@ -58,25 +52,14 @@ from torch import nn
 
 from pretrain.flops import encoder_mlm_flops_per_token
 from pretrain.models import build_encoder, count_parameters
-from pretrain.objectives.amber import (
-    VIEW_PREFIXES, MaskingOptions, MultiVocabExportMixin, ce_sum_count, check_kind, check_positions,
-    consistent_mask, flat_targets, gather_flat, mask_or_none, mean_ce, multivocab_config, random_ids, stream, view_eval_sums,
-    validate_masking, vocab_needs_remote_code, weighted_view_loss,
-)
 from pretrain.objectives.base import Objective, ObjectiveContext, register
+from pretrain.objectives.multiview import (
+    VIEW_PREFIXES, MaskingOptions, MultiVocabExportMixin, ce_sum_count, check_kind, check_positions,
+    consistent_mask, flat_targets, gather_flat, group_offsets, mask_or_none, mean_ce, multivocab_config, random_ids,
+    stream, validate_masking, vocab_needs_remote_code,
+)
 
 CHAR_DECODER_FILE = "char_decoder.safetensors"
-
-
-def group_offsets(first: torch.Tensor) -> torch.Tensor:
-    """Offset of each fine token inside its coarse token (0 for the first one), from ``first`` [B, T]."""
-    B, T = first.shape
-    pos = torch.arange(T).expand(B, T)
-    n = max(T, int(first.max()) + 1 if first.numel() else 0)  # coarse indices may exceed the fine length
-    slot = torch.where(first >= 0, first, torch.full_like(first, n))
-    start = torch.full((B, n + 1), T, dtype=torch.long).scatter_reduce(1, slot, pos, reduce="amin", include_self=True)
-    off = pos - start.gather(1, slot)
-    return torch.where(first >= 0, off, torch.zeros_like(off))
 
 
 def align_infonce(p: torch.Tensor, q: torch.Tensor, type_ids: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -93,110 +76,6 @@ def align_infonce(p: torch.Tensor, q: torch.Tensor, type_ids: torch.Tensor, temp
     sim = sim.masked_fill(same, float("-inf"))
     tgt = torch.arange(sim.shape[0], device=sim.device)
     return 0.5 * (F.cross_entropy(sim, tgt) + F.cross_entropy(sim.t(), tgt))
-
-
-# ---------------------------------------------------------------------------- Hi-MVP
-
-
-@register
-class HiMvp(MultiVocabExportMixin, Objective):
-    name = "hi_mvp"
-    model_type = "encoder"
-    extra_streams = ()  # fine/coarse kinds name the streams; the configs load them via data.extra_kinds
-    finetune_adapter = "hi_mvp"
-
-    @dataclass
-    class Config:
-        fine_kind: str = "char"
-        coarse_kind: str = "sgt"
-        lower_layers: Optional[int] = None  # char-level layers; null = half the layers (at least 1)
-        pooling: Literal["mean", "first"] = "mean"  # char states -> one vector per SGT token
-        char_head_on: Literal["fused", "lower"] = "fused"  # see the module docstring
-        mask_prob: float = 0.15  # fraction of SGT words selected
-        p_mask: float = 0.8
-        p_random: float = 0.1
-        whole_word: bool = True
-        max_ngram: int = 1
-        fine_weight: float = 1.0  # char-vocabulary MLM
-        coarse_weight: float = 1.0  # SGT-vocabulary MLM
-
-        def validate(self) -> None:
-            validate_masking(self)
-            if self.lower_layers is not None and self.lower_layers < 1:
-                raise ValueError("lower_layers must be at least 1")
-
-    def __init__(self, cfg: Config, ctx: ObjectiveContext):
-        super().__init__(cfg, ctx)
-        from pretrain.remote.modeling_multivocab import HiMvpConfig, HiMvpForMaskedLM
-
-        self.fine_vocab = check_kind(ctx, cfg.fine_kind, "fine_kind", self.name)
-        self.coarse_vocab = check_kind(ctx, cfg.coarse_kind, "coarse_kind", self.name)
-        n_layers = ctx.model.dims()[0]
-        lower = cfg.lower_layers if cfg.lower_layers is not None else max(1, n_layers // 2)
-        if lower >= n_layers:
-            from pipeline.errors import UserError
-            raise UserError(f"hi_mvp: lower_layers={lower} must be below the model's {n_layers} layers")
-        conf = multivocab_config(HiMvpConfig, ctx, self.fine_vocab, self.coarse_vocab, lower_layers=lower,
-                                 pooling=cfg.pooling, char_head_on=cfg.char_head_on)
-        self.model = HiMvpForMaskedLM(conf)
-        self._fine_random = random_ids(self.fine_vocab)
-        self._coarse_random = random_ids(self.coarse_vocab)
-        self._masking = MaskingOptions(cfg.mask_prob, cfg.p_mask, cfg.p_random, cfg.whole_word, cfg.max_ngram)
-        self._pred_frac = cfg.mask_prob
-        self._coarse_ratio = 0.7  # running SGT/char length ratio (for FLOPs)
-
-    def collate(self, batch, generator):
-        fine, coarse, m = self._masked_views(batch, generator)
-        out = {"input_ids": m["fine_input"], "coarse_index": m["first"],
-               "coarse_attention_mask": coarse["attention_mask"]}
-        a = mask_or_none(fine["attention_mask"])
-        if a is not None:
-            out["attention_mask"] = a
-        out["fine_pos"], out["fine_labels"] = flat_targets(m["fine_labels"])
-        out["coarse_pos"], out["coarse_labels"] = flat_targets(m["coarse_labels"])
-        n_f = max(1, int(fine["attention_mask"].sum()))
-        self._coarse_ratio = 0.9 * self._coarse_ratio + 0.1 * float(coarse["attention_mask"].sum()) / n_f
-        self._pred_frac = 0.9 * self._pred_frac + 0.1 * out["fine_pos"].numel() / n_f
-        return out
-
-    def _heads(self, batch):
-        out = self.model.hi_mvp(batch["input_ids"], batch.get("attention_mask"), batch["coarse_index"],
-                                batch["coarse_attention_mask"])
-        char_states = out.lower_hidden_state if self.cfg.char_head_on == "lower" else out.char_hidden_state
-        fl = self.model.char_logits(gather_flat(char_states, batch["fine_pos"]))
-        cl = self.model.coarse_logits(gather_flat(out.last_hidden_state, batch["coarse_pos"]))
-        return fl, cl
-
-    def forward(self, batch):
-        fl, cl = self._heads(batch)
-        loss, fine, coarse = weighted_view_loss(fl, cl, batch, self.cfg.fine_weight, self.cfg.coarse_weight)
-        if self.cfg.char_head_on == "lower":
-            # the fused character decoder is not in this loss; a zero term keeps its parameters in the
-            # graph so DDP (no find_unused_parameters) sees a gradient for every parameter
-            hm = self.model.hi_mvp
-            loss = loss + 0.0 * sum(p.sum() for m in (hm.fuse, hm.fuse_norm) for p in m.parameters())
-        return {"loss": loss, "mlm_char": fine.detach(), "mlm_sgt": coarse.detach()}
-
-    @torch.no_grad()
-    def evaluate(self, batch):
-        fl, cl = self._heads(batch)
-        return view_eval_sums(fl, cl, batch)
-
-    # export / export_files: MultiVocabExportMixin
-    def export_meta(self) -> dict:
-        return {**super().export_meta(), "reconstruction": True}
-
-    def flops_per_token(self) -> float:
-        # per char token: lower layers at char length, upper layers at SGT length
-        L, hidden, _, _ = self.ctx.model.dims()
-        lo = self.model.config.lower_layers
-        body = count_parameters(self.model.hi_mvp.char_encoder.encoder) + count_parameters(
-            self.model.hi_mvp.coarse_encoder.encoder)
-        per_layer = body / L
-        T = self.ctx.seq_len
-        r = self._coarse_ratio
-        return (6.0 * per_layer * (lo + (L - lo) * r) + 12.0 * hidden * T * (lo + (L - lo) * r * r)
-                + 6.0 * self._pred_frac * (1 + r) * hidden * (self.fine_vocab.padded_size + hidden))
 
 
 # ---------------------------------------------------------------------------- AL-MVP
@@ -230,7 +109,9 @@ class CharDecoder(nn.Module):
 class AlMvp(MultiVocabExportMixin, Objective):
     name = "al_mvp"
     model_type = "encoder"
-    extra_streams = ()
+    # streams: fine_kind and coarse_kind (MultiVocabExportMixin.streams)
+    card_note = ("AL-MVP, a reconstruction from the MVP-BERT abstract (Zhu, 2021): the method section "
+                 "was not available, so the aligned multi-vocabulary design is a documented reading.")
     finetune_adapter = "al_mvp_char"  # reading b switches to "multivocab_pair" (see finetune_adapter_name)
 
     @dataclass
