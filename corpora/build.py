@@ -35,7 +35,7 @@ from pipeline.config import config_to_dict, save_config
 from pipeline.errors import UserError
 from pipeline.lock import stage_lock
 from pipeline.log import get_logger, print_table, progress
-from pipeline.runs import atomic_dir, atomic_write_json, atomic_write_text
+from pipeline.runs import atomic_dir, atomic_write_text
 
 from corpora import heldout
 from corpora.builtin import LICENCES, PREP
@@ -46,6 +46,7 @@ from corpora.io import RejectedWriter, write_shard
 from corpora.langid import detect
 from corpora.normalize import normalize_text
 from corpora.readers import Quarantine, SourceCounters, read_source
+from corpora.schema import CorpusStats
 from corpora.sentences import sentence_spans
 
 log = get_logger("corpora")
@@ -302,7 +303,7 @@ def _build(cfg: CorpusConfig) -> dict:
             print_summary(stats)
             raise UserError(_nothing_kept_message(stats, out, first_example))
         atomic_write_text(tmp / "summary.txt", summary_text(stats) + "\n")
-        atomic_write_json(tmp / "stats.json", stats)  # last file: marks the corpus complete
+        CorpusStats.from_dict(stats).save(tmp)  # stats.json, last file: marks the corpus complete
     print_summary(stats)
     log.info("corpus written to %s in %.1f s", out, seconds)
     return stats

@@ -52,6 +52,7 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.log import get_logger, print_table, progress
 from pipeline.runs import atomic_write_json, read_json
+from tokenization.schema import ShardMeta
 
 log = get_logger("tokenization")
 
@@ -716,7 +717,7 @@ def write_split_meta(split_dir: Path, kind: str, split: str, spec: KindSpec, voc
         "mixing": {"config": config_to_dict(mixing), "table": mixing_table(groups, mixing) if groups else []},
         "job": fingerprint,
     }
-    atomic_write_json(split_dir / "meta.json", meta)  # last: the split is complete
+    ShardMeta.from_dict(meta).save(split_dir)  # meta.json, last: the split is complete
     job_p = split_dir / ".job.json"
     if job_p.exists():
         job_p.unlink()
