@@ -13,7 +13,8 @@ Rules, the same for every schema:
   :class:`~pipeline.errors.UserError` line naming the file.
 * Unknown keys are **kept** in ``extra`` and written back by ``save()``: a newer producer's file
   still loads in an older consumer and round-trips unchanged; consumers never read ``extra`` for a
-  key the schema declares.
+  key the schema declares. An optional field whose default is ``None`` and whose value is ``None``
+  is left out of the written object (absent and ``null`` load the same).
 * ``save(folder)`` validates the same way (a producer cannot write a file its consumers would
   refuse) and writes atomically (``pipeline.runs.atomic_write_json``), key order = field order.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
@@ -35,7 +37,7 @@ def _check_type(value: Any, tp: Any) -> bool:
     if tp is Any:
         return True
     origin = typing.get_origin(tp)
-    if origin is Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+    if origin in (Union, types.UnionType):
         return any(_check_type(value, a) for a in typing.get_args(tp))
     if tp is type(None):
         return value is None
@@ -93,7 +95,10 @@ class Record:
         return None
 
     def to_dict(self) -> dict:
-        out = {k: getattr(self, k) for k in self.fields()}
+        """The JSON object: declared fields in order (an optional field left at its default
+        ``None`` is omitted, as a producer without that key would write it), then ``extra``."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in _SKIP and not (f.default is None and getattr(self, f.name) is None)}
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out
 

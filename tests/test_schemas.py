@@ -97,6 +97,29 @@ def test_model_card_reads_corpus_stats_written_by_the_corpus_stage(corpus_dir):
     assert lic["license"] == "other"  # the built-in reviews are research-use
     assert "- news: CC0 test" in licence_text(st, lic)
     assert "no corpus statistics" not in card
+    # keys the corpus stage never writes are not guessed at (the card once preferred them)
+    st.extra.update(languages={"xx": {"docs": 1, "chars": 1}}, sources={"ghost": {"docs": 1}},
+                    licenses={"news": "guessed"})
+    card2 = render_card(repo_id="me/x", meta={"objective": "mlm", "model_type": "encoder", "vocab_kind": "char"},
+                        pretrain_config=None, corpus_stats=st, vocab_stats=None, results=None, model_key=None,
+                        n_params=10)
+    assert card2 == card
+
+
+def test_publisher_refuses_malformed_corpus_stats(tiny_hf_run, tmp_path):
+    import shutil
+
+    from pretrain.publish import build_folder
+
+    run = tmp_path / "runs" / "t"
+    shutil.copytree(tiny_hf_run, run, ignore=shutil.ignore_patterns("publish"))
+    p = run / "corpus" / "stats.json"
+    data = json.loads(p.read_text(encoding="utf-8"))
+    name = next(iter(data["by_source"]))
+    del data["by_source"][name]["kept_chars"]
+    p.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(UserError, match=rf"^{p}: by_source\['{name}'\]: missing \['kept_chars'\]"):
+        build_folder(run / "pretrain" / "mlm" / "export", tmp_path / "pub", "me/x")
 
 
 # ---- vocabulary stats, shard meta --------------------------------------------------------------
