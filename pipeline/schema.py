@@ -13,8 +13,9 @@ Rules, the same for every schema:
   :class:`~pipeline.errors.UserError` line naming the file.
 * Unknown keys are **kept** in ``extra`` and written back by ``save()``: a newer producer's file
   still loads in an older consumer and round-trips unchanged; consumers never read ``extra`` for a
-  key the schema declares. An optional field whose default is ``None`` and whose value is ``None``
-  is left out of the written object (absent and ``null`` load the same).
+  key the schema declares. A schema with ``OMIT_NONE`` (vocabulary stats, whose optional fields
+  are kind-specific) leaves optional fields that are ``None`` out of the written object; absent
+  and ``null`` load the same.
 * ``save(folder)`` validates the same way (a producer cannot write a file its consumers would
   refuse) and writes atomically (``pipeline.runs.atomic_write_json``), key order = field order.
 """
@@ -55,6 +56,7 @@ class Record:
     last. Subclasses set ``FILE`` and may override :meth:`check` for nested rules."""
 
     FILE: ClassVar[str] = ""
+    OMIT_NONE: ClassVar[bool] = False  # leave optional fields that are None out of the written object
 
     @classmethod
     def fields(cls) -> list[str]:
@@ -95,10 +97,10 @@ class Record:
         return None
 
     def to_dict(self) -> dict:
-        """The JSON object: declared fields in order (an optional field left at its default
-        ``None`` is omitted, as a producer without that key would write it), then ``extra``."""
+        """The JSON object: declared fields in order, then ``extra``. With ``OMIT_NONE`` an optional
+        field left at its default ``None`` is omitted (kind-specific keys of a vocabulary)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in _SKIP and not (f.default is None and getattr(self, f.name) is None)}
+               if f.name not in _SKIP and not (self.OMIT_NONE and f.default is None and getattr(self, f.name) is None)}
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out
 

@@ -29,6 +29,7 @@ class VocabStats(Record):
     gold-data metrics stay in ``extra``; :meth:`get` reads fields and extras alike."""
 
     FILE = "stats.json"
+    OMIT_NONE = True  # a char vocabulary has no "learner": the key is absent, as before the schema
 
     kind: str
     size: int
