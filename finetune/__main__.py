@@ -20,7 +20,7 @@ from pipeline.cli import add_config_args
 from pipeline.config import dump_config, load_config, save_config
 from pipeline.errors import UserError, main_guard
 from pipeline.log import get_logger, print_table
-from pipeline.runs import check_name, read_json, run_path
+from pipeline.runs import check_name, run_path
 
 log = get_logger("finetune")
 
@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     from finetune.encoders import read_pretrain_meta
     from finetune.kinds.base import get_kind
     from finetune.report import build_results, write_report
+    from finetune.schema import RunResult
     from finetune.tasks import load_task
     from finetune.train import run_seed
     from pretrain.exports import check_folder
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
                 if args.report_only:
                     p = d / "result.json"
                     if p.is_file():
-                        vals.append(read_json(p)["test"])
+                        vals.append(RunResult.load(p).test)
                     continue
                 r = run_seed(d, m["name"], m["dir"], m["random_init"], data, tc, cfg, seed)
                 vals.append(r["test"])

@@ -27,7 +27,6 @@ The exports carry both views' vocabulary folders as flat files ``fine.<name>`` a
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -48,6 +47,7 @@ def load_view_tokenizer(model_dir: str | Path, view: str, trust_remote_code: boo
     (loaded by ``pretrain.exports.load_tokenizer``: the project's own tokenizer class comes from the
     installed package; other code in the files runs only with ``trust_remote_code``)."""
     from pretrain.exports import load_tokenizer
+    from tokenization.schema import VocabStats
 
     model_dir = Path(model_dir)
     prefix = VIEW_PREFIXES[view]
@@ -57,12 +57,8 @@ def load_view_tokenizer(model_dir: str | Path, view: str, trust_remote_code: boo
     with tempfile.TemporaryDirectory(prefix=f"mv-{view}-") as tmp:
         for f in files:
             shutil.copy2(f, Path(tmp) / f.name[len(prefix):])
-        stats = {}
-        if (Path(tmp) / "stats.json").is_file():
-            try:
-                stats = json.loads((Path(tmp) / "stats.json").read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{model_dir / (prefix + 'stats.json')}: line {e.lineno}: not valid JSON") from None
+        stats_p = model_dir / (prefix + "stats.json")  # the view's vocabulary stats (VocabStats)
+        stats = VocabStats.load(stats_p).to_dict() if stats_p.is_file() else {}
         tok = load_tokenizer(tmp, trust_remote_code=trust_remote_code, label=f"{model_dir} ({view} view)")
     return tok, stats
 

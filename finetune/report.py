@@ -17,7 +17,8 @@ import math
 from pathlib import Path
 
 from pipeline.log import format_table, get_logger
-from pipeline.runs import atomic_write_json, atomic_write_text
+from finetune.schema import FinetuneResults
+from pipeline.runs import atomic_write_text
 
 log = get_logger("finetune")
 
@@ -230,5 +231,5 @@ def write_report(report_dir: Path, res: dict, task_info: dict[str, dict], cfg_te
         md.append(f"- `{name}`: `{m['dir']}`{' (random init)' if m['random_init'] else ''}")
     md += ["", "## Config", "", "```yaml", cfg_text.rstrip(), "```", ""]
     atomic_write_text(report_dir / "report.md", "\n".join(md))
-    atomic_write_json(report_dir / "results.json", res)  # written last: marks the report complete
+    FinetuneResults.from_dict(res).save(report_dir)  # results.json, written last: marks the report complete
     return table

@@ -25,6 +25,7 @@ from torch import nn
 from finetune.config import FinetuneConfig
 from finetune.encoders import load_encoder
 from finetune.kinds.base import KindOptions, TaskData, get_kind
+from finetune.schema import RunResult
 from finetune.tasks import TaskConfig
 from pipeline.log import get_logger, progress
 from pipeline.runs import atomic_write_json, read_json
@@ -165,10 +166,10 @@ def run_seed(out_dir: Path, model_name: str, model_dir: str, random_init: bool, 
     fp = settings_fingerprint(tcfg, cfg, random_init)
     res_path = out_dir / "result.json"
     if res_path.is_file():
-        done = read_json(res_path)
-        if done.get("fingerprint") == fp:
+        done = RunResult.load(res_path)
+        if done.fingerprint == fp:
             log.info("%s / %s / seed %d: done, skipped", model_name, task.name, seed)
-            return done
+            return done.to_dict()
         log.info("%s / %s / seed %d: settings changed, re-running", model_name, task.name, seed)
     grid = []
     kind_cls = get_kind(task.kind)
@@ -191,5 +192,5 @@ def run_seed(out_dir: Path, model_name: str, model_dir: str, random_init: bool, 
               "chosen": {"lr": chosen["lr"], "epochs": chosen["epochs"], "best_epoch": chosen["best_epoch"]},
               "grid": [{k: g[k] for k in ("lr", "epochs", "dev", "test", "best_epoch", "seconds")} for g in grid],
               "fingerprint": fp}
-    atomic_write_json(res_path, result)
+    RunResult.from_dict(result).save(out_dir)  # result.json
     return result

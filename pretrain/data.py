@@ -8,7 +8,6 @@ so the loader position follows from the optimizer step alone.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,19 +39,9 @@ def stream_kinds(cfg: PretrainConfig) -> list[str]:
 
 
 def _read_vocab_meta(path: Path) -> dict:
-    try:
-        from tokenization.vocab import load_vocab_meta
-    except ImportError:  # the tokenization stage not installed: read stats.json directly (same file)
-        load_vocab_meta = None
-    if load_vocab_meta is not None:
-        return load_vocab_meta(path)
-    f = path / "stats.json"
-    if not f.is_file():
-        raise UserError(f"vocabulary not found: {f} (build it first: make vocab)")
-    try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{f}: not valid JSON: {e}") from None
+    from tokenization.schema import VocabStats
+
+    return VocabStats.load(path).to_dict()
 
 
 def vocab_info(kind: str, path: Path, meta: dict | None = None) -> VocabInfo:

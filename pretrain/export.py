@@ -14,7 +14,6 @@ Reading an export is ``pretrain.exports.load_export`` (model, tokenizer, special
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import UserError
 from pipeline.runs import atomic_dir
 from pretrain.exports import ExportMeta, load_export  # noqa: F401  (load_export: the reader side)
 from pretrain.objectives.base import Objective, ObjectiveContext
@@ -46,10 +46,11 @@ def tokenizer_files(vocab_dir: str | Path) -> list[Path]:
 
 
 def _vocab_trust_remote_code(vocab_dir: str | Path) -> bool:
-    f = Path(vocab_dir) / "stats.json"
+    from tokenization.schema import VocabStats
+
     try:
-        return bool(json.loads(f.read_text(encoding="utf-8")).get("trust_remote_code", False))
-    except (OSError, json.JSONDecodeError):
+        return VocabStats.load(vocab_dir).trust_remote_code
+    except (OSError, UserError):  # no or unreadable stats: the folder is not a pipeline vocabulary
         return False
 
 

@@ -8,11 +8,17 @@ was never fine-tuned, say) the card says so plainly instead of printing a placeh
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from corpora.schema import CorpusStats
+from tokenization.schema import VocabStats
+
 from pipeline.log import get_logger
+
+if TYPE_CHECKING:  # publishing runs after fine-tuning; pretrain does not import finetune at runtime
+    from finetune.schema import FinetuneResults
 
 log = get_logger("publish")
 
@@ -46,35 +52,19 @@ BUILTIN_TEXT = {
     "english": "English Python documentation",
 }
 
-def _langs(corpus_stats: dict | None) -> list[str]:
-    if not corpus_stats:
-        return ["zh"]
-    by_lang = corpus_stats.get("languages") or corpus_stats.get("by_lang") or {}
-    langs = [k for k in by_lang if k not in ("other", "und")]
-    return sorted(langs) or ["zh"]
+def _langs(corpus_stats: CorpusStats | None) -> list[str]:
+    return (corpus_stats.languages if corpus_stats else []) or ["zh"]
 
 
-def _sources(corpus_stats: dict | None) -> dict[str, dict]:
-    if not corpus_stats:
-        return {}
-    src = corpus_stats.get("sources") or corpus_stats.get("by_source") or {}
-    return src if isinstance(src, dict) else {}
+def _sources(corpus_stats: CorpusStats | None) -> dict[str, dict]:
+    return corpus_stats.by_source if corpus_stats else {}
 
 
-def _licences(corpus_stats: dict | None) -> dict[str, str]:
-    out = {}
-    lic = (corpus_stats or {}).get("licences") or (corpus_stats or {}).get("licenses") or {}
-    if isinstance(lic, dict):
-        out.update({k: str(v) for k, v in lic.items()})
-    for name, s in _sources(corpus_stats).items():
-        if isinstance(s, dict):
-            for key in ("licence", "license"):
-                if s.get(key):
-                    out.setdefault(name, str(s[key]))
-    return out
+def _licences(corpus_stats: CorpusStats | None) -> dict[str, str]:
+    return corpus_stats.source_licences if corpus_stats else {}
 
 
-def card_license(corpus_stats: dict | None, requested: str | None) -> dict[str, str]:
+def card_license(corpus_stats: CorpusStats | None, requested: str | None) -> dict[str, str]:
     """Front-matter licence keys. Research-use corpora make the weights research-use too."""
     if requested:
         return {"license": requested}
@@ -84,7 +74,7 @@ def card_license(corpus_stats: dict | None, requested: str | None) -> dict[str, 
     return {"license": "apache-2.0"}
 
 
-def licence_text(corpus_stats: dict | None, front: dict) -> str:
+def licence_text(corpus_stats: CorpusStats | None, front: dict) -> str:
     """The LICENSE file published next to a card whose licence is ``other``."""
     lines = [f"Licence of this model: {front.get('license_name', front.get('license'))}", "",
              "The weights were trained on the corpora below. Some are available for research use only, "
@@ -108,18 +98,16 @@ def _task_datasets(finetune_config: dict | None) -> dict[str, dict]:
     return out
 
 
-def eval_results(results: dict | None, model_key: str | None, finetune_config: dict | None = None) -> list:
+def eval_results(results: FinetuneResults | None, model_key: str | None, finetune_config: dict | None = None) -> list:
     """``huggingface_hub.EvalResult`` per fine-tuning task, values equal to results.json's means."""
     from huggingface_hub import EvalResult
 
-    if not results or not model_key or model_key not in results.get("models", {}):
+    if not results or not model_key or model_key not in results.models:
         return []
     out = []
-    tasks = results.get("tasks", {})
-    seeds = results.get("seeds") or []
     hub = _task_datasets(finetune_config)
-    for task, r in results["models"][model_key].get("results", {}).items():
-        info = tasks.get(task, {})
+    for task, r in results.models[model_key]["results"].items():
+        info = results.tasks.get(task, {})
         kind = info.get("kind", "")
         if kind not in TASK_TYPES:
             log.warning("results.json: task %r has kind %r, not one of %s: left out of model-index "
@@ -127,7 +115,7 @@ def eval_results(results: dict | None, model_key: str | None, finetune_config: d
             continue
         metric = info.get("metric", "")
         ds = hub.get(task, {})
-        n = len(r.get("values", [])) or len(seeds)
+        n = len(r["values"]) or len(results.seeds)
         out.append(EvalResult(
             task_type=TASK_TYPES[kind], task_name=f"{task} ({kind})",
             dataset_type=ds.get("type", task), dataset_name=task, dataset_config=ds.get("config"),
@@ -137,7 +125,7 @@ def eval_results(results: dict | None, model_key: str | None, finetune_config: d
     return out
 
 
-def model_index(name: str, results: dict | None, model_key: str | None,
+def model_index(name: str, results: FinetuneResults | None, model_key: str | None,
                 finetune_config: dict | None = None) -> list[dict]:
     """The ``model-index`` block as the Hub writes it (kept for callers that want the plain dict)."""
     from huggingface_hub.repocard_data import eval_results_to_model_index
@@ -146,37 +134,29 @@ def model_index(name: str, results: dict | None, model_key: str | None,
     return eval_results_to_model_index(name, ev) if ev else []
 
 
-def _hub_datasets(corpus_stats: dict | None) -> list[str]:
+def _hub_datasets(corpus_stats: CorpusStats | None) -> list[str]:
     """Hub dataset ids of the pre-training corpus: the ``hf`` sources of the corpus config."""
-    srcs = ((corpus_stats or {}).get("config") or {}).get("sources") or []
-    return sorted({s["name"] for s in srcs if isinstance(s, dict) and s.get("type") == "hf" and s.get("name")})
+    return corpus_stats.hub_datasets if corpus_stats else []
 
 
-def corpus_description(corpus_stats: dict | None) -> list[str]:
+def corpus_description(corpus_stats: CorpusStats | None) -> list[str]:
     """One sentence per source, from what the corpus stage recorded (type, kept documents/characters)."""
     lines = []
     for name, s in sorted(_sources(corpus_stats).items()):
-        s = s if isinstance(s, dict) else {}
-        typ = str(s.get("type", ""))
+        typ = str(s["type"])
         if typ.startswith("builtin:"):
             what = BUILTIN_TEXT.get(typ.split(":", 1)[1], f"the built-in source {typ.split(':', 1)[1]}")
         elif typ == "hf":
             what = "a Hugging Face dataset"
         else:
             what = f"user-supplied {typ or 'local'} files"
-        lines.append(f"- `{name}`: {what}; {_fmt_int(s.get('kept_docs', s.get('docs', 0)))} documents, "
-                     f"{_fmt_int(s.get('kept_chars', s.get('chars', 0)))} characters kept.")
+        lines.append(f"- `{name}`: {what}; {_fmt_int(s['kept_docs'])} documents, "
+                     f"{_fmt_int(s['kept_chars'])} characters kept.")
     return lines
 
 
-def _total_chars(corpus_stats: dict | None) -> int | None:
-    t = (corpus_stats or {}).get("totals") or {}
-    if "kept_chars" in t:
-        return int(t["kept_chars"])
-    srcs = _sources(corpus_stats)
-    if srcs:
-        return sum(int((s or {}).get("kept_chars", (s or {}).get("chars", 0)) or 0) for s in srcs.values())
-    return None
+def _total_chars(corpus_stats: CorpusStats | None) -> int | None:
+    return int(corpus_stats.totals["kept_chars"]) if corpus_stats else None
 
 
 def _fmt_int(n: Any) -> str:
@@ -186,15 +166,13 @@ def _fmt_int(n: Any) -> str:
         return str(n)
 
 
-def _count_cells(s: Any) -> str:
-    """``documents | characters`` table cells of one source / language entry of the corpus stats."""
-    s = s if isinstance(s, dict) else {}
-    return (f"{_fmt_int(s.get('kept_docs', s.get('docs', s.get('documents', '-'))))} | "
-            f"{_fmt_int(s.get('kept_chars', s.get('chars', s.get('characters', '-'))))}")
+def _count_cells(docs: int, chars: int) -> str:
+    """``documents | characters`` table cells of one source / language of the corpus stats."""
+    return f"{_fmt_int(docs)} | {_fmt_int(chars)}"
 
 
-def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpus_stats: dict | None,
-                vocab_stats: dict | None, results: dict | None, model_key: str | None,
+def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpus_stats: CorpusStats | None,
+                vocab_stats: VocabStats | None, results: FinetuneResults | None, model_key: str | None,
                 n_params: int, license: str | None = None, files: list[str] | None = None,
                 tokenizer_notes: list[str] | None = None, finetune_config: dict | None = None,
                 config: dict | None = None) -> str:
@@ -282,22 +260,22 @@ def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpu
     lines += ["| | |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows] + [""]
 
     lines += ["## Vocabulary", ""]
-    vs = vocab_stats or {}
-    seg = vs.get("segmenter") or {}
+    vs = vocab_stats
+    seg = (vs.segmenter if vs else None) or {}
     seg_txt = (f"{seg.get('backend', 'rjieba')} with jieba semantics, HMM {'on' if seg.get('hmm') else 'off'}"
-               if isinstance(seg, dict) and seg else "jieba semantics (HMM off)")
+               if seg else "jieba semantics (HMM off)")
     lines += [
-        f"- kind: `{meta.get('vocab_kind', vs.get('kind', '-'))}`"
-        + (f" (learner `{vs['learner']}`)" if vs.get("learner") else ""),
-        f"- size: {_fmt_int(vs.get('size', '-'))}",
+        f"- kind: `{meta.get('vocab_kind', vs.kind if vs else '-')}`"
+        + (f" (learner `{vs.learner}`)" if vs and vs.learner else ""),
+        f"- size: {_fmt_int(vs.size if vs else '-')}",
         f"- segmenter: {seg_txt}",
     ]
-    if "lowercase" in vs:
-        lines.append(f"- lower-cased: {'yes (generated and decoded text is lower-case)' if vs['lowercase'] else 'no'}")
-    if "tokens_per_char" in vs and vs["tokens_per_char"] is not None:
-        lines.append(f"- tokens per character on the validation split: {float(vs['tokens_per_char']):.3f}")
-    norm = vs.get("normalizer")
-    if isinstance(norm, dict):
+    if vs and vs.lowercase is not None:
+        lines.append(f"- lower-cased: {'yes (generated and decoded text is lower-case)' if vs.lowercase else 'no'}")
+    if vs and vs.tokens_per_char is not None:
+        lines.append(f"- tokens per character on the validation split: {float(vs.tokens_per_char):.3f}")
+    norm = vs.normalizer if vs else None
+    if norm:
         lines.append(f"- the tokenizer normalises raw text as the corpus stage did (Unicode {norm.get('unicode_form')}, "
                      f"full-width folding `{norm.get('fullwidth')}`, control characters "
                      f"{'removed' if norm.get('remove_control') else 'kept'}, whitespace "
@@ -313,13 +291,13 @@ def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpu
         lines += corpus_description(corpus_stats) + [""]
         lines += ["| source | documents | characters | licence |", "|---|---|---|---|"]
         for src, st in sorted(srcs.items()):
-            lines.append(f"| {src} | {_count_cells(st)} | {licn.get(src, '-')} |")
+            lines.append(f"| {src} | {_count_cells(st['kept_docs'], st['kept_chars'])} | {licn.get(src, '-')} |")
         lines += [""]
-        langs = (corpus_stats or {}).get("languages") or (corpus_stats or {}).get("by_lang") or {}
-        if isinstance(langs, dict) and langs:
+        langs = corpus_stats.by_lang
+        if langs:
             lines += ["| language | documents | characters |", "|---|---|---|"]
             for lg, st in sorted(langs.items()):
-                lines.append(f"| {lg} | {_count_cells(st)} |")
+                lines.append(f"| {lg} | {_count_cells(st['docs'], st['chars'])} |")
             lines += [""]
         lines += ["Texts used as fine-tuning dev/test sets were excluded from pre-training by the "
                   "pipeline's shared held-out rule (`corpora/heldout.py`).", ""]
@@ -327,16 +305,16 @@ def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpu
         lines += ["The run folder holds no corpus statistics for this model.", ""]
 
     lines += ["## Evaluation", ""]
-    if results and model_key in results.get("models", {}):
-        seeds = results.get("seeds") or []
-        r = results["models"][model_key].get("results", {})
+    if results and model_key in results.models:
+        seeds = results.seeds
+        r = results.models[model_key]["results"]
         lines += [f"Fine-tuned by the pipeline's suite with {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
                   "mean ± standard deviation (max) of the test metric, in %.", "",
                   "| task | kind | metric | mean ± std | max |", "|---|---|---|---|---|"]
         for task, v in r.items():
-            info = results.get("tasks", {}).get(task, {})
+            info = results.tasks.get(task, {})
             lines.append(f"| {task} | {info.get('kind', '-')} | {METRIC_IDS.get(info.get('metric'), info.get('metric', '-'))} "
-                         f"| {v['mean']:.2f} ± {v.get('std', 0.0):.2f} | {v.get('max', v['mean']):.2f} |")
+                         f"| {v['mean']:.2f} ± {v['std']:.2f} | {v['max']:.2f} |")
         lines += [""]
     else:
         lines += ["This model has not been through the fine-tuning suite; no downstream scores are claimed.", ""]
@@ -357,16 +335,16 @@ def render_card(*, repo_id: str, meta: dict, pretrain_config: dict | None, corpu
     elif meta.get("vocab_kind") == "char":
         lines.append("- Inputs are tokenized one token per CJK character (WordPiece for other scripts); characters "
                      "outside the vocabulary become `[UNK]`.")
-    kinds = [str((st or {}).get("type", "")) for st in srcs.values()]
+    kinds = [str(st["type"]) for st in srcs.values()]
     biased = [BUILTIN_TEXT[k.split(":", 1)[1]] for k in kinds if k.startswith("builtin:") and k.split(":", 1)[1] in BUILTIN_TEXT]
     if biased:
         lines.append("- The corpus carries the topics, period and biases of its sources: " + "; ".join(biased) + ".")
     elif srcs:
         lines.append("- The corpus carries the topics and biases of its sources (listed above).")
-    langs = (corpus_stats or {}).get("by_lang") or (corpus_stats or {}).get("languages") or {}
-    if isinstance(langs, dict) and langs:
-        tot = sum(int((v or {}).get("chars", 0) or 0) for v in langs.values()) or 1
-        share = ", ".join(f"{k} {100 * int((v or {}).get('chars', 0) or 0) / tot:.0f}%" for k, v in sorted(langs.items()))
+    langs = corpus_stats.by_lang if corpus_stats else {}
+    if langs:
+        tot = sum(v["chars"] for v in langs.values()) or 1
+        share = ", ".join(f"{k} {100 * v['chars'] / tot:.0f}%" for k, v in sorted(langs.items()))
         lines.append(f"- Language mix of the corpus (characters): {share}; other languages are out of scope.")
     lines += [""]
     if files:

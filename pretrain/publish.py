@@ -208,25 +208,18 @@ def run_root_of(export: Path) -> Path | None:
     return None
 
 
-def locate_results(export: Path, explicit: Path | None) -> tuple[dict | None, str | None]:
+def locate_results(export: Path, explicit: Path | None) -> tuple["FinetuneResults | None", str | None]:
     """The fine-tuning ``results.json`` and this model's key in it."""
     candidates = [explicit] if explicit else []
     root = run_root_of(export)
     if root is not None:
         candidates.append(root / "finetune" / "report" / "results.json")
+    from finetune.schema import FinetuneResults  # publishing reads the fine-tuning stage's output
+
     for c in candidates:
         if c and c.is_file():
-            res = read_json(c)
-            for key, m in res.get("models", {}).items():
-                if m.get("random_init"):
-                    continue
-                d = m.get("dir")
-                if d and Path(d).resolve() == export.resolve():
-                    return res, key
-            name = export.parent.name
-            if name in res.get("models", {}):
-                return res, name
-            return res, None
+            res = FinetuneResults.load(c)
+            return res, res.model_key(export)
     return None, None
 
 
@@ -236,6 +229,8 @@ def build_folder(export: Path, out: Path, repo_id: str | None = None, results_pa
     repo the folder will be pushed to; without one the card's snippets name the folder's path."""
     if not repo_id:
         repo_id = str(out)
+    from corpora.schema import CorpusStats
+    from tokenization.schema import VocabStats
     from pretrain.model_card import card_license, licence_text, render_card
 
     refuse_pickles(export)
@@ -244,11 +239,9 @@ def build_folder(export: Path, out: Path, repo_id: str | None = None, results_pa
     run_dir = export.parent
     root = run_root_of(export)
     pre_cfg = _maybe_yaml(run_dir / "config.yaml")
-    corpus_stats = _maybe_json(root / "corpus" / "stats.json") if root else None
-    vocab_stats = None
+    corpus_stats = CorpusStats.load_if_present(root / "corpus") if root else None
     vp = meta.get("vocab_path")
-    if vp and (Path(vp) / "stats.json").is_file():
-        vocab_stats = read_json(Path(vp) / "stats.json")
+    vocab_stats = VocabStats.load_if_present(Path(vp)) if vp else None
     results, key = locate_results(export, results_path)
     finetune_cfg = None
     if results is not None:
@@ -270,15 +263,13 @@ def build_folder(export: Path, out: Path, repo_id: str | None = None, results_pa
             shutil.copy2(run_dir / "config.yaml", tmp / "pretrain_config.yaml")
             copied.append("pretrain_config.yaml")
         if corpus_stats is not None:
-            (tmp / "corpus_stats.json").write_text(json.dumps(corpus_stats, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            corpus_stats.save(tmp, "corpus_stats.json")
             copied.append("corpus_stats.json")
         if vocab_stats is not None:
-            (tmp / "vocab_stats.json").write_text(json.dumps(vocab_stats, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            vocab_stats.save(tmp, "vocab_stats.json")
             copied.append("vocab_stats.json")
         if results is not None and key is not None:
-            sub = {k: v for k, v in results.items() if k != "models"}
-            sub["models"] = {key: results["models"][key]}
-            (tmp / "eval_results.json").write_text(json.dumps(sub, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            results.only(key).save(tmp, "eval_results.json")
             copied.append("eval_results.json")
         lic = card_license(corpus_stats, license)
         written_extra = ["README.md"] + (["LICENSE"] if lic.get("license_link") == "LICENSE" else [])

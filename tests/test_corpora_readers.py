@@ -116,19 +116,20 @@ def test_builtin_sources(name):
         assert docs[0].startswith("当希望工程救助的百万儿童成长起来") and " " not in docs[0]
 
 
-def test_bmes_blocks_match_read_bmes(tmp_path):
-    from corpora.builtin import _blocks, bmes_text, read_bmes
+def test_bmes_blocks_match_read_msra(tmp_path):
+    from corpora.builtin import PREP, _blocks
+    from corpora.labelled import read_msra
 
     p = tmp_path / "ner.txt"
     p.write_bytes("甲 B-PER\r\n乙 E-PER\r\n\r\n丙 O\r\n\r\n\r\n丁 S-LOC\r\n".encode())
-    expect = [(start, "".join(c for c, _ in sent)) for start, sent in read_bmes(p)]
-    assert [(start, bmes_text(b)) for start, b in _blocks(p, piece=5)] == expect == [(1, "甲乙"), (4, "丙"), (7, "丁")]
+    expect = [(s.lineno, s.text) for s in read_msra(p)]
+    assert [(start, PREP["bmes"](b)) for start, b in _blocks(p, piece=5)] == expect == [(1, "甲乙"), (4, "丙"), (7, "丁")]
 
 
 def test_pd1998_tag_stripping():
-    from corpora.builtin import pd1998_raw_text
+    from corpora.builtin import PREP
 
-    assert pd1998_raw_text("迈向/v  充满/v  希望/n  的/u  [中国/ns  政府/n]nt  １/m  张/q  ）/w") == "迈向充满希望的中国政府１张）"
+    assert PREP["pd1998"]("迈向/v  充满/v  希望/n  的/u  [中国/ns  政府/n]nt  １/m  张/q  ）/w") == "迈向充满希望的中国政府１张）"
 
 
 # ------------------------------------------------------------------------------------ bad input

@@ -184,27 +184,32 @@ def test_missing_files_and_bad_tsv(tmp_path):
         load_task(TaskConfig(name="afqmc"))
 
 
-def test_msra_reader_errors(tmp_path):
+def test_msra_reader_skips_malformed_sentences_with_a_count(tmp_path):
+    """corpora.labelled's rule: a sentence that does not parse is skipped whole and counted."""
+    from corpora.labelled import Skipped
     from finetune.tasks.builtin import read_bmes
 
     p = tmp_path / "msra.txt"
-    p.write_text("中 B-LOC\r\n国 E-LOC\r\n\r\n人 O\r\n民 X-PER\r\n", encoding="utf-8")
-    with pytest.raises(UserError, match=f"{p}:5: unknown tag 'X-PER'"):
-        read_bmes(p)
+    p.write_text("中 B-LOC\r\n国 E-LOC\r\n\r\n人 O\r\n民 X-PER\r\n\r\n好 O\r\n", encoding="utf-8")
+    sk = Skipped()
+    assert read_bmes(p, sk) == [("中国", ["B-LOC", "E-LOC"]), ("好", ["O"])]
+    assert sk.n == 1 and sk.examples == [f"{p}:5: unknown tag 'X-PER'; expected one of O, B-PER, M-PER, E-PER, S-PER, "
+                                         "B-LOC, M-LOC, E-LOC, S-LOC, B-ORG, M-ORG, E-ORG, S-ORG"]
     p.write_text("中 B-LOC\r\n国\r\n", encoding="utf-8")
-    with pytest.raises(UserError, match=f"{p}:2: expected 'CHAR TAG'"):
-        read_bmes(p)
-    p.write_text("中 B-LOC\r\n国 E-LOC\r\n\r\n人 O\r\n", encoding="utf-8")
-    assert read_bmes(p) == [("中国", ["B-LOC", "E-LOC"]), ("人", ["O"])]
+    sk = Skipped()
+    assert read_bmes(p, sk) == [] and sk.n == 1 and sk.examples[0].startswith(f"{p}:2: expected 'CHAR TAG'")
 
 
-def test_pd_reader_errors(tmp_path):
+def test_pd_reader_skips_malformed_lines_with_a_count(tmp_path):
+    from corpora.labelled import Skipped
     from finetune.tasks.builtin import read_pd
 
     p = tmp_path / "pd.txt"
-    p.write_text("迈向/v  充满/v\n\n希望 /n\n", encoding="utf-8")
-    with pytest.raises(UserError, match=f"{p}:3: malformed token '希望'"):
-        read_pd(p)
+    p.write_text("迈向/v  充满/v\n\n希望 /n\n[中国/ns  政府/n]nt\n", encoding="utf-8")
+    sk = Skipped()
+    assert read_pd(p, sk) == [(1, [("迈向", "v"), ("充满", "v")]), (4, [("中国", "ns"), ("政府", "n")])]
+    assert sk.n == 1 and sk.examples == [f"{p}:3: malformed token '希望' (expected WORD/POS)"]
+    assert sk.info() == {"malformed_skipped": 1, "malformed_examples": sk.examples}
 
 
 def _need(pkg):

@@ -39,9 +39,10 @@ def _make_vocab(d: Path, kind: str, units: list[str], pattern: str) -> int:
                                    sep_token="[SEP]", mask_token="[MASK]")
     d.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(d)
-    (d / "stats.json").write_text(json.dumps({
-        "kind": kind, "size": len(vocab), "special_tokens": {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4},
-        "tokens_per_char": 1.0, "trust_remote_code": False}), encoding="utf-8")
+    from tokenization.schema import VocabStats
+
+    VocabStats(kind=kind, size=len(vocab), special_tokens={"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4},
+               tokens_per_char=1.0).save(d)
     return len(vocab)
 
 

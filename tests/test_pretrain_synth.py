@@ -7,7 +7,6 @@ The data is a Markov chain over a small lexicon of 1-3-token "words", so a tiny 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +29,10 @@ def make_vocab(root: Path, kind: str = "char") -> Path:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                             sep_token="[SEP]", mask_token="[MASK]").save_pretrained(d)
-    stats = {"kind": kind, "size": VOCAB_SIZE, "trust_remote_code": False, "tokens_per_char": 1.0,
-             "special_tokens": {"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK}}
-    (d / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+    from tokenization.schema import VocabStats
+
+    VocabStats(kind=kind, size=VOCAB_SIZE, tokens_per_char=1.0,
+               special_tokens={"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK}).save(d)
     return d
 
 

@@ -222,10 +222,11 @@ def test_sharded_weights_publish_with_their_index(tmp_path, tiny_hf_run):
 
 def test_task_kind_the_card_does_not_know_is_left_out_of_model_index():
     from finetune.report import build_results
+    from finetune.schema import FinetuneResults
     from pretrain.model_card import eval_results
 
     models = [{"name": "m", "dir": "x", "random_init": False}]
     tasks = {"sentiment": {"metric": "acc", "kind": "classification"}, "odd": {"metric": "mse", "kind": "regression"}}
     res = build_results(models, tasks, [1], "m", {("m", "sentiment"): [80.0], ("m", "odd"): [1.0]})
-    ev = eval_results(res, "m")
+    ev = eval_results(FinetuneResults.from_dict(res), "m")
     assert [(e.dataset_name, e.task_type, e.metric_type) for e in ev] == [("sentiment", "text-classification", "accuracy")]

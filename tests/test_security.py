@@ -180,7 +180,7 @@ def test_edited_project_file_is_foreign_code(amber_export, tmp_path, marker):
 def test_segmented_tokenizer_loads_from_the_package(tmp_path):
     """An SGT vocabulary folder (``tokenization_segmented.py`` + ``auto_map``) loads without the
     flag through the installed class, with the pipeline's own ids."""
-    from pipeline.runs import atomic_write_json
+    from tokenization.schema import VocabStats
     from tokenization.segment import Segmenter
     from tokenization.vocab import SPECIAL_IDS, attach_spaces, learn_sgt, load_token_encoder, save_segmented_folder
 
@@ -193,8 +193,7 @@ def test_segmented_tokenizer_loads_from_the_package(tmp_path):
     tk = learn_sgt(units, chars, "wp", 120, min_char_count=1)
     d = tmp_path / "sgt"
     save_segmented_folder(tk, d, seg, word_fallback=False)
-    atomic_write_json(d / "stats.json", {"kind": "sgt", "size": tk.get_vocab_size(), "special_tokens": SPECIAL_IDS,
-                                         "tokens_per_char": None, "trust_remote_code": True})
+    VocabStats(kind="sgt", size=tk.get_vocab_size(), special_tokens=SPECIAL_IDS, trust_remote_code=True).save(d)
     tok = load_tokenizer(d)
     assert type(tok).__module__ == "tokenization.remote.tokenization_segmented"
     enc = load_token_encoder(d)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from corpora.normalize import normalize_text
-from pipeline.runs import atomic_write_json
 from test_shards_helpers import real_texts
+from tokenization.schema import VocabStats
 from tokenization.segment import Segmenter
 from tokenization.vocab import SPECIAL_IDS, attach_spaces, learn_sgt, load_token_encoder, save_segmented_folder
 
@@ -28,8 +28,7 @@ def _build(tmp_path, learner, marker):
     tk = learn_sgt(units, chars, learner, 1500, min_char_count=2, word_start_marker=marker)
     d = tmp_path / f"{learner}-{marker}"
     save_segmented_folder(tk, d, seg, word_fallback=False)
-    atomic_write_json(d / "stats.json", {"kind": "sgt", "size": tk.get_vocab_size(), "special_tokens": SPECIAL_IDS,
-                                         "tokens_per_char": None, "trust_remote_code": True})
+    VocabStats(kind="sgt", size=tk.get_vocab_size(), special_tokens=SPECIAL_IDS, trust_remote_code=True).save(d)
     return d, seg, texts
 
 

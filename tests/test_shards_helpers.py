@@ -16,7 +16,6 @@ from pathlib import Path
 
 from corpora.io import write_shard
 from pipeline.config import load_config
-from pipeline.runs import atomic_write_json
 
 # hand-written hard cases (not corpus text): Latin words, digits, URLs, mixed scripts, Traditional
 HARD = [
@@ -60,7 +59,33 @@ def write_corpus(run_dir: Path, train: list[dict], valid: list[dict], n_train_sh
     for i in range(n_train_shards):
         write_shard(run_dir / "corpus" / "train" / f"shard-{i:05d}.jsonl.zst", train[i::n_train_shards])
     write_shard(run_dir / "corpus" / "valid" / "shard-00000.jsonl.zst", valid)
-    atomic_write_json(run_dir / "corpus" / "stats.json", {"docs": len(train) + len(valid)})
+    corpus_stats(train + valid, n_train_shards).save(run_dir / "corpus")
+
+
+def corpus_stats(docs: list[dict], n_train_shards: int = 3):
+    """The corpus stage's ``stats.json`` for shards written directly (its own CorpusStats)."""
+    from collections import Counter
+
+    from corpora.config import NormalizeConfig
+    from corpora.schema import TOTAL_KEYS, CorpusStats
+    from pipeline.config import config_to_dict
+
+    by_lang: dict = {}
+    by_source: dict = {}
+    for d in docs:
+        lang = by_lang.setdefault(d["lang"], {"docs": 0, "chars": 0})
+        lang["docs"] += 1
+        lang["chars"] += len(d.get("text", ""))
+        s = by_source.setdefault(d["source"], {"type": "jsonl", "licence": "test data", "input_docs": 0, "kept_docs": 0,
+                                               "kept_chars": 0, "quarantined": {}, "rejected": {}, "by_lang": {}})
+        s["input_docs"] += 1
+        s["kept_docs"] += 1
+        s["kept_chars"] += len(d.get("text", ""))
+    totals = Counter({k: 0 for k in TOTAL_KEYS})
+    totals.update(input_docs=len(docs), kept_docs=len(docs), kept_chars=sum(len(d.get("text", "")) for d in docs))
+    return CorpusStats(format_version=1, run="t", totals=dict(totals), by_lang=by_lang, by_source=by_source,
+                       splits={"train": {"shards": n_train_shards}, "valid": {"shards": 1}},
+                       config={"normalize": config_to_dict(NormalizeConfig())})
 
 
 def tok_config(runs_root: Path, run: str = "t", *overrides: str):

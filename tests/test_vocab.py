@@ -19,6 +19,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.errors import UserError
 from tokenization.config import TokenizationConfig
 from tokenization.segcache import iter_split
+from tokenization.schema import VocabStats
 from tokenization.segment import Segmenter
 from tokenization.vocab import (MAX_CHAR_LEN, SPECIAL_IDS, attach_spaces, learn_sgt, load_token_encoder,
                                 load_vocab_meta)
@@ -226,13 +227,11 @@ def test_every_frequent_char_representable(learner, tmp_path):
     # every learner's saved folder reproduces the pipeline's ids and decodes back
     from transformers import AutoTokenizer
 
-    from pipeline.runs import atomic_write_json
     from tokenization.vocab import save_segmented_folder
 
     d = tmp_path / learner
     save_segmented_folder(tk, d, seg, word_fallback=False)
-    atomic_write_json(d / "stats.json", {"kind": "sgt", "size": tk.get_vocab_size(), "special_tokens": SPECIAL_IDS,
-                                         "tokens_per_char": None, "trust_remote_code": True})
+    VocabStats(kind="sgt", size=tk.get_vocab_size(), special_tokens=SPECIAL_IDS, trust_remote_code=True).save(d)
     tok = AutoTokenizer.from_pretrained(str(d), trust_remote_code=True)
     enc = load_token_encoder(d)
     for raw in texts[:60] + EXTRA:
@@ -281,7 +280,6 @@ def test_cli_dry_run_and_error_exit(tmp_path, capsys):
 def test_user_dict_travels_with_the_folder(tmp_path):
     from transformers import AutoTokenizer
 
-    from pipeline.runs import atomic_write_json
     from tokenization.vocab import save_segmented_folder
 
     ud = tmp_path / "user.txt"
@@ -295,8 +293,7 @@ def test_user_dict_travels_with_the_folder(tmp_path):
     tk = learn_sgt(units, chars, "wp", 1500, min_char_count=1)
     d = tmp_path / "sgt"
     save_segmented_folder(tk, d, seg, word_fallback=False)
-    atomic_write_json(d / "stats.json", {"kind": "sgt", "size": tk.get_vocab_size(), "special_tokens": SPECIAL_IDS,
-                                         "tokens_per_char": None, "trust_remote_code": True})
+    VocabStats(kind="sgt", size=tk.get_vocab_size(), special_tokens=SPECIAL_IDS, trust_remote_code=True).save(d)
     assert (d / "user_dict.txt").is_file()
     ud.unlink()  # the folder must not depend on the original file
     tok = AutoTokenizer.from_pretrained(str(d), trust_remote_code=True)

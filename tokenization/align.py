@@ -169,10 +169,10 @@ def load_visible_lengths(vocab_dir) -> np.ndarray:
         tokens[i] = t
     model = json.loads(p.read_text(encoding="utf-8")).get("model") or {}
     prefix = model.get("continuing_subword_prefix") if model.get("type") in ("WordPiece", "BPE") else None
-    stats_p = Path(vocab_dir) / "stats.json"
-    sp = {}
-    if stats_p.is_file():
-        sp = (json.loads(stats_p.read_text(encoding="utf-8")).get("special_tokens") or {})
+    from tokenization.schema import VocabStats
+
+    stats = VocabStats.load_if_present(vocab_dir)
+    sp = stats.special_tokens if stats is not None else {}
     specials = [v for k, v in sp.items() if k != "unk"] or [0, 2, 3, 4]
     unk = [sp.get("unk", 1)]
     specials += [i for t, i in vocab.items() if t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")]

