@@ -131,7 +131,7 @@ adversarial:  ## accuracy drop under character perturbations: make adversarial M
 	$(PY) -m finetune.adversarial --config $(FINETUNE_CONFIG) --models $(MODELS) run=$(RUN)
 
 probes: $(R)/pretrain/mlm/export/model.safetensors $(R)/pretrain/clower/export/model.safetensors  ## CLOWER probes (boundary probe, word retrieval)
-	$(PY) -m pretrain.probes --random-init --models $(R)/pretrain/mlm $(R)/pretrain/clower --out $(R)/evidence/probes.json
+	$(PY) -m evaluate run probes --random-init --run $(RUN) --models $(R)/pretrain/mlm $(R)/pretrain/clower --out $(R)/evidence/probes.json
 
 ngram-eval: $(R)/pretrain/mlm/export/model.safetensors $(R)/pretrain/ernie_gram_explicit/export/model.safetensors  ## ERNIE-Gram whole-n-gram recovery vs MLM
 	$(PY) -m pretrain.ngram_eval --models $(R)/pretrain/ernie_gram_explicit $(R)/pretrain/mlm --out $(R)/evidence/ngram_eval.json

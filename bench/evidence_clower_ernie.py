@@ -5,7 +5,8 @@ For every seed: pre-train ``mlm``, ``clower`` and the ERNIE-Gram ladder (``ernie
 (``runs/RUN/{vocab,shards}``; build them with ``make shards RUN=RUN VOCAB_KINDS="char sgt word ngram"``),
 each into ``runs/RUN-ev-sSEED/pretrain/NAME/``. Then, over all seeds:
 
-* ``python -m pretrain.probes``     -> ``runs/RUN/evidence/probes.json`` (mlm vs clower, + random init)
+* ``python -m evaluate run probes`` -> ``runs/RUN/evidence/probes.json`` (mlm vs clower, + random init;
+  per-model results in the store ``runs/RUN/eval/probes/``)
 * ``python -m pretrain.ngram_eval`` -> ``runs/RUN/evidence/ngram_eval.json`` (explicit head vs contiguous MLM)
 * ``python -m finetune``            -> ``runs/RUN-ev/finetune/report/`` (sentiment, NER rows, every model)
 
@@ -75,12 +76,12 @@ def main() -> int:
                 cmd += [f"train.steps={a.steps}", f"train.warmup_steps={warm}",
                         f"train.eval_every={max(1, a.steps // 2)}", f"train.save_every={a.steps}"]
             sh(cmd, a.dry_run)
-    small = ["--max-train", "500", "--max-test", "300"] if a.smoke else []
+    small = ["--set", "max_train=500", "--set", "max_test=300"] if a.smoke else []
     tag = "-smoke" if a.smoke else ""
     if "clower" in dirs:
         models = [str(d) for n in ("mlm", "clower") if n in dirs for d in dirs[n]]
-        sh([py, "-m", "pretrain.probes", "--random-init", "--threads", str(a.threads), "--out",
-            str(ev / f"probes{tag}.json"), "--models", *models, *small], a.dry_run)
+        sh([py, "-m", "evaluate", "run", "probes", "--random-init", "--threads", str(a.threads), "--run", a.run,
+            "--runs-root", str(a.runs_root), "--out", str(ev / f"probes{tag}.json"), *small, "--models", *models], a.dry_run)
     explicit = [d for n in a.objectives if n.startswith("ernie_gram") for d in dirs[n]]
     if explicit:
         models = [str(d) for d in explicit] + [str(d) for d in dirs.get("mlm", [])]

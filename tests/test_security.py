@@ -76,7 +76,7 @@ def _loaders():
     from finetune.retrieval import load_decoder
     from pretrain.attention_diag import load_model
     from pretrain.ngram_eval import Contiguous
-    from pretrain.probes import FrozenEncoder
+    from evaluate.frozen import FrozenEncoder
 
     return {"finetune": lambda d: load_encoder(d), "finetune-random-twin": lambda d: load_encoder(d, random_init=True),
             "retrieval": lambda d: load_decoder(d), "probes": lambda d: FrozenEncoder(d),
