@@ -35,6 +35,7 @@ class EvalContext:
     device: str = "cpu"
     random_init: bool = False
     log: Any = None
+    work_dir: Any = None  # a folder of this (evaluation, model, seed) for resumable partial work (set by the store)
 
 
 class Evaluation:
@@ -61,7 +62,7 @@ class Evaluation:
 
 
 _REGISTRY: dict[str, type[Evaluation]] = {}
-MODULES = ("evaluate.probes",)  # importing these fills the registry
+MODULES = ("evaluate.probes", "evaluate.finetune_tasks")  # importing these fills the registry
 
 
 def register(cls: type[Evaluation]) -> type[Evaluation]:

@@ -103,5 +103,8 @@ class ResultStore:
             rec = self.load(evaluation.name, model, seed, fingerprint(st))
             if rec is not None and rec.get("group", model) == (group or model):
                 return rec, False
+        import dataclasses
+
+        ctx = dataclasses.replace(ctx, work_dir=self.path(evaluation.name, model, seed).with_suffix(".work"))
         results = evaluation.run(Path(model_dir), seed, ctx)
         return self.save(evaluation.name, model, seed, st, results, group), True
