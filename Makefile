@@ -134,7 +134,7 @@ probes: $(R)/pretrain/mlm/export/model.safetensors $(R)/pretrain/clower/export/m
 	$(PY) -m evaluate run probes --random-init --run $(RUN) --models $(R)/pretrain/mlm $(R)/pretrain/clower --out $(R)/evidence/probes.json
 
 ngram-eval: $(R)/pretrain/mlm/export/model.safetensors $(R)/pretrain/ernie_gram_explicit/export/model.safetensors  ## ERNIE-Gram whole-n-gram recovery vs MLM
-	$(PY) -m pretrain.ngram_eval --models $(R)/pretrain/ernie_gram_explicit $(R)/pretrain/mlm --out $(R)/evidence/ngram_eval.json
+	$(PY) -m evaluate run ngram_recovery --run $(RUN) --models $(R)/pretrain/ernie_gram_explicit $(R)/pretrain/mlm --out $(R)/evidence/ngram_eval.json
 
 evidence-clower-ernie: $(R)/shards/.done  ## CLOWER and ERNIE-Gram over SEEDS: pre-train, probes, n-gram eval, fine-tune
 	$(PY) bench/evidence_clower_ernie.py --run $(RUN) --seeds $(SEEDS)

@@ -7,7 +7,7 @@ each into ``runs/RUN-ev-sSEED/pretrain/NAME/``. Then, over all seeds:
 
 * ``python -m evaluate run probes`` -> ``runs/RUN/evidence/probes.json`` (mlm vs clower, + random init;
   per-model results in the store ``runs/RUN/eval/probes/``)
-* ``python -m pretrain.ngram_eval`` -> ``runs/RUN/evidence/ngram_eval.json`` (explicit head vs contiguous MLM)
+* ``python -m evaluate run ngram_recovery`` -> ``runs/RUN/evidence/ngram_eval.json`` (explicit head vs contiguous MLM)
 * ``python -m finetune``            -> ``runs/RUN-ev/finetune/report/`` (sentiment, NER rows, every model)
 
 A pre-training step is skipped when its export exists (and the trainer resumes an interrupted one);
@@ -85,9 +85,9 @@ def main() -> int:
     explicit = [d for n in a.objectives if n.startswith("ernie_gram") for d in dirs[n]]
     if explicit:
         models = [str(d) for d in explicit] + [str(d) for d in dirs.get("mlm", [])]
-        sh([py, "-m", "pretrain.ngram_eval", "--threads", str(a.threads), "--out", str(ev / f"ngram_eval{tag}.json"),
-            "--shards", str(src / "shards"),
-            "--batches", "5" if a.smoke else "20", "--models", *models], a.dry_run)
+        sh([py, "-m", "evaluate", "run", "ngram_recovery", "--threads", str(a.threads), "--run", a.run,
+            "--runs-root", str(a.runs_root), "--out", str(ev / f"ngram_eval{tag}.json"),
+            "--set", f"shards={src / 'shards'}", "--set", f"batches={5 if a.smoke else 20}", "--models", *models], a.dry_run)
     if not (a.no_finetune or a.smoke):
         # one report row per pre-training seed: NAME-sSEED=DIR
         exports = [f"{n}-s{seed}={d / 'export'}" for n in a.objectives for seed, d in zip(a.seeds, dirs[n])]

@@ -19,7 +19,7 @@ log = get_logger("evaluate")
 
 
 def _entries(specs: list[str], random_init: bool):
-    from evaluate.frozen import model_name, resolve_export
+    from evaluate.frozen import model_name
     from evaluate.store import safe_name
     from evaluate.study import ModelEntry
 
@@ -28,11 +28,12 @@ def _entries(specs: list[str], random_init: bool):
         label, sep, d = s.partition("=")
         if not sep:
             label, d = "", s
-        exp = resolve_export(d)
-        name, group = model_name(exp)
+        if not Path(d).is_dir():
+            raise UserError(f"--models {s}: folder not found: {d}")
+        name, group = model_name(Path(d))
         if label:
             name = group = label
-        e = ModelEntry(safe_name(name), str(exp))
+        e = ModelEntry(safe_name(name), str(d))
         entries.append(e)
         groups[e.name] = group
     if random_init and entries:

@@ -56,13 +56,18 @@ class Evaluation:
         """Results of ``model_dir`` (an export folder) for ``seed``; every metric a float."""
         raise NotImplementedError
 
+    def prepare(self, model_dirs: list[Path]) -> None:
+        """Called once with every model folder of a run or study before any result is computed:
+        settings that depend on all models together (a common lexicon cap, the first model's data)
+        are resolved here, so they enter the fingerprint. Default: nothing."""
+
     def settings(self) -> dict:
         """The config as a dict (what the store fingerprints, minus ``unfingerprinted``)."""
         return dataclasses.asdict(self.cfg)
 
 
 _REGISTRY: dict[str, type[Evaluation]] = {}
-MODULES = ("evaluate.probes", "evaluate.finetune_tasks")  # importing these fills the registry
+MODULES = ("evaluate.probes", "evaluate.ngram_recovery", "evaluate.finetune_tasks")  # importing these fills the registry
 
 
 def register(cls: type[Evaluation]) -> type[Evaluation]:

@@ -24,12 +24,15 @@ def resolve_export(d: str | Path) -> Path:
     return d
 
 
-def model_name(export: Path) -> tuple[str, str]:
-    """(display name, group name): ``RUN/NAME`` and ``NAME`` for ``runs/RUN/pretrain/NAME/export``."""
-    parts = Path(export).resolve().parts
-    if len(parts) >= 4 and parts[-1] == "export" and parts[-3] == "pretrain":
-        return f"{parts[-4]}/{parts[-2]}", parts[-2]
-    return str(export), Path(export).name
+def model_name(folder: Path) -> tuple[str, str]:
+    """(display name, group name): ``RUN/NAME`` and ``NAME`` for ``runs/RUN/pretrain/NAME`` or its
+    ``export/``; the folder and its name otherwise."""
+    parts = Path(folder).resolve().parts
+    if parts and parts[-1] == "export":
+        parts = parts[:-1]
+    if len(parts) >= 3 and parts[-2] == "pretrain":
+        return f"{parts[-3]}/{parts[-1]}", parts[-1]
+    return str(folder), Path(folder).name
 
 
 class FrozenEncoder:

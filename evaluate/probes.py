@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from evaluate.base import EvalContext, Evaluation, register
-from evaluate.frozen import FrozenEncoder
+from evaluate.frozen import FrozenEncoder, resolve_export
 from evaluate.pd1998 import bmes_tags, load_pd_heldout, spans_from_tags
 from pipeline.errors import UserError
 
@@ -194,7 +194,7 @@ class Probes(Evaluation):
 
     def run(self, model_dir: Path, seed: int, ctx: EvalContext) -> dict:
         c, data = self.cfg, self.data()
-        enc = FrozenEncoder(Path(model_dir), random_init=ctx.random_init, layer=c.layer,
+        enc = FrozenEncoder(resolve_export(model_dir), random_init=ctx.random_init, layer=c.layer,
                             trust_remote_code=ctx.trust_remote_code, seed=seed)
         r = {"train_sents": len(data["dev"]), "test_sents": len(data["test"])}
         r.update(boundary_probe(enc, data, c.probe_steps, seed=seed))

@@ -33,12 +33,19 @@ def fingerprint(settings: dict) -> str:
 
 
 def model_state(model_dir: str | Path) -> dict:
-    """``{file: [size, mtime_ns]}`` of the folder's config and weights (what a re-export changes)."""
+    """``{file: [size, mtime_ns]}`` of the folder's config and weights (what a re-export changes);
+    for a pre-training folder also its ``export/`` files and the checkpoint folders' names and times
+    (an evaluation that reads the objective from its latest checkpoint)."""
     d = Path(model_dir)
-    if not d.is_dir():
-        return {}
-    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(d.iterdir())
-            if p.is_file() and p.suffix in WEIGHT_SUFFIXES}
+    out: dict = {}
+    for sub in (d, d / "export"):
+        if sub.is_dir():
+            out.update({str(p.relative_to(d)): [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(sub.iterdir())
+                        if p.is_file() and p.suffix in WEIGHT_SUFFIXES})
+    ck = d / "checkpoints"
+    if ck.is_dir():
+        out["checkpoints"] = sorted([p.name, p.stat().st_mtime_ns] for p in ck.iterdir())
+    return out
 
 
 def settings_of(evaluation, model_dir: str | Path, random_init: bool = False) -> dict:

@@ -34,9 +34,11 @@ class ModelEntry:
         check_name(self.name, "model name")
 
     def folder(self, seed: int) -> Path:
-        from evaluate.frozen import resolve_export
-
-        return resolve_export(self.dir.replace("{seed}", str(seed)))
+        """The folder for ``seed`` (an export, or a pre-training folder for evaluations that read one)."""
+        d = Path(self.dir.replace("{seed}", str(seed)))
+        if not d.is_dir():
+            raise UserError(f"model '{self.name}': folder not found: {d}")
+        return d
 
 
 @dataclass
@@ -72,6 +74,7 @@ def run_models(evaluations: list, models: list[ModelEntry], seeds: list[int], st
     """Every (evaluation, model, seed) through the store; returns the records in that order."""
     records = []
     for ev in evaluations:
+        ev.prepare([m.folder(s) for m in models for s in seeds])
         for m in models:
             for seed in seeds:
                 c = dataclasses.replace(ctx, random_init=m.random_init)
