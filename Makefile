@@ -119,7 +119,7 @@ retrieval: $(R)/pretrain/ntp/export/model.safetensors $(R)/pretrain/meap/export/
 	$(PY) -m finetune.retrieval --config $(RETRIEVAL_CONFIG) run=$(RUN) --models $(R)/pretrain/ntp/export $(R)/pretrain/meap/export
 
 attention-diag: $(R)/pretrain/meap/export/model.safetensors  ## MEAP attention diagnostics (masked vs clean input)
-	$(PY) -m pretrain.attention_diag $(R)/pretrain/meap/export --run $(RUN)
+	$(PY) -m evaluate run attention --run $(RUN) --models $(R)/pretrain/meap/export --out $(R)/evidence/attention_diag.json
 
 evidence-meap: $(R)/shards/.done  ## ntp vs meap over SEEDS: pre-training, retrieval, attention
 	$(PY) bench/evidence_meap.py --run $(RUN) --config $(CONFIG) --seeds $(SEEDS) --retrieval-config $(RETRIEVAL_CONFIG)

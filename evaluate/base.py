@@ -44,6 +44,7 @@ class Evaluation:
     name: ClassVar[str] = ""
     metrics: ClassVar[tuple[str, ...]] = ()
     unfingerprinted: ClassVar[tuple[str, ...]] = ()
+    random_init_ok: ClassVar[bool] = False  # whether ``ctx.random_init`` (a fresh-weights baseline) is supported
 
     @dataclass
     class Config:
@@ -67,7 +68,7 @@ class Evaluation:
 
 
 _REGISTRY: dict[str, type[Evaluation]] = {}
-MODULES = ("evaluate.probes", "evaluate.ngram_recovery", "evaluate.finetune_tasks")  # importing these fills the registry
+MODULES = ("evaluate.probes", "evaluate.ngram_recovery", "evaluate.attention", "evaluate.finetune_tasks")  # importing these fills the registry
 
 
 def register(cls: type[Evaluation]) -> type[Evaluation]:

@@ -30,6 +30,7 @@ class FinetuneTasks(Evaluation):
     """Fine-tuning tasks of the suite (python -m finetune), test score of the dev-best grid point."""
 
     name = "finetune"
+    random_init_ok = True
 
     @dataclass
     class Config:

@@ -156,6 +156,7 @@ class Probes(Evaluation):
     """Boundary probe, word retrieval and masked word retrieval of a frozen encoder export."""
 
     name = "probes"
+    random_init_ok = True
     metrics = ("boundary_char_acc", "boundary_word_f1", "retrieval_top1", "retrieval_top5",
                "masked_retrieval_top1", "masked_retrieval_top5")
 

@@ -105,6 +105,8 @@ class ResultStore:
         """The stored result of (evaluation, model, seed) if fresh, else run it and store it.
         ``group``: the name results are aggregated under (default: ``model``; e.g. one pre-training
         name over several pre-training seeds). Returns ``(record, computed)``."""
+        if ctx.random_init and not evaluation.random_init_ok:
+            raise UserError(f"evaluation '{evaluation.name}' has no random-init baseline (model '{model}')")
         st = settings_of(evaluation, model_dir, ctx.random_init)
         if not force:
             rec = self.load(evaluation.name, model, seed, fingerprint(st))

@@ -74,7 +74,7 @@ def marker(tmp_path, monkeypatch):
 
 def _loaders():
     from finetune.retrieval import load_decoder
-    from pretrain.attention_diag import load_model
+    from evaluate.attention import load_model
     from evaluate.ngram_recovery import Contiguous
     from evaluate.frozen import FrozenEncoder
 
@@ -236,8 +236,9 @@ def _cli(name):
     from pipeline.errors import main_guard
 
     if name == "attention_diag":
-        from pretrain.attention_diag import main
-        return lambda d, extra, tmp: main([str(d), "--text-file", str(tmp / "t.txt"), "--out", str(tmp / "o.json")] + extra)
+        from evaluate.__main__ import main
+        return lambda d, extra, tmp: main_guard(main)(["run", "attention", "--models", str(d), "--store", str(tmp / "store"),
+                                                       "--set", f"text_file={tmp / 't.txt'}"] + extra)
     if name == "ngram_eval":
         from evaluate.__main__ import main
         return lambda d, extra, tmp: main_guard(main)(["run", "ngram_recovery", "--models", str(d), "--store",
