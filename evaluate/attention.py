@@ -148,7 +148,10 @@ class Attention(Evaluation):
 
     def run(self, model_dir: Path, seed: int, ctx: EvalContext) -> dict:
         c = self.cfg
-        model, tok, meta = load_model(Path(model_dir), ctx.trust_remote_code)
+        from evaluate.frozen import resolve_export
+
+        model_dir = resolve_export(model_dir)
+        model, tok, meta = load_model(model_dir, ctx.trust_remote_code)
         cls_id, sep_id, mask_id, pad_id = (_id(tok, "[CLS]", 2), _id(tok, "[SEP]", 3), _id(tok, "[MASK]", 4),
                                            _id(tok, "[PAD]", 0))
         ids = windows(self.texts(model_dir), tok, c.seq_len, c.n_seqs, cls_id, sep_id)

@@ -80,6 +80,9 @@ class FinetuneTasks(Evaluation):
 
         if ctx.work_dir is None:
             raise ValueError("the finetune evaluation needs a work folder (run it through evaluate.store)")
+        from evaluate.frozen import resolve_export
+
+        model_dir = resolve_export(model_dir)
         check_folder(model_dir, ctx.trust_remote_code)  # refused folders fail before any training
         device = ctx.device if ctx.device in ("auto", "cpu", "cuda") else "auto"
         suite = dataclasses.replace(self.suite, trust_remote_code=ctx.trust_remote_code, device=device)

@@ -49,6 +49,7 @@ class StudyConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     models: list[ModelEntry] = field(default_factory=list)
     evaluations: dict[str, dict] = field(default_factory=dict)  # name -> options of its Config
+    only: dict[str, list[str]] = field(default_factory=dict)     # evaluation -> the models it runs on (default: all)
     baseline: str = ""           # model the significance test compares every other model against
     device: str = "cpu"
     threads: int = 0             # torch threads (0: leave torch's default)
@@ -67,6 +68,12 @@ class StudyConfig:
             raise ValueError(f"model names must be unique, got {names}")
         if self.baseline and self.baseline not in names:
             raise ValueError(f"baseline '{self.baseline}' is not one of the models {names}")
+        for ev, ms in self.only.items():
+            if ev not in self.evaluations:
+                raise ValueError(f"only: '{ev}' is not one of the evaluations {sorted(self.evaluations)}")
+            bad = [m for m in ms if m not in names]
+            if bad:
+                raise ValueError(f"only.{ev}: '{bad[0]}' is not one of the models {names}")
 
 
 def run_models(evaluations: list, models: list[ModelEntry], seeds: list[int], store: ResultStore,
@@ -95,7 +102,11 @@ def run_study(cfg: StudyConfig, source: str = "study", force: bool = False, log=
     evs = [build_evaluation(n, o, where=f"{source}: ") for n, o in cfg.evaluations.items()]
     store = ResultStore(run_path(cfg.runs_root, cfg.run, "eval"))
     ctx = EvalContext(trust_remote_code=cfg.trust_remote_code, device=cfg.device, log=log)
-    records = run_models(evs, cfg.models, cfg.seeds, store, ctx, force=force, log=log)
+    records = []
+    for ev in evs:
+        picked = cfg.only.get(ev.name)
+        models = [m for m in cfg.models if picked is None or m.name in picked]
+        records += run_models([ev], models, cfg.seeds, store, ctx, force=force, log=log)
     metrics = {ev.name: list(ev.metrics) for ev in evs}
     agg = aggregate(records, metrics)
     out = run_path(cfg.runs_root, cfg.run, "studies", cfg.name)

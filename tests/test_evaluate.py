@@ -101,6 +101,14 @@ def test_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert p.stat().st_mtime_ns == before
     assert main(["study", str(tmp_path / "tiny.yaml"), "seeds=[0]", "evaluations.finetune.options={lrs: [2.0e-3]}"]) == 0
     assert json.loads(p.read_text())["settings"]["config"]["suite"]["lrs"] == [2e-3]
+    # `only` restricts an evaluation to some models; a name that is not a model is a user error
+    only = {**study, "name": "only", "only": {"finetune": ["random"]}}
+    (tmp_path / "only.yaml").write_text(yaml.safe_dump(only), encoding="utf-8")
+    assert main(["study", str(tmp_path / "only.yaml"), "seeds=[0]"]) == 0
+    agg = json.loads((tmp_path / "runs" / "st" / "studies" / "only" / "results.json").read_text())["aggregate"]
+    assert list(agg["finetune"]) == ["random"]
+    (tmp_path / "only.yaml").write_text(yaml.safe_dump({**only, "only": {"finetune": ["nobody"]}}), encoding="utf-8")
+    assert main_guard(main)(["study", str(tmp_path / "only.yaml")]) == 2
     # a bad study file: one line naming it, exit 2
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**study, "models": []}), encoding="utf-8")
     assert main_guard(main)(["study", str(tmp_path / "bad.yaml")]) == 2
