@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from pipeline.errors import UserError, main_guard

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from evaluate.aggregate import aggregate, stats, welch
-from evaluate.base import EvalContext, build_evaluation, registered
+from evaluate.base import build_evaluation, registered
 from evaluate.store import ResultStore, fingerprint, settings_of
 from pipeline.errors import UserError, main_guard
 
