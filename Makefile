@@ -32,6 +32,7 @@ CORPUS_ARGS     ?=
 ALL_ENCODERS    ?= mlm mlm_sgt amber hi_mvp al_mvp clower ernie_gram_explicit ernie_gram_comprehensive ernie_gram_full
 SEEDS           ?= 0 1 2
 RETRIEVAL_CONFIG ?= configs/finetune/retrieval-$(CONFIG).yaml
+STUDY           ?= configs/studies/example.yaml
 
 export PYTHONHASHSEED := 0
 export TOKENIZERS_PARALLELISM := false
@@ -41,7 +42,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: help setup demo test bench corpus vocab shards pretrain finetune publish clean-run compare \
         inspect retrieval attention-diag evidence-meap evidence-multivocab adversarial probes ngram-eval \
-        evidence-clower-ernie
+        evidence-clower-ernie study
 
 help:  ## list targets and variables
 	@echo "Targets:"
@@ -119,7 +120,7 @@ retrieval: $(R)/pretrain/ntp/export/model.safetensors $(R)/pretrain/meap/export/
 	$(PY) -m finetune.retrieval --config $(RETRIEVAL_CONFIG) run=$(RUN) --models $(R)/pretrain/ntp/export $(R)/pretrain/meap/export
 
 attention-diag: $(R)/pretrain/meap/export/model.safetensors  ## MEAP attention diagnostics (masked vs clean input)
-	$(PY) -m pretrain.attention_diag $(R)/pretrain/meap/export --run $(RUN)
+	$(PY) -m evaluate run attention --run $(RUN) --models $(R)/pretrain/meap/export --out $(R)/evidence/attention_diag.json
 
 evidence-meap: $(R)/shards/.done  ## ntp vs meap over SEEDS: pre-training, retrieval, attention
 	$(PY) bench/evidence_meap.py --run $(RUN) --config $(CONFIG) --seeds $(SEEDS) --retrieval-config $(RETRIEVAL_CONFIG)
@@ -131,10 +132,13 @@ adversarial:  ## accuracy drop under character perturbations: make adversarial M
 	$(PY) -m finetune.adversarial --config $(FINETUNE_CONFIG) --models $(MODELS) run=$(RUN)
 
 probes: $(R)/pretrain/mlm/export/model.safetensors $(R)/pretrain/clower/export/model.safetensors  ## CLOWER probes (boundary probe, word retrieval)
-	$(PY) -m pretrain.probes --random-init --models $(R)/pretrain/mlm $(R)/pretrain/clower --out $(R)/evidence/probes.json
+	$(PY) -m evaluate run probes --random-init --run $(RUN) --models $(R)/pretrain/mlm $(R)/pretrain/clower --out $(R)/evidence/probes.json
 
 ngram-eval: $(R)/pretrain/mlm/export/model.safetensors $(R)/pretrain/ernie_gram_explicit/export/model.safetensors  ## ERNIE-Gram whole-n-gram recovery vs MLM
-	$(PY) -m pretrain.ngram_eval --models $(R)/pretrain/ernie_gram_explicit $(R)/pretrain/mlm --out $(R)/evidence/ngram_eval.json
+	$(PY) -m evaluate run ngram_recovery --run $(RUN) --models $(R)/pretrain/ernie_gram_explicit $(R)/pretrain/mlm --out $(R)/evidence/ngram_eval.json
+
+study:  ## a study (models x seeds x evaluations) -> runs/RUN/studies/NAME/report.md: make study STUDY=configs/studies/NAME.yaml
+	$(PY) -m evaluate study $(STUDY)
 
 evidence-clower-ernie: $(R)/shards/.done  ## CLOWER and ERNIE-Gram over SEEDS: pre-train, probes, n-gram eval, fine-tune
 	$(PY) bench/evidence_clower_ernie.py --run $(RUN) --seeds $(SEEDS)

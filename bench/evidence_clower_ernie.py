@@ -5,8 +5,9 @@ For every seed: pre-train ``mlm``, ``clower`` and the ERNIE-Gram ladder (``ernie
 (``runs/RUN/{vocab,shards}``; build them with ``make shards RUN=RUN VOCAB_KINDS="char sgt word ngram"``),
 each into ``runs/RUN-ev-sSEED/pretrain/NAME/``. Then, over all seeds:
 
-* ``python -m pretrain.probes``     -> ``runs/RUN/evidence/probes.json`` (mlm vs clower, + random init)
-* ``python -m pretrain.ngram_eval`` -> ``runs/RUN/evidence/ngram_eval.json`` (explicit head vs contiguous MLM)
+* ``python -m evaluate run probes`` -> ``runs/RUN/evidence/probes.json`` (mlm vs clower, + random init;
+  per-model results in the store ``runs/RUN/eval/probes/``)
+* ``python -m evaluate run ngram_recovery`` -> ``runs/RUN/evidence/ngram_eval.json`` (explicit head vs contiguous MLM)
 * ``python -m finetune``            -> ``runs/RUN-ev/finetune/report/`` (sentiment, NER rows, every model)
 
 A pre-training step is skipped when its export exists (and the trainer resumes an interrupted one);
@@ -75,18 +76,18 @@ def main() -> int:
                 cmd += [f"train.steps={a.steps}", f"train.warmup_steps={warm}",
                         f"train.eval_every={max(1, a.steps // 2)}", f"train.save_every={a.steps}"]
             sh(cmd, a.dry_run)
-    small = ["--max-train", "500", "--max-test", "300"] if a.smoke else []
+    small = ["--set", "max_train=500", "--set", "max_test=300"] if a.smoke else []
     tag = "-smoke" if a.smoke else ""
     if "clower" in dirs:
         models = [str(d) for n in ("mlm", "clower") if n in dirs for d in dirs[n]]
-        sh([py, "-m", "pretrain.probes", "--random-init", "--threads", str(a.threads), "--out",
-            str(ev / f"probes{tag}.json"), "--models", *models, *small], a.dry_run)
+        sh([py, "-m", "evaluate", "run", "probes", "--random-init", "--threads", str(a.threads), "--run", a.run,
+            "--runs-root", str(a.runs_root), "--out", str(ev / f"probes{tag}.json"), *small, "--models", *models], a.dry_run)
     explicit = [d for n in a.objectives if n.startswith("ernie_gram") for d in dirs[n]]
     if explicit:
         models = [str(d) for d in explicit] + [str(d) for d in dirs.get("mlm", [])]
-        sh([py, "-m", "pretrain.ngram_eval", "--threads", str(a.threads), "--out", str(ev / f"ngram_eval{tag}.json"),
-            "--shards", str(src / "shards"),
-            "--batches", "5" if a.smoke else "20", "--models", *models], a.dry_run)
+        sh([py, "-m", "evaluate", "run", "ngram_recovery", "--threads", str(a.threads), "--run", a.run,
+            "--runs-root", str(a.runs_root), "--out", str(ev / f"ngram_eval{tag}.json"),
+            "--set", f"shards={src / 'shards'}", "--set", f"batches={5 if a.smoke else 20}", "--models", *models], a.dry_run)
     if not (a.no_finetune or a.smoke):
         # one report row per pre-training seed: NAME-sSEED=DIR
         exports = [f"{n}-s{seed}={d / 'export'}" for n in a.objectives for seed, d in zip(a.seeds, dirs[n])]

@@ -7,7 +7,7 @@ For every seed S (``--seeds``):
    ``runs/RUN/pretrain/{ntp,meap}-sS/``;
 2. the retrieval evaluation (``python -m finetune.retrieval``) on all of them, zero-shot and after
    each SFT variant of the retrieval config;
-3. the attention diagnostics (``python -m pretrain.attention_diag``) on the first seed's checkpoints.
+3. the attention diagnostics (``python -m evaluate run attention``) on the first seed's checkpoints.
 
 Then ``runs/RUN/evidence/meap/``: ``summary.json`` (clean validation loss/perplexity from each
 export's ``pretrain_meta.json``, retrieval accuracy, attention diagnostics; mean ± std over
@@ -77,9 +77,10 @@ def main() -> int:
     for obj in ("ntp", "meap"):
         f = out / f"attention_diag-{obj}.json"
         if not f.is_file():
-            sh([py, "-m", "pretrain.attention_diag", str(exports[obj][0]), "--run", args.run,
-                "--runs-root", args.runs_root, "--seq-len", str(args.diag_seq_len), "--n-seqs", "32", "--out", str(f)])
-        diag[obj] = json.loads(f.read_text(encoding="utf-8"))
+            sh([py, "-m", "evaluate", "run", "attention", "--run", args.run, "--runs-root", args.runs_root,
+                "--set", f"seq_len={args.diag_seq_len}", "--set", "n_seqs=32", "--out", str(f),
+                "--models", f"{obj}={exports[obj][0]}"])
+        diag[obj] = json.loads(f.read_text(encoding="utf-8"))["models"][obj]
 
     res = json.loads((run_dir / "finetune" / "retrieval" / "results.json").read_text(encoding="utf-8"))["models"]
     summary: dict = {"seeds": args.seeds, "config": args.config, "steps": {}, "clean_valid": {}, "retrieval": {},

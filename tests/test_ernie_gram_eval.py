@@ -1,13 +1,14 @@
-"""Whole-n-gram recovery scoring (pretrain/ngram_eval.py) on a hand-built batch with stub models
+"""Whole-n-gram recovery scoring (evaluate/ngram_recovery.py) on a hand-built batch with stub models
 whose predictions are known, so the exact-match counting is checked, not the models."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
-from pretrain.ngram_eval import Contiguous, Explicit
+from evaluate.ngram_recovery import Contiguous, Explicit
 
 CLS, SEP, PAD, MASK = 2, 3, 0, 4
 # [CLS] 10 11 12 | 13 | 14 15 | [SEP] 16 17 ; n-grams 5 (10 11 12), 2 (14 15), 7 (16 17)
@@ -100,3 +101,49 @@ def test_generator_rung_scored_on_its_trained_input_with_bias_reported():
     e2.obj = StubErnie([69, 13, 71], [10, 11, 12, 16, 17])
     r2 = e2.score(IDS, SPECIAL, VALID, ULEN, UNG, CHOSEN, MASK, PAD, cap=10)
     assert e2.obj.inputs == ["trained"] and "sample_is_original" not in r2
+
+
+class CountingScorer:
+    """Scores every masked n-gram as recovered and records the chosen units it was given."""
+
+    method = "contiguous"
+    n_ngrams = None
+
+    def __init__(self):
+        self.chosen = []
+
+    def score(self, ids, special, valid, ulen, ung, chosen, mask_id, pad_id, cap):
+        from pretrain.objectives.ernie_gram import normalise_units
+
+        self.chosen.append(chosen.clone())
+        assert not (chosen & (special | ~valid)).any()  # only real units are masked
+        _, ul, _ = normalise_units(ulen, ung, special, valid, cap)
+        starts = chosen & (ul >= 2)
+        return {"ngrams": int(starts.sum()), "exact": int(starts.sum()) - 1}
+
+
+def test_evaluation_loop_over_real_shards(tmp_path_factory, monkeypatch):
+    """The registered evaluation on shards built by the shard stage: the same units are masked for
+    every model at a seed (another seed picks others), and counts are summed over the batches."""
+    import evaluate.ngram_recovery as nr
+    from evaluate.base import EvalContext, build_evaluation
+    from test_shards_helpers import built_run
+
+    shards = built_run(tmp_path_factory) / "t" / "shards"
+    scorers = []
+
+    def fake_load(d, trust_remote_code=False):
+        scorers.append(CountingScorer())
+        return scorers[-1], d
+
+    monkeypatch.setattr(nr, "load_scorer", fake_load)
+    ev = build_evaluation("ngram_recovery", {"shards": str(shards), "batches": 3, "batch_size": 2, "seq_len": 32,
+                                             "max_ngrams": 10**9, "mask_prob": 0.5})
+    r0 = ev.run(tmp_path_factory.mktemp("m"), 0, EvalContext())
+    r0b = ev.run(tmp_path_factory.mktemp("m"), 0, EvalContext())
+    r1 = ev.run(tmp_path_factory.mktemp("m"), 1, EvalContext())
+    assert r0["batches"] == 3 and len(scorers[0].chosen) == 3
+    assert all((a == b).all() for a, b in zip(scorers[0].chosen, scorers[1].chosen))
+    assert any((a != b).any() for a, b in zip(scorers[0].chosen, scorers[2].chosen))
+    assert r0 == r0b and r0["ngrams"] > 3
+    assert r0["ngram_exact"] == pytest.approx(100 * (r0["ngrams"] - 3) / r0["ngrams"])  # one miss per batch

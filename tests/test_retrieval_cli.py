@@ -134,7 +134,7 @@ def test_retrieval_cli_user_errors(tmp_path, capsys):
 def test_attention_diag_uniform_attention_exact(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pretrain.attention_diag import diagnostics
+    from evaluate.attention import diagnostics
 
     conf = LlamaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                        intermediate_size=32, max_position_embeddings=64)
@@ -158,7 +158,8 @@ def test_attention_diag_uniform_attention_exact(tmp_path):
 
 
 def test_attention_diag_cli(tmp_path, capsys):
-    from pretrain.attention_diag import main
+    from evaluate.__main__ import main
+    from pipeline.errors import main_guard
 
     d = tmp_path / "export"
     d.mkdir()
@@ -166,9 +167,14 @@ def test_attention_diag_cli(tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text(TEXT + "\n" + TEXT[::-1] + "\n", encoding="utf-8")
     out = tmp_path / "diag.json"
-    assert main([str(d), "--text-file", str(text), "--n-seqs", "4", "--seq-len", "40", "--out", str(out)]) == 0
-    res = json.loads(out.read_text())
+    args = ["run", "attention", "--store", str(tmp_path / "eval"), "--set", f"text_file={text}", "--set", "seq_len=40"]
+    assert main(args + ["--set", "n_seqs=4", "--out", str(out), "--models", f"m={d}"]) == 0
+    res = json.loads(out.read_text())["models"]["m"]
     assert len(res["per_layer"]["masked"]["mass_on_masked"]) == 2
     assert 0 < res["mean"]["mass_on_masked"]["clean"] < 1
+    assert res["mass_on_masked_clean"] == res["mean"]["mass_on_masked"]["clean"]
     assert "mass_on_masked" in capsys.readouterr().out
-    assert main([str(d), "--text-file", str(text), "--n-seqs", "400", "--seq-len", "40"]) == 2
+    assert main_guard(main)(args + ["--set", "n_seqs=400", "--models", f"m={d}"]) == 2
+    assert "not enough text" in capsys.readouterr().err
+    # no random-init baseline for this evaluation: a user error, not a silently ignored flag
+    assert main_guard(main)(args + ["--set", "n_seqs=4", "--random-init", "--models", f"m={d}"]) == 2

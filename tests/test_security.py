@@ -74,9 +74,9 @@ def marker(tmp_path, monkeypatch):
 
 def _loaders():
     from finetune.retrieval import load_decoder
-    from pretrain.attention_diag import load_model
-    from pretrain.ngram_eval import Contiguous
-    from pretrain.probes import FrozenEncoder
+    from evaluate.attention import load_model
+    from evaluate.ngram_recovery import Contiguous
+    from evaluate.frozen import FrozenEncoder
 
     return {"finetune": lambda d: load_encoder(d), "finetune-random-twin": lambda d: load_encoder(d, random_init=True),
             "retrieval": lambda d: load_decoder(d), "probes": lambda d: FrozenEncoder(d),
@@ -235,12 +235,13 @@ def _cli(name):
     from pipeline.errors import main_guard
 
     if name == "attention_diag":
-        from pretrain.attention_diag import main
-        return lambda d, extra, tmp: main([str(d), "--text-file", str(tmp / "t.txt"), "--out", str(tmp / "o.json")] + extra)
+        from evaluate.__main__ import main
+        return lambda d, extra, tmp: main_guard(main)(["run", "attention", "--models", str(d), "--store", str(tmp / "store"),
+                                                       "--set", f"text_file={tmp / 't.txt'}"] + extra)
     if name == "ngram_eval":
-        from pretrain.ngram_eval import main
-        return lambda d, extra, tmp: main_guard(main)(["--models", str(d), "--out", str(tmp / "o.json"),
-                                                       "--shards", str(tmp / "no-shards")] + extra)
+        from evaluate.__main__ import main
+        return lambda d, extra, tmp: main_guard(main)(["run", "ngram_recovery", "--models", str(d), "--store",
+                                                       str(tmp / "store"), "--set", f"shards={tmp / 'no-shards'}"] + extra)
     from finetune.retrieval import main
 
     def run(d, extra, tmp):

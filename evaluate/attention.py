@@ -1,12 +1,9 @@
-"""The MEAP paper's attention diagnostics on one decoder checkpoint, masked vs unmasked input.
-
-``python -m pretrain.attention_diag MODEL_DIR [--run RUN | --corpus-dir DIR | --text-file FILE]
-[--n-seqs 32] [--seq-len 256] [--mask-ratio 0.15] [--seed 0] [--out FILE]``
+"""The MEAP paper's attention diagnostics on one decoder export, masked vs unmasked input.
 
 Windows of ``[CLS]`` + ``seq_len - 1`` tokens of validation text are run twice through the model,
 once clean and once with ``mask_ratio`` of the positions replaced by ``[MASK]`` (the ``meap``
-objective's per-sequence masking, same positions ``M`` for both passes). With the eager attention
-weights ``A[layer, head, q, k]`` (causal, so ``k <= q``):
+objective's per-sequence masking, same positions ``M`` for both passes, drawn from the seed). With
+the eager attention weights ``A[layer, head, q, k]`` (causal, so ``k <= q``):
 
 * ``mass_on_masked``: ``sum_{k in M, k <= q} A[q, k]``, averaged over heads and over the queries
   that see at least one position of ``M``. Clean input: the mass the same positions receive when
@@ -16,20 +13,25 @@ weights ``A[layer, head, q, k]`` (causal, so ``k <= q``):
   ``k not in M``), averaged over heads and queries with at least two such keys. A larger variance
   means sharper attention on the remaining context (+7.8 % in the paper).
 
-Both are reported per layer and averaged over layers, with the relative change masked vs clean.
-Run it on an ``ntp`` and on a ``meap`` checkpoint to compare models. The paper's exact averaging
-(which queries, heads, layers) was not readable; the choices above are ours. Output: a JSON file
-(default ``MODEL_DIR/../attention_diag.json``) and a table on stdout.
+Both are reported per layer and averaged over layers, with the relative change masked vs clean
+(flat metrics ``mass_on_masked_clean``, ``..._masked``, ``..._change`` and the same for
+``var_unmasked``). Run it on an ``ntp`` and on a ``meap`` export to compare models. The paper's
+exact averaging (which queries, heads, layers) was not readable; the choices above are ours.
+
+Text: ``text_file`` (one document per line), else the ``split`` of ``corpus_dir``, else the corpus
+of the model's own run (``runs/RUN/corpus`` for ``runs/RUN/pretrain/NAME/export``).
+``python -m evaluate run attention --run RUN --models runs/RUN/pretrain/meap/export``
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from pipeline.errors import UserError, main_guard
+from evaluate.base import EvalContext, Evaluation, register
+from pipeline.errors import UserError
 from pretrain.objectives.meap import meap_mask
 
 
@@ -38,6 +40,7 @@ def load_model(model_dir: Path, trust_remote_code: bool = False):
     so the weights are returned; code in the folder runs only with ``trust_remote_code``)."""
     from pretrain.exports import load_export
 
+    model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not a model folder (no config.json)")
     ex = load_export(model_dir, task="causal_lm", model_type="decoder", trust_remote_code=trust_remote_code,
@@ -61,7 +64,7 @@ def windows(texts: list[str], tok, seq_len: int, n: int, cls_id: int, sep_id: in
             break
     if len(stream) < need:
         raise UserError(f"not enough text for {n} windows of {seq_len} tokens ({len(stream)} tokens); "
-                        "lower --n-seqs or --seq-len")
+                        "lower n_seqs or seq_len")
     body = torch.tensor(stream[:need], dtype=torch.long).view(n, seq_len - 1)
     return torch.cat([torch.full((n, 1), cls_id, dtype=torch.long), body], dim=1)
 
@@ -101,66 +104,63 @@ def diagnostics(model, ids: torch.Tensor, mask: torch.Tensor, mask_id: int, batc
     return out
 
 
-def load_texts(args) -> list[str]:
-    if args.text_file:
-        f = Path(args.text_file)
-        if not f.is_file():
-            raise UserError(f"--text-file {f}: not found")
-        return [ln for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    from corpora.io import iter_corpus, list_shards
+@register
+class Attention(Evaluation):
+    """MEAP attention diagnostics of a decoder export: mass on masked positions, variance elsewhere."""
 
-    from pipeline.runs import run_path
+    name = "attention"
+    metrics = ("mass_on_masked_clean", "mass_on_masked_masked", "mass_on_masked_change",
+               "var_unmasked_clean", "var_unmasked_masked", "var_unmasked_change")
+    unfingerprinted = ("batch_size",)
 
-    cdir = Path(args.corpus_dir or run_path(args.runs_root, args.run, "corpus"))
-    if not list_shards(cdir, args.split):
-        raise UserError(f"no corpus shards under {cdir / args.split}; pass --run, --corpus-dir or --text-file")
-    return [r["text"] for r in iter_corpus(cdir, args.split) if r.get("text")]
+    @dataclass
+    class Config:
+        text_file: str = ""     # UTF-8 text, one document per line ("": the corpus)
+        corpus_dir: str = ""    # "": runs/RUN/corpus of the model's run
+        split: str = "valid"
+        n_seqs: int = 32
+        seq_len: int = 256
+        mask_ratio: float = 0.15
+        batch_size: int = 8
 
+        def validate(self) -> None:
+            if not 0 < self.mask_ratio < 1:
+                raise ValueError("mask_ratio must be in (0, 1)")
+            if self.n_seqs < 1 or self.seq_len < 2:
+                raise ValueError("n_seqs must be >= 1 and seq_len >= 2")
 
-@main_guard
-def main(argv: list[str] | None = None) -> int:
-    from pipeline.log import print_table
-    from pipeline.runs import atomic_write_json
+    def texts(self, model_dir: Path) -> list[str]:
+        c = self.cfg
+        if c.text_file:
+            f = Path(c.text_file)
+            if not f.is_file():
+                raise UserError(f"text_file {f}: not found")
+            return [ln for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        from corpora.io import iter_corpus, list_shards
 
-    ap = argparse.ArgumentParser(prog="python -m pretrain.attention_diag", description=__doc__.split("\n\n")[0])
-    ap.add_argument("model_dir", help="a decoder export folder")
-    ap.add_argument("--run", default="demo")
-    ap.add_argument("--runs-root", default="runs")
-    ap.add_argument("--corpus-dir", default=None, help="default RUNS_ROOT/RUN/corpus")
-    ap.add_argument("--split", default="valid")
-    ap.add_argument("--text-file", default=None, help="UTF-8 text (one document per line) instead of the corpus")
-    ap.add_argument("--n-seqs", type=int, default=32)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--mask-ratio", type=float, default=0.15)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--out", default=None, help="JSON output (default MODEL_DIR/../attention_diag.json)")
-    ap.add_argument("--trust-remote-code", action="store_true",
-                    help="let code shipped in the model folder run (read it first; docs/reliability.md)")
-    args = ap.parse_args(argv)
-    if not 0 < args.mask_ratio < 1:
-        raise UserError("--mask-ratio must be in (0, 1)")
-    model_dir = Path(args.model_dir)
-    model, tok, meta = load_model(model_dir, args.trust_remote_code)
-    cls_id, sep_id, mask_id, pad_id = (_id(tok, "[CLS]", 2), _id(tok, "[SEP]", 3), _id(tok, "[MASK]", 4),
-                                       _id(tok, "[PAD]", 0))
-    ids = windows(load_texts(args), tok, args.seq_len, args.n_seqs, cls_id, sep_id)
-    eligible = ~torch.isin(ids, torch.tensor([cls_id, sep_id, pad_id]))
-    eligible[:, -1] = False
-    g = torch.Generator().manual_seed(args.seed)
-    mask = meap_mask(ids, eligible, args.mask_ratio, g)
-    res = diagnostics(model, ids, mask, mask_id, args.batch_size)
-    res.update({"model": str(model_dir), "objective": meta.get("objective"), "n_seqs": args.n_seqs,
-                "seq_len": args.seq_len, "mask_ratio": args.mask_ratio, "seed": args.seed})
-    out = Path(args.out) if args.out else model_dir.resolve().parent / "attention_diag.json"
-    atomic_write_json(out, res)
-    rows = [[m, res["mean"][m]["clean"], res["mean"][m]["masked"],
-             100 * res["relative_change"][m] if res["relative_change"][m] is not None else float("nan")]
-            for m in ("mass_on_masked", "var_unmasked")]
-    print_table(f"attention diagnostics ({meta.get('objective', '?')}) -> {out}",
-                ["metric", "clean input", "masked input", "change %"], rows)
-    return 0
+        parts = Path(model_dir).resolve().parts
+        if not c.corpus_dir and not (len(parts) >= 4 and parts[-1] == "export" and parts[-3] == "pretrain"):
+            raise UserError(f"{model_dir}: not under runs/RUN/pretrain/NAME/export; give text_file or corpus_dir")
+        cdir = Path(c.corpus_dir) if c.corpus_dir else Path(*parts[:-3]) / "corpus"
+        if not list_shards(cdir, c.split):
+            raise UserError(f"no corpus shards under {cdir / c.split}; give corpus_dir or text_file")
+        return [r["text"] for r in iter_corpus(cdir, c.split) if r.get("text")]
 
+    def run(self, model_dir: Path, seed: int, ctx: EvalContext) -> dict:
+        c = self.cfg
+        from evaluate.frozen import resolve_export
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+        model_dir = resolve_export(model_dir)
+        model, tok, meta = load_model(model_dir, ctx.trust_remote_code)
+        cls_id, sep_id, mask_id, pad_id = (_id(tok, "[CLS]", 2), _id(tok, "[SEP]", 3), _id(tok, "[MASK]", 4),
+                                           _id(tok, "[PAD]", 0))
+        ids = windows(self.texts(model_dir), tok, c.seq_len, c.n_seqs, cls_id, sep_id)
+        eligible = ~torch.isin(ids, torch.tensor([cls_id, sep_id, pad_id]))
+        eligible[:, -1] = False
+        mask = meap_mask(ids, eligible, c.mask_ratio, torch.Generator().manual_seed(seed))
+        res = diagnostics(model, ids, mask, mask_id, c.batch_size)
+        for m in ("mass_on_masked", "var_unmasked"):
+            res[f"{m}_clean"], res[f"{m}_masked"] = res["mean"][m]["clean"], res["mean"][m]["masked"]
+            res[f"{m}_change"] = res["relative_change"][m]
+        res["objective"] = meta.get("objective")
+        return res

@@ -14,34 +14,32 @@ masked n-gram (unit of >= 2 tokens) counts as recovered only if it is predicted 
   Such a sample is sometimes the original n-gram itself, which the main model then only has to
   keep: ``sample_is_original`` (% of masked n-grams) is reported beside the number, and so is
   ``ngram_exact_mask_input``, the rung scored on ``[MASK]`` input (an input it never saw: biased
-  low);
+  low). The objective is asked for its predictions through its method ``predict_masked``;
 * ``contiguous`` (any encoder export with an MLM head, e.g. ``mlm``): all its tokens are
   ``[MASK]`` in place and the argmax at every position must be the right token.
 
 The explicit head needs the objective's heads, which the export drops, so an ``ernie_gram``
 folder is read from its pre-training folder: ``config.yaml`` + ``checkpoints/latest``.
 
-``python -m pretrain.ngram_eval --models DIR [DIR ...] --out FILE [--batches 20] [--shards ROOT]``
-(``DIR``: ``runs/RUN/pretrain/NAME``). Writes ``FILE`` (JSON, per model and grouped by name with
-mean/std over seeds) and prints a table.
+Settings resolved over all models of a run or study (:meth:`NgramRecovery.prepare`): the lexicon
+cap (``max_ngrams: 0``: the smallest explicit model's lexicon), the shards (``shards: ""``: the
+first model's ``data.shards_root``, else ``runs/RUN/shards``) and ``seq_len`` (0: the first model's).
+The seed picks the masked units (seed 0: the former ``python -m pretrain.ngram_eval`` numbers).
+``python -m evaluate run ngram_recovery --run RUN --models runs/RUN/pretrain/NAME ...``
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.errors import UserError, main_guard
-from pipeline.log import get_logger, print_table
-from pipeline.runs import atomic_write_json
+from evaluate.base import EvalContext, Evaluation, register
+from pipeline.errors import UserError
 from pretrain.objectives.ernie_gram import IGNORE, choose_units, collapse, normalise_units
-
-log = get_logger("ngram_eval")
 
 
 class Contiguous:
@@ -66,8 +64,7 @@ class Contiguous:
         in_masked = chosen.gather(1, sp)
         in_ngram = in_masked & (ul.gather(1, sp) >= 2)
         x = torch.where(in_masked, torch.full_like(ids, mask_id), ids)
-        logits = self.model(input_ids=x, attention_mask=valid.long()).logits
-        ok = logits.argmax(-1) == ids
+        ok = self.model(input_ids=x, attention_mask=valid.long()).logits.argmax(-1) == ids
         # a unit is exact when no token of it is wrong: count wrong tokens per unit start
         wrong = torch.zeros(B, T, dtype=torch.long).scatter_add_(1, sp, (in_ngram & ~ok).long())
         starts = chosen & (ul >= 2)
@@ -131,84 +128,88 @@ class Explicit:
         return res
 
 
+def _objective(d: Path) -> str | None:
+    if not ((d / "config.yaml").is_file() and (d / "checkpoints").is_dir()):
+        return None
+    import yaml
+
+    try:
+        return (yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}).get("objective")
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{d / 'config.yaml'}: cannot read ({e})") from None
+
+
 def load_scorer(d: str | Path, trust_remote_code: bool = False):
     d = Path(d)
-    if (d / "config.yaml").is_file() and (d / "checkpoints").is_dir():
-        try:
-            import yaml
-
-            objective = (yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}).get("objective")
-        except Exception as e:  # noqa: BLE001 - reported as a user error
-            raise UserError(f"{d / 'config.yaml'}: cannot read ({e})") from None
-        if objective == "ernie_gram":
-            return Explicit(d), d
+    if _objective(d) == "ernie_gram":
+        return Explicit(d), d
     exp = d / "export" if (d / "export" / "config.json").is_file() else d
     if not (exp / "config.json").is_file():
         raise UserError(f"{d}: neither an ernie_gram pre-training folder nor an encoder export")
     return Contiguous(exp, trust_remote_code), exp
 
 
-def names_of(d: Path) -> tuple[str, str]:
-    parts = d.resolve().parts
-    if parts[-1] == "export":
-        parts = parts[:-1]
-    if len(parts) >= 3 and parts[-2] == "pretrain":
-        return f"{parts[-3]}/{parts[-1]}", parts[-1]
-    return str(d), d.name
+@register
+class NgramRecovery(Evaluation):
+    """Whole-n-gram recovery on the valid char shards (explicit n-gram head vs contiguous MLM)."""
 
+    name = "ngram_recovery"
+    metrics = ("ngram_exact", "queries_exact", "token_acc", "sample_is_original", "ngram_exact_mask_input")
 
-def evaluate_models(models: list[str], shards: str | None, *, batches: int, batch_size: int, seq_len: int | None,
-                    mask_prob: float, max_ngrams: int, seed: int, kind: str = "char",
-                    trust_remote_code: bool = False) -> dict:
-    scorers = []
-    for m in models:
-        sc, d = load_scorer(m, trust_remote_code)
-        scorers.append((*names_of(d), sc, Path(m)))
-    caps = [sc.n_ngrams for _, _, sc, _ in scorers if sc.n_ngrams] + [max_ngrams]
-    cap = min(caps)
-    first = scorers[0][3]
-    first_cfg = {}
-    if (first / "config.yaml").is_file():
+    @dataclass
+    class Config:
+        shards: str = ""          # shards root ("": the first model's data.shards_root, else runs/RUN/shards)
+        kind: str = "char"
+        batches: int = 20
+        batch_size: int = 32
+        seq_len: int = 0          # 0: the first model's data.seq_len (else 128)
+        mask_prob: float = 0.15
+        max_ngrams: int = 0       # lexicon cap (0: the smallest explicit model's lexicon)
+
+    def prepare(self, model_dirs: list[Path]) -> None:
         import yaml
 
-        first_cfg = yaml.safe_load((first / "config.yaml").read_text(encoding="utf-8")) or {}
-    data_cfg = first_cfg.get("data") or {}
-    if shards is None:  # the first model's own shards (its resolved config), else runs/RUN/shards
-        if data_cfg.get("shards_root"):
-            shards = str(data_cfg["shards_root"])
-        else:
+        c, first = self.cfg, Path(model_dirs[0])
+        if c.max_ngrams <= 0:
+            caps = [Explicit(Path(d)).n_ngrams for d in dict.fromkeys(model_dirs) if _objective(Path(d)) == "ernie_gram"]
+            c.max_ngrams = min(caps + [10**9])
+        data_cfg = {}
+        if (first / "config.yaml").is_file():
+            data_cfg = (yaml.safe_load((first / "config.yaml").read_text(encoding="utf-8")) or {}).get("data") or {}
+        if not c.shards:  # the first model's own shards (its resolved config), else runs/RUN/shards
             run_root = first.parent.parent if first.parent.name == "pretrain" else first.parent.parent.parent
-            shards = str(run_root / "shards")
-    if seq_len is None:
-        seq_len = int(data_cfg.get("seq_len", 128))
-    from tokenization.loader import PackedLoader
+            c.shards = str(data_cfg.get("shards_root") or run_root / "shards")
+        if c.seq_len <= 0:
+            c.seq_len = int(data_cfg.get("seq_len", 128))
 
-    loader = PackedLoader(shards, kind, "valid", seq_len or 128, batch_size, seed=seed, shuffle=False)
-    meta = loader.vocab_meta.get("special_tokens", {})
-    mask_id, pad_id = int(meta.get("mask", 4)), int(meta.get("pad", 0))
-    totals: dict[str, dict[str, int]] = {name: defaultdict(int) for name, _, _, _ in scorers}
-    n = min(batches, len(loader))
-    if n < 1:
-        raise UserError(f"{shards}/{kind}/valid: no validation batch of {batch_size} windows")
-    for i in range(n):
-        b = loader.batch(0, i)
-        if "unit_len" not in b:
-            raise UserError(f"{shards}/{kind}: the shards carry no n-gram units (build them with the 'ngram' kind)")
-        ids = torch.from_numpy(np.asarray(b["input_ids"], dtype=np.int64))
-        special = torch.from_numpy(np.asarray(b["special_mask"], dtype=bool))
-        valid = torch.from_numpy(np.asarray(b["attention_mask"]) != 0)
-        ulen = torch.from_numpy(np.asarray(b["unit_len"], dtype=np.int64))
-        ung = torch.from_numpy(np.asarray(b["unit_ngram"], dtype=np.int64))
-        is_start, _, _ = normalise_units(ulen, ung, special, valid, cap)
-        chosen = choose_units(is_start & ~special & valid, mask_prob, torch.Generator().manual_seed(seed * 100003 + i))
-        for name, _, sc, _ in scorers:
-            for k, v in sc.score(ids, special, valid, ulen, ung, chosen, mask_id, pad_id, cap).items():
-                totals[name][k] += v
-    results, groups = {}, defaultdict(list)
-    for name, group, sc, _ in scorers:
-        t = totals[name]
-        r = {"method": sc.method, "group": group, "ngrams": t["ngrams"],
-             "ngram_exact": 100.0 * t["exact"] / max(1, t["ngrams"])}
+    def run(self, model_dir: Path, seed: int, ctx: EvalContext) -> dict:
+        from tokenization.loader import PackedLoader
+
+        c = self.cfg
+        if c.max_ngrams <= 0 or not c.shards or c.seq_len <= 0:
+            self.prepare([model_dir])
+        sc, _ = load_scorer(model_dir, ctx.trust_remote_code)
+        loader = PackedLoader(c.shards, c.kind, "valid", c.seq_len, c.batch_size, seed=seed, shuffle=False)
+        meta = loader.vocab_meta.get("special_tokens", {})
+        mask_id, pad_id = int(meta.get("mask", 4)), int(meta.get("pad", 0))
+        n = min(c.batches, len(loader))
+        if n < 1:
+            raise UserError(f"{c.shards}/{c.kind}/valid: no validation batch of {c.batch_size} windows")
+        t: dict[str, int] = defaultdict(int)
+        for i in range(n):
+            b = loader.batch(0, i)
+            if "unit_len" not in b:
+                raise UserError(f"{c.shards}/{c.kind}: the shards carry no n-gram units (build them with the 'ngram' kind)")
+            ids = torch.from_numpy(np.asarray(b["input_ids"], dtype=np.int64))
+            special = torch.from_numpy(np.asarray(b["special_mask"], dtype=bool))
+            valid = torch.from_numpy(np.asarray(b["attention_mask"]) != 0)
+            ulen = torch.from_numpy(np.asarray(b["unit_len"], dtype=np.int64))
+            ung = torch.from_numpy(np.asarray(b["unit_ngram"], dtype=np.int64))
+            is_start, _, _ = normalise_units(ulen, ung, special, valid, c.max_ngrams)
+            chosen = choose_units(is_start & ~special & valid, c.mask_prob, torch.Generator().manual_seed(seed * 100003 + i))
+            for k, v in sc.score(ids, special, valid, ulen, ung, chosen, mask_id, pad_id, c.max_ngrams).items():
+                t[k] += v
+        r = {"method": sc.method, "ngrams": t["ngrams"], "batches": n, "ngram_exact": 100.0 * t["exact"] / max(1, t["ngrams"])}
         if "queries_exact" in t:
             r["queries_exact"] = 100.0 * t["queries_exact"] / max(1, t["ngrams"])
         if "sample_is_original" in t:
@@ -219,50 +220,4 @@ def evaluate_models(models: list[str], shards: str | None, *, batches: int, batc
             r["slot_input"] = "mask"
         if t.get("tokens"):
             r["token_acc"] = 100.0 * t["tokens_ok"] / t["tokens"]
-        results[name] = r
-        groups[group].append(name)
-    summary = {}
-    for g, names in groups.items():
-        vals = [results[x]["ngram_exact"] for x in names]
-        summary[g] = {"n": len(names), "method": results[names[0]]["method"], "ngram_exact": {
-            "mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals}}
-    return {"data": {"shards": str(shards), "kind": kind, "split": "valid", "batches": n, "batch_size": batch_size,
-                     "mask_prob": mask_prob, "lexicon_cap": cap, "seed": seed},
-            "models": results, "groups": summary}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pretrain.ngram_eval", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", required=True, help="pre-training folders runs/RUN/pretrain/NAME")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--shards", default=None, help="shards root (default: runs/RUN/shards of the first model)")
-    ap.add_argument("--batches", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--seq-len", type=int, default=None)
-    ap.add_argument("--mask-prob", type=float, default=0.15)
-    ap.add_argument("--max-ngrams", type=int, default=10**9, help="lexicon cap (default: the smallest model's)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--trust-remote-code", action="store_true",
-                    help="let code shipped in the model folders run (read it first; docs/reliability.md)")
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    res = evaluate_models(a.models, a.shards, batches=a.batches, batch_size=a.batch_size, seq_len=a.seq_len,
-                          mask_prob=a.mask_prob, max_ngrams=a.max_ngrams, seed=a.seed,
-                          trust_remote_code=a.trust_remote_code)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, res)
-    rows = [[name, r["method"], r.get("slot_input", "mask"), r["ngrams"], f"{r['ngram_exact']:.2f}",
-             f"{r.get('sample_is_original', float('nan')):.2f}", f"{r.get('ngram_exact_mask_input', float('nan')):.2f}",
-             f"{r.get('queries_exact', float('nan')):.2f}", f"{r.get('token_acc', float('nan')):.2f}"]
-            for name, r in res["models"].items()]
-    print_table(f"whole-n-gram recovery on {res['data']['shards']} valid -> {out}",
-                ["model", "method", "slot input", "n-grams", "exact %", "sample = original %",
-                 "exact on [MASK] %", "queries exact %", "token acc %"], rows)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main_guard(main)())
+        return r

@@ -1,0 +1,97 @@
+"""Fine-tuning tasks as an evaluation of a study: the fine-tuning suite (``finetune.train.run_seed``,
+the one loop of ``python -m finetune``) run for one model and one seed.
+
+``config`` names a fine-tuning suite config (``configs/finetune/*.yaml``: its tasks, learning-rate
+and epoch grid, batch sizes); ``options`` overrides its keys (``{"lrs": [1e-4], "epochs": [1]}``)
+and ``tasks`` picks some of its tasks (empty: all). The study's seed replaces the config's
+``seeds``; the study's model entry decides ``random_init`` (its ``random_init_twins`` is not used:
+list a ``random_init: true`` model in the study instead). Per task the result holds the test score
+of the dev-best grid point under the task's name (the kind's main metric, in %), ``TASK_dev``, and
+the chosen grid point. The grid points are resumable: they are kept in the store's work folder of
+this (model, seed) and re-used while the settings are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evaluate.base import EvalContext, Evaluation, register
+from pipeline.errors import UserError
+
+# keys of the suite's config that only pick models, runs or machines (not what a result depends on)
+NOT_SETTINGS = ("run", "runs_root", "seeds", "random_init_twins", "baseline", "device", "threads", "trust_remote_code")
+
+
+@register
+class FinetuneTasks(Evaluation):
+    """Fine-tuning tasks of the suite (python -m finetune), test score of the dev-best grid point."""
+
+    name = "finetune"
+    random_init_ok = True
+
+    @dataclass
+    class Config:
+        config: str = "configs/finetune/tiny.yaml"      # the fine-tuning suite's config
+        tasks: list[str] = field(default_factory=list)  # its tasks to run (empty: all)
+        options: dict[str, Any] = field(default_factory=dict)  # overrides of that config's keys
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        from finetune.config import FinetuneConfig
+        from pipeline.config import load_config
+
+        if not Path(cfg.config).is_file():
+            raise UserError(f"evaluation 'finetune': config file not found: {cfg.config}")
+        overrides = [f"{k}={json.dumps(v)}" for k, v in cfg.options.items()]
+        self.suite = load_config(FinetuneConfig, cfg.config, overrides)
+        known = [t.name for t in self.suite.tasks]
+        unknown = [t for t in cfg.tasks if t not in known]
+        if unknown:
+            raise UserError(f"evaluation 'finetune': task '{unknown[0]}' is not in {cfg.config} (it has {', '.join(known)})")
+        self.task_cfgs = [t for t in self.suite.tasks if not cfg.tasks or t.name in cfg.tasks]
+        self._data: dict = {}
+
+    @property
+    def metrics(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(t.name for t in self.task_cfgs)
+
+    def settings(self) -> dict:
+        from dataclasses import asdict
+
+        suite = {k: v for k, v in asdict(self.suite).items() if k not in NOT_SETTINGS}
+        suite["tasks"] = [asdict(t) for t in self.task_cfgs]
+        return {"suite": suite}
+
+    def _task(self, tc):
+        if tc.name not in self._data:
+            from finetune.tasks import load_task
+
+            self._data[tc.name] = load_task(tc)
+        return self._data[tc.name]
+
+    def run(self, model_dir: Path, seed: int, ctx: EvalContext) -> dict:
+        import dataclasses
+
+        from finetune.train import run_seed
+        from pretrain.exports import check_folder
+
+        if ctx.work_dir is None:
+            raise ValueError("the finetune evaluation needs a work folder (run it through evaluate.store)")
+        from evaluate.frozen import resolve_export
+
+        model_dir = resolve_export(model_dir)
+        check_folder(model_dir, ctx.trust_remote_code)  # refused folders fail before any training
+        device = ctx.device if ctx.device in ("auto", "cpu", "cuda") else "auto"
+        suite = dataclasses.replace(self.suite, trust_remote_code=ctx.trust_remote_code, device=device)
+        out: dict = {}
+        for tc in self.task_cfgs:
+            r = run_seed(Path(ctx.work_dir) / tc.name, Path(model_dir).name, str(model_dir), ctx.random_init,
+                         self._task(tc), tc, suite, seed)
+            out[tc.name] = r["test"]
+            out[f"{tc.name}_dev"] = r["dev"]
+            out[f"{tc.name}_chosen"] = r["chosen"]
+            out[f"{tc.name}_metric"] = r["metric"]
+        return out
