@@ -47,7 +47,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     clip: float = 1.0  # max gradient norm; 0 disables clipping
-    # auto: bf16 on a GPU that has it. (YAML reads a bare `no` as false; both mean "no".)
+    # auto: bf16 on a GPU that has it, or on a CPU with AMX-BF16 (resolve_mixed_precision); fp32 otherwise.
+    # (YAML reads a bare `no` as false; both mean "no".)
     mixed_precision: Union[Literal["auto", "no", "bf16", "fp16"], bool] = "auto"
     fused_adamw: Literal["auto", "on", "off"] = "auto"
     seed: int = 0
@@ -100,6 +101,63 @@ class PretrainConfig:
     @property
     def out_name(self) -> str:
         return self.name or self.objective
+
+
+def cpu_bf16_features(cpuinfo: str | None = None) -> dict[str, bool]:
+    """Which bf16 instructions this CPU has: ``{"avx512_bf16": ..., "amx_bf16": ...}``.
+
+    Read from the ``flags`` line of ``/proc/cpuinfo`` (``cpuinfo`` text for tests); where that file
+    does not exist, from torch's private ``torch.cpu._is_*_supported`` probes (False if absent).
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = None
+    if cpuinfo is not None:
+        flags: set[str] = set()
+        for line in cpuinfo.splitlines():
+            if line.startswith("flags"):
+                flags.update(line.partition(":")[2].split())
+        return {"avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
+    import torch
+
+    def probe(name: str) -> bool:
+        fn = getattr(torch.cpu, name, None)
+        try:
+            return bool(fn()) if fn else False
+        except Exception:  # a private probe that changed: treat as absent
+            return False
+
+    return {"avx512_bf16": probe("_is_avx512_bf16_supported"), "amx_bf16": probe("_is_amx_tile_supported")}
+
+
+def resolve_mixed_precision(mp: str, *, cuda: bool | None = None, cpu_features: dict[str, bool] | None = None,
+                            env: dict[str, str] | None = None) -> str | None:
+    """``mixed_precision`` as accelerate takes it; ``auto`` is resolved here.
+
+    ``auto``: ``None`` when ``accelerate launch`` set ``ACCELERATE_MIXED_PRECISION`` (its choice wins);
+    ``bf16`` on a CUDA GPU with bf16; on a CPU ``bf16`` only with AMX-BF16 (``amx_bf16``), else ``no``.
+    AVX512-BF16 alone is not enough: on an AMD EPYC with ``avx512_bf16`` and no AMX, bf16 autocast ran
+    the tiny MLM slower than fp32 (``bench/bench_bf16.py``, docs/regime.md); with AMX it ran 1.3-1.8x
+    faster (issue 21). Explicit values pass through.
+    """
+    import os
+
+    if mp != "auto":
+        return mp
+    env = os.environ if env is None else env
+    if env.get("ACCELERATE_MIXED_PRECISION"):
+        return None
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if cuda:
+        return "bf16"
+    feats = cpu_bf16_features() if cpu_features is None else cpu_features
+    return "bf16" if feats.get("amx_bf16") else "no"
 
 
 def resolve_batch(train: TrainConfig, world_size: int) -> tuple[int, int]:
