@@ -136,7 +136,8 @@ def delta_rows(res: dict) -> tuple[list[str], list[list[str]]]:
         if m["random_init"]:
             continue
         twin = res["models"].get(f"{name}-random", {}).get("results", {})
-        rows.append([name] + [_delta(m["results"].get(t), base.get(t), n) for t in tasks]
+        vs_base = ["baseline"] * len(tasks) if name == res["baseline"] else [_delta(m["results"].get(t), base.get(t), n) for t in tasks]
+        rows.append([name] + vs_base
                     + [_delta(m["results"].get(t), twin.get(t), n) for t in tasks])
     return header, rows
 

@@ -103,3 +103,4 @@ def test_report_significance_and_delta_cells():
     row = dict(zip(header, rows[0]))
     assert row["Δ sentiment vs own random init"].startswith("+4.83") and f"(p={want.p:.3f})" in row["Δ sentiment vs own random init"]
     assert "~" in row["Δ ner vs own random init"]
+    assert row["Δ sentiment vs mlm"] == "baseline"  # the baseline is not tested against itself
