@@ -63,8 +63,9 @@ def _batches(items: list, size: int, order: list[int] | None = None):
 def precision(cfg: FinetuneConfig, device: torch.device) -> str:
     """``"bf16"`` or ``"no"``: ``cfg.mixed_precision`` with ``auto`` resolved for ``device``.
 
-    ``auto`` follows :func:`pretrain.config.resolve_mixed_precision` (bf16 on a GPU with bf16 or a
-    CPU with AMX-BF16 / AVX512-BF16); an ``accelerate launch`` setting does not apply to fine-tuning.
+    ``auto`` follows :func:`pretrain.config.resolve_mixed_precision` (bf16 on a GPU with bf16; on a
+    CPU as ``pretrain.config.CPU_AUTO_BF16`` says, fp32 for now); an ``accelerate launch`` setting
+    does not apply to fine-tuning.
     """
     from pretrain.config import resolve_mixed_precision
 

@@ -191,7 +191,7 @@ def make_accelerator(t: TrainConfig, grad_accum: int):
 
     from pretrain.config import resolve_mixed_precision
 
-    mp: str | None = resolve_mixed_precision(t.mixed_precision)  # auto: bf16 on a GPU or a CPU with bf16 instructions
+    mp: str | None = resolve_mixed_precision(t.mixed_precision)  # auto: bf16 on a GPU (CPU: pretrain.config.CPU_AUTO_BF16)
     # without a GPU, say so: accelerate then sets up several CPU processes (gloo) under torchrun /
     # `accelerate launch --multi_gpu` instead of silently running each process alone
     cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrain.config import TrainConfig, cpu_bf16_features, resolve_mixed_precision
+from pretrain.config import CPU_AUTO_BF16, TrainConfig, cpu_bf16_features, resolve_mixed_precision
 from pretrain.models import ModelConfig, build_encoder, encoder_body, mlm_head
 from pretrain.trainer import train
 from test_pretrain import tiny_cfg
@@ -95,34 +95,46 @@ def test_cpu_bf16_features_from_cpuinfo():
 def test_resolve_mixed_precision_auto():
     amx, zen4 = cpu_bf16_features(CPUINFO_AMX), cpu_bf16_features(CPUINFO_ZEN4)
     plain = cpu_bf16_features(CPUINFO_NO_BF16)
-    assert resolve_mixed_precision("auto", cuda=False, cpu_features=amx, env={}) == "bf16"
-    assert resolve_mixed_precision("auto", cuda=False, cpu_features=zen4, env={}) == "bf16"  # measured faster
-    assert resolve_mixed_precision("auto", cuda=False, cpu_features=plain, env={}) == "no"  # no bf16 instructions
+    both = {"amx_bf16": True, "avx512_bf16": True}
+    only_amx = {"amx_bf16": True, "avx512_bf16": False}
+    # default policy: the loss-parity gate is not passed, so a CPU stays fp32 whatever it has
+    assert not any(CPU_AUTO_BF16.values())
+    for feats in (amx, zen4, plain):
+        assert resolve_mixed_precision("auto", cuda=False, cpu_features=feats, env={}) == "no"
+    # a policy that enables an instruction set picks bf16 exactly where the CPU has it
+    assert resolve_mixed_precision("auto", cuda=False, cpu_features=zen4, env={}, cpu_policy=both) == "bf16"
+    assert resolve_mixed_precision("auto", cuda=False, cpu_features=zen4, env={}, cpu_policy=only_amx) == "no"
+    assert resolve_mixed_precision("auto", cuda=False, cpu_features=amx, env={}, cpu_policy=only_amx) == "bf16"
+    assert resolve_mixed_precision("auto", cuda=False, cpu_features=plain, env={}, cpu_policy=both) == "no"
     assert resolve_mixed_precision("auto", cuda=True, cpu_features=plain, env={}) == "bf16"
-    assert resolve_mixed_precision("auto", cuda=False, cpu_features=amx, env={"ACCELERATE_MIXED_PRECISION": "no"}) is None
+    assert resolve_mixed_precision("auto", cuda=False, cpu_features=amx, env={"ACCELERATE_MIXED_PRECISION": "no"},
+                                   cpu_policy=both) is None
     for explicit in ("no", "bf16", "fp16"):
-        assert resolve_mixed_precision(explicit, cuda=False, cpu_features=amx, env={}) == explicit
+        assert resolve_mixed_precision(explicit, cuda=False, cpu_features=plain, env={}) == explicit
 
 
 def test_trainer_and_finetune_resolve_auto(monkeypatch):
-    """``auto`` reaches the trainer's accelerator and the fine-tuning loop (bf16 only with bf16 instructions)."""
+    """``auto`` reaches the trainer's accelerator and the fine-tuning loop through one policy."""
+    import accelerate
+
     import pretrain.config as pc
     from finetune.config import FinetuneConfig
     from finetune.train import precision
     from pretrain.trainer import make_accelerator
-
-    import accelerate
 
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     # accelerate keeps one process-wide state: record what the trainer asks for instead
     monkeypatch.setattr(accelerate, "Accelerator", lambda **kw: kw)
     cpu = torch.device("cpu")
     monkeypatch.setattr(pc, "cpu_bf16_features", lambda: cpu_bf16_features(CPUINFO_AMX))
+    assert precision(FinetuneConfig(mixed_precision="auto"), cpu) == "no"  # default policy: fp32 on a CPU
+    assert precision(FinetuneConfig(mixed_precision="bf16"), cpu) == "bf16"
+    if not torch.cuda.is_available():
+        assert make_accelerator(TrainConfig(mixed_precision="auto"), 1)["mixed_precision"] == "no"
+    monkeypatch.setitem(pc.CPU_AUTO_BF16, "amx_bf16", True)
     assert precision(FinetuneConfig(mixed_precision="auto"), cpu) == "bf16"
     if not torch.cuda.is_available():
         assert make_accelerator(TrainConfig(mixed_precision="auto"), 1)["mixed_precision"] == "bf16"
     monkeypatch.setattr(pc, "cpu_bf16_features", lambda: cpu_bf16_features(CPUINFO_NO_BF16))
     assert precision(FinetuneConfig(mixed_precision="auto"), cpu) == "no"
-    assert precision(FinetuneConfig(mixed_precision="bf16"), cpu) == "bf16"
-    if not torch.cuda.is_available():
-        assert make_accelerator(TrainConfig(mixed_precision="auto"), 1)["mixed_precision"] == "no"
+    assert precision(FinetuneConfig(mixed_precision="no"), cpu) == "no"
