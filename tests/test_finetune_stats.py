@@ -8,6 +8,7 @@ import pytest
 
 from finetune.report import delta_rows, significance
 from finetune.stats import betainc_reg, check_same_grid, select_per_model, t_two_sided_p, welch_t
+from test_finetune_train import setup  # noqa: F401  (the checkpoint + task fixture)
 
 # Wikipedia, "Welch's t-test", example 1: Welch t = -2.46, df = 24.9(9), p = 0.021
 A1 = [27.5, 21.0, 19.0, 23.6, 17.0, 17.9, 16.9, 20.1, 21.9, 22.6, 23.1, 19.6, 19.0, 21.7, 21.4]
@@ -104,3 +105,26 @@ def test_report_significance_and_delta_cells():
     assert row["Δ sentiment vs own random init"].startswith("+4.83") and f"(p={want.p:.3f})" in row["Δ sentiment vs own random init"]
     assert "~" in row["Δ ner vs own random init"]
     assert row["Δ sentiment vs mlm"] == "baseline"  # the baseline is not tested against itself
+
+
+def test_cli_per_model_selection(setup, tmp_path, capsys):
+    """``grid_selection=per_model``: every seed is scored at the grid point with the best mean dev,
+    read back from the seeds' own grid records; the report says which point was chosen."""
+    import json
+
+    from test_finetune_train import _cli, _suite_config
+
+    root, model, _ = setup
+    cfg = _suite_config(tmp_path, root, epochs="[1, 2]", seeds="[1, 2]")
+    rc, _, err = _cli(["--config", str(cfg), "--models", f"base={model}", "grid_selection=per_model",
+                       "random_init_twins=false"], capsys)
+    assert rc == 0, err
+    out = tmp_path / "runs" / "t" / "finetune"
+    res = json.loads((out / "report" / "results.json").read_text(encoding="utf-8"))
+    assert res["grid_selection"] == "per_model"
+    seeds = [json.loads((out / "base" / "chnsenticorp" / f"seed-{s}" / "result.json").read_text()) for s in (1, 2)]
+    want = select_per_model(seeds)
+    chosen = res["chosen_grid_point"]["base"]["chnsenticorp"]
+    assert (chosen["lr"], chosen["epochs"]) == (want.lr, want.epochs)
+    assert res["models"]["base"]["results"]["chnsenticorp"]["values"] == want.test
+    assert "Grid point chosen on dev" in (out / "report" / "report.md").read_text(encoding="utf-8")
