@@ -115,21 +115,37 @@ def main(argv=None) -> int:
     acquire(out.parent, "finetune")  # until the process exits: one fine-tuning run per run folder (exit 2)
     save_config(cfg, out / "config.yaml")
 
-    results = {}
+    from finetune.stats import check_same_grid, select_per_model
+
+    results, chosen = {}, {}
     for tname, (tc, data) in tasks.items():
+        grids = {}
         for m in models:
-            vals = []
+            seed_results = []
             for seed in cfg.seeds:
                 d = out / m["name"] / tname / f"seed-{seed}"
                 if args.report_only:
                     p = d / "result.json"
                     if p.is_file():
-                        vals.append(RunResult.load(p).test)
+                        seed_results.append(RunResult.load(p).to_dict())
                     continue
-                r = run_seed(d, m["name"], m["dir"], m["random_init"], data, tc, cfg, seed)
-                vals.append(r["test"])
+                seed_results.append(run_seed(d, m["name"], m["dir"], m["random_init"], data, tc, cfg, seed))
+            vals = [r["test"] for r in seed_results]
+            if seed_results:
+                grids[m["name"]] = [(g["lr"], g["epochs"]) for r in seed_results for g in r["grid"]]
+            if seed_results and cfg.grid_selection == "per_model":
+                sel = select_per_model(seed_results)
+                vals = sel.test
+                chosen.setdefault(m["name"], {})[tname] = {"lr": sel.lr, "epochs": sel.epochs, "dev_mean": sel.dev_mean}
             results[(m["name"], tname)] = vals
+        try:
+            check_same_grid(grids)
+        except ValueError as e:
+            raise UserError(f"task {tname}: {e}") from None
     res = build_results(models, task_meta, cfg.seeds, baseline, results)
+    res["grid_selection"] = cfg.grid_selection
+    if chosen:
+        res["chosen_grid_point"] = chosen
     write_report(out / "report", res, {t: d.info for t, (_, d) in tasks.items()}, dump_config(cfg))
     from finetune.report import table_rows
 

@@ -24,10 +24,15 @@ class FinetuneConfig:
     grad_clip: float = 1.0
     dropout: float = 0.1
     evals_per_epoch: int = 1        # dev evaluations per epoch (the best one is kept)
+    # which grid point a model is scored at: per_seed = each seed's own dev-best point; per_model = the
+    # point with the best mean dev over the seeds (finetune.stats.select_per_model). Test never selects.
+    grid_selection: Literal["per_seed", "per_model"] = "per_seed"
     random_init_twins: bool = True  # also fine-tune a randomly initialised twin of every model (the floor)
     baseline: Optional[str] = None  # model name the report's deltas are taken against (default: the first)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Optional[int] = None   # torch CPU threads (None: torch's default)
+    # bf16 autocast: auto = on a GPU with bf16; on a CPU per pretrain.config.CPU_AUTO_BF16 (fp32 for now)
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     alignment: Literal["auto", "offsets", "words"] = "auto"  # token -> character map (finetune.charmap)
     # two-view encoders (amber): AMBERT's classification fine-tuning -- a classifier per view plus one
     # on the concatenation, summed cross-entropies + agreement_weight * ||p_fine - p_coarse||_2

@@ -258,6 +258,8 @@ class HFTextEncoder(TextEncoder):
             or cfg.model_type in ("llama", "gpt2", "mistral", "qwen2", "qwen3")
         self.use_token_types = getattr(cfg, "type_vocab_size", 0) > 1
         self.max_tokens = int(getattr(cfg, "max_position_embeddings", 512) or 512)
+        if "roberta" in cfg.model_type:  # RoBERTa numbers positions from pad_token_id + 1
+            self.max_tokens -= int(cfg.pad_token_id or 0) + 1
         self.cls_id = _special_id(tokenizer, self.meta, "cls")
         self.sep_id = _special_id(tokenizer, self.meta, "sep")
         pad = _special_id(tokenizer, self.meta, "pad")

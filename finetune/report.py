@@ -4,6 +4,8 @@
   twins as the floor, and the delta of every model's average over the baseline's, marked
   "within seed noise" when ``|delta| <= sqrt(std_model^2 + std_baseline^2)`` (the spread of one
   seed's difference; with one seed the noise is unknown and the note says so).
+* Per-task deltas over the baseline and the own random-init twin carry Welch's two-sided p over
+  the seeds (``finetune.stats.welch_t``); ``results.json`` has them under ``significance``.
 * ``scores.png``: bars per task and model with ±std error bars.
 * ``pretrain_loss.png``: pre-training loss curves of the compared models from
   ``MODEL_DIR/../metrics.jsonl`` (train records ``{"step", "split": "train", "loss"}``, eval records
@@ -16,6 +18,7 @@ import json
 import math
 from pathlib import Path
 
+from finetune.stats import welch_t
 from pipeline.log import format_table, get_logger
 from finetune.schema import FinetuneResults
 from pipeline.runs import atomic_write_text
@@ -90,13 +93,41 @@ def _delta(m: dict | None, b: dict | None, n_seeds: int) -> str:
     d = m["mean"] - b["mean"]
     if n_seeds < 2:
         return f"{d:+.2f}"
-    return f"{d:+.2f}" + (" ~" if abs(d) <= math.sqrt(m["std"] ** 2 + b["std"] ** 2) else "")
+    cell = f"{d:+.2f}" + (" ~" if abs(d) <= math.sqrt(m["std"] ** 2 + b["std"] ** 2) else "")
+    w = welch_t(m["values"], b["values"])
+    return cell + ("" if math.isnan(w.p) else f" (p={w.p:.3f})")
+
+
+def significance(res: dict) -> dict[str, dict[str, dict]]:
+    """Welch's t per task of every pre-trained model vs its random-init twin and vs the baseline.
+
+    ``{model: {task: {"vs_random": {diff, t, df, p}, "vs_baseline": {...}}}}`` (entries without two
+    seeds on both sides have null t/df/p).
+    """
+    out: dict[str, dict[str, dict]] = {}
+    base = res["models"].get(res["baseline"], {}).get("results", {})
+    for name, m in res["models"].items():
+        if m["random_init"]:
+            continue
+        twin = res["models"].get(f"{name}-random", {}).get("results", {})
+        per_task = {}
+        for t, s in m["results"].items():
+            entry = {}
+            for key, other in (("vs_random", twin.get(t)), ("vs_baseline", base.get(t) if name != res["baseline"] else None)):
+                if other:
+                    w = welch_t(s["values"], other["values"])
+                    entry[key] = {k: (None if math.isnan(v) else v) for k, v in
+                                  (("diff", w.diff), ("t", w.t), ("df", w.df), ("p", w.p))}
+            per_task[t] = entry
+        out[name] = per_task
+    return out
 
 
 def delta_rows(res: dict) -> tuple[list[str], list[list[str]]]:
     """Per task: Δ over the baseline and Δ over the model's own random-init twin (the floor).
 
-    ``~`` marks a difference within seed noise (|Δ| <= sqrt(std_a^2 + std_b^2)).
+    ``~`` marks a difference within seed noise (|Δ| <= sqrt(std_a^2 + std_b^2)); with two or more
+    seeds on both sides the cell also carries Welch's two-sided p over the seeds.
     """
     tasks, n = list(res["tasks"]), len(res["seeds"])
     base = res["models"].get(res["baseline"], {}).get("results", {})
@@ -106,7 +137,8 @@ def delta_rows(res: dict) -> tuple[list[str], list[list[str]]]:
         if m["random_init"]:
             continue
         twin = res["models"].get(f"{name}-random", {}).get("results", {})
-        rows.append([name] + [_delta(m["results"].get(t), base.get(t), n) for t in tasks]
+        vs_base = ["baseline"] * len(tasks) if name == res["baseline"] else [_delta(m["results"].get(t), base.get(t), n) for t in tasks]
+        rows.append([name] + vs_base
                     + [_delta(m["results"].get(t), twin.get(t), n) for t in tasks])
     return header, rows
 
@@ -208,16 +240,25 @@ def write_report(report_dir: Path, res: dict, task_info: dict[str, dict], cfg_te
     table = format_table(header, rows)
     md = [f"# Fine-tuning report", "",
           f"Seeds: {', '.join(map(str, res['seeds']))}. Cells: mean ± std (max) over seeds of the test score "
-          f"(%) at the dev-best grid point and checkpoint of each seed. Random-init twins (same config, fresh weights) "
+          f"(%) at " + ("the grid point with the best mean dev score over the seeds, per model and task (chosen "
+                        "on dev only; same grid for every model), and each seed's dev-best checkpoint"
+                        if res.get("grid_selection") == "per_model" else
+                        "the dev-best grid point and checkpoint of each seed") + ". Random-init twins (same config, fresh weights) "
           f"are the floor. Δ: average over tasks minus the baseline's ({res['baseline']}); 'within seed noise' when "
           f"|Δ| ≤ √(std² + std_baseline²).", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     dh, dr = delta_rows(res)
     md += ["", "Per task: Δ of the mean over the baseline and over each model's own random-init twin (the floor)"
-           + ("; `~` = within seed noise." if len(res["seeds"]) > 1 else "; one seed, so the seed noise is unknown."), "",
+           + ("; `~` = within seed noise; p = Welch's two-sided t-test over the seeds (finetune.stats)."
+              if len(res["seeds"]) > 1 else "; one seed, so the seed noise is unknown."), "",
            "| " + " | ".join(dh) + " |", "|" + "---|" * len(dh)]
     md += ["| " + " | ".join(r) + " |" for r in dr]
+    if res.get("chosen_grid_point"):
+        md += ["", "Grid point chosen on dev (lr, epochs) per model and task:", ""]
+        for name, per_task in res["chosen_grid_point"].items():
+            md.append(f"- `{name}`: " + ", ".join(f"{t}: lr {c['lr']:g}, {c['epochs']} ep (dev {c['dev_mean']:.2f})"
+                                                   for t, c in per_task.items()))
     md += ["", "![scores](scores.png)", ""]
     md += ["![pre-training loss](pretrain_loss.png)" if has_curves else "(no pre-training metrics.jsonl found for the pre-trained models)", ""]
     md += ["## Tasks", "", "| task | kind | metric | train / dev / test used (full) | source | split |", "|---|---|---|---|---|---|"]
@@ -231,5 +272,6 @@ def write_report(report_dir: Path, res: dict, task_info: dict[str, dict], cfg_te
         md.append(f"- `{name}`: `{m['dir']}`{' (random init)' if m['random_init'] else ''}")
     md += ["", "## Config", "", "```yaml", cfg_text.rstrip(), "```", ""]
     atomic_write_text(report_dir / "report.md", "\n".join(md))
+    res = {**res, "significance": significance(res)}
     FinetuneResults.from_dict(res).save(report_dir)  # results.json, written last: marks the report complete
     return table

@@ -61,9 +61,29 @@ def _batches(items: list, size: int, order: list[int] | None = None):
         yield [items[j] for j in idx[i:i + size]]
 
 
-def _train_step(model: Finetuner, opt, sched, batch: dict, grad_clip: float) -> dict:
+def precision(cfg: FinetuneConfig, device: torch.device) -> str:
+    """``"bf16"`` or ``"no"``: ``cfg.mixed_precision`` with ``auto`` resolved for ``device``.
+
+    ``auto`` follows :func:`pretrain.config.resolve_mixed_precision` (bf16 on a GPU with bf16; on a
+    CPU as ``pretrain.config.CPU_AUTO_BF16`` says, fp32 for now); an ``accelerate launch`` setting
+    does not apply to fine-tuning.
+    """
+    from pretrain.config import resolve_mixed_precision
+
+    cuda = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if device.type == "cuda" and cfg.mixed_precision == "bf16" and not cuda:
+        return "no"
+    return resolve_mixed_precision(cfg.mixed_precision, cuda=cuda, env={}) or "no"
+
+
+def autocast(device: torch.device, mp: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=(mp == "bf16"))
+
+
+def _train_step(model: Finetuner, opt, sched, batch: dict, grad_clip: float, mp: str = "no") -> dict:
     """One optimiser step on ``batch`` (gradient clipping when ``grad_clip > 0``); the model's outputs."""
-    out = model(batch)
+    with autocast(next(model.parameters()).device, mp):
+        out = model(batch)
     opt.zero_grad(set_to_none=True)
     out["loss"].backward()
     if grad_clip > 0:
@@ -74,12 +94,15 @@ def _train_step(model: Finetuner, opt, sched, batch: dict, grad_clip: float) -> 
 
 
 @torch.no_grad()
-def evaluate(model: Finetuner, features: list[dict], batch_size: int) -> dict[str, float]:
+def evaluate(model: Finetuner, features: list[dict], batch_size: int, mp: str = "no") -> dict[str, float]:
     model.eval()
     preds = []
+    dev = next(model.parameters()).device
     for chunk in _batches(features, batch_size):
         batch = model.kind.collate(chunk)
-        preds.extend(model.kind.predict(model(batch), batch))
+        with autocast(dev, mp):
+            out = model(batch)
+        preds.extend(model.kind.predict(out, batch))
     return model.kind.score(preds, features)
 
 
@@ -103,6 +126,7 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
                      lr: float, epochs: int, seed: int, feats: dict[str, list[dict]] | None = None) -> dict:
     """Train one (lr, epochs) point with ``seed``; return dev/test metrics of the best dev state."""
     device = pick_device(cfg.device)
+    mp = precision(cfg, device)
     set_seed(seed)
     encoder = load_encoder(model_dir, random_init=random_init, **cfg.encoder_options())
     kind = get_kind(task.kind)(task, encoder.hidden_size, kind_options(cfg, tcfg, encoder))
@@ -128,14 +152,14 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
         for step, chunk in enumerate(_batches(train, bs, order), 1):
             model.train()
             ts = time.time()
-            out = _train_step(model, opt, sched, kind.collate(chunk), cfg.grad_clip)
+            out = _train_step(model, opt, sched, kind.collate(chunk), cfg.grad_clip, mp)
             train_time += time.time() - ts
             n_seen += len(chunk)
             loss_sum += float(out["loss"].detach())
             loss_n += 1
             bar.update(1)
             if step in eval_at:
-                dev = evaluate(model, feats["dev"], cfg.eval_batch_size)
+                dev = evaluate(model, feats["dev"], cfg.eval_batch_size, mp)
                 curve.append({"epoch": ep + step / steps_per_epoch, "train_loss": loss_sum / max(1, loss_n), "dev": dev})
                 loss_sum, loss_n = 0.0, 0
                 if dev[main] > best:
@@ -144,19 +168,22 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
     bar.close()
     model.load_state_dict(best_state)
     te = time.time()
-    test = evaluate(model, feats["test"], cfg.eval_batch_size)
+    test = evaluate(model, feats["test"], cfg.eval_batch_size, mp)
     test_time = time.time() - te
     cut = getattr(encoder, "n_cut_chars", 0)
     return {"lr": lr, "epochs": epochs, "seed": seed, "best_epoch": best_where, "dev": best, "dev_metrics": curve[-1]["dev"] if curve else {},
             "test": test[main], "test_metrics": test, "curve": curve, "train_examples": len(train),
             "train_examples_per_s": n_seen / max(train_time, 1e-9), "eval_examples_per_s": len(feats["test"]) / max(test_time, 1e-9),
-            "seconds": time.time() - t0, "chars_cut_by_token_budget": int(cut)}
+            "seconds": time.time() - t0, "chars_cut_by_token_budget": int(cut), "precision": mp}
 
 
 def settings_fingerprint(tcfg: TaskConfig, cfg: FinetuneConfig, random_init: bool) -> str:
     keys = {"task": asdict(tcfg), "random_init": random_init, **{k: getattr(cfg, k) for k in (
         "lrs", "epochs", "batch_size", "eval_batch_size", "warmup", "weight_decay", "grad_clip", "dropout",
         "evals_per_epoch", "alignment", "view_heads", "agreement_weight")}}
+    mp = precision(cfg, pick_device(cfg.device))
+    if mp != "no":  # only then: fp32 results of earlier versions keep their fingerprints
+        keys["precision"] = mp
     return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

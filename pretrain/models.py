@@ -1,8 +1,18 @@
 """Backbones: stock ``transformers`` models built from a size preset.
 
-Encoders are ``BertForMaskedLM``-compatible, decoders are ``LlamaForCausalLM``; both load back
-with ``AutoModelForMaskedLM`` / ``AutoModelForCausalLM`` and no custom code. The vocabulary size
+Encoders are chosen by ``model.arch`` (default ``bert``): ``BertForMaskedLM`` (Post-LN),
+``RobertaPreLayerNormForMaskedLM`` (the same BERT block with the LayerNorm moved before attention
+and FFN, plus a final LayerNorm) or ``ModernBertForMaskedLM`` (Pre-LN, RoPE, GeGLU, no biases).
+Decoders are ``LlamaForCausalLM``. All load back with ``AutoModelForMaskedLM`` /
+``AutoModelForCausalLM`` (and ``AutoModel`` for the body) and no custom code. The vocabulary size
 comes from the tokenizer, padded to a multiple of 64 (tensor-core friendly shapes).
+
+Objectives reach the body and the MLM head through :func:`encoder_body` and :func:`mlm_head`, so
+they work with every ``arch``. Choices of ours (docs/regime.md): the ModernBERT encoder attends
+globally in every layer (ModernBERT's alternating 128-token local windows are an efficiency device
+for long inputs; ``model.modernbert_local_every`` > 1 brings them back), and RoBERTa-PreLN gets
+``max_position_embeddings + pad_id + 1`` position slots because RoBERTa numbers positions from
+``pad_id + 1``.
 """
 
 from __future__ import annotations
@@ -35,6 +45,11 @@ class ModelConfig:
     tie_word_embeddings: bool = True
     rope_theta: float = 10000.0
     num_key_value_heads: Optional[int] = None  # decoders: grouped-query attention
+    # encoders: bert = Post-LN BERT; roberta_prelayernorm = Pre-LN BERT block; modernbert = Pre-LN,
+    # RoPE, GeGLU, no biases
+    arch: Literal["bert", "roberta_prelayernorm", "modernbert"] = "bert"
+    modernbert_local_every: int = 1  # modernbert: 1 = every layer global; n > 1 = global every n-th layer
+    modernbert_local_window: int = 128  # modernbert: window of the local layers (tokens)
 
     def dims(self) -> tuple[int, int, int, int]:
         l, h, a, f = PRESETS[self.size]
@@ -44,6 +59,10 @@ class ModelConfig:
         _, h, a, _ = self.dims()
         if h % a:
             raise ValueError(f"model.hidden_size {h} is not divisible by model.num_heads {a}")
+        if self.arch not in ENCODER_ARCHS:
+            raise ValueError(f"model.arch must be one of {', '.join(ENCODER_ARCHS)}, got {self.arch!r}")
+        if self.modernbert_local_every < 1:
+            raise ValueError("model.modernbert_local_every must be at least 1")
 
 
 def bert_config(cfg: ModelConfig, vocab_size: int, pad_id: int = 0, **extra):
@@ -56,6 +75,50 @@ def bert_config(cfg: ModelConfig, vocab_size: int, pad_id: int = 0, **extra):
         hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
         pad_token_id=pad_id, type_vocab_size=2, tie_word_embeddings=cfg.tie_word_embeddings, **extra,
     )
+
+
+def roberta_prelayernorm_config(cfg: ModelConfig, vocab_size: int, pad_id: int = 0, **extra):
+    from transformers import RobertaPreLayerNormConfig
+
+    l, h, a, f = cfg.dims()
+    return RobertaPreLayerNormConfig(
+        vocab_size=vocab_size, hidden_size=h, num_hidden_layers=l, num_attention_heads=a,
+        intermediate_size=f, max_position_embeddings=cfg.max_position_embeddings + pad_id + 1,
+        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+        pad_token_id=pad_id, type_vocab_size=2, tie_word_embeddings=cfg.tie_word_embeddings, **extra,
+    )
+
+
+def modernbert_config(cfg: ModelConfig, vocab_size: int, pad_id: int = 0, **extra):
+    from transformers import ModernBertConfig
+
+    l, h, a, f = cfg.dims()
+    n = cfg.modernbert_local_every
+    layer_types = ["full_attention" if i % n == 0 else "sliding_attention" for i in range(l)]
+    # ModernBERT's MLP is GeGLU: Wi projects to 2 x intermediate_size. Keep the preset's FFN parameter
+    # count (2 x h x f) by giving each GeGLU half 2/3 of f (rounded to a multiple of 8).
+    ffn = max(8, int(round(f * 2 / 3 / 8)) * 8)
+    extra.setdefault("cls_token_id", None)
+    extra.setdefault("sep_token_id", None)
+    extra.setdefault("bos_token_id", None)
+    extra.setdefault("eos_token_id", None)
+    return ModernBertConfig(
+        vocab_size=vocab_size, hidden_size=h, num_hidden_layers=l, num_attention_heads=a,
+        intermediate_size=ffn, max_position_embeddings=cfg.max_position_embeddings,
+        attention_dropout=cfg.dropout, mlp_dropout=cfg.dropout, embedding_dropout=cfg.dropout,
+        layer_types=layer_types, local_attention=cfg.modernbert_local_window, pad_token_id=pad_id,
+        tie_word_embeddings=cfg.tie_word_embeddings, **extra,
+    )
+
+
+ENCODER_ARCHS = ("bert", "roberta_prelayernorm", "modernbert")
+
+
+def encoder_config(cfg: ModelConfig, vocab_size: int, pad_id: int = 0, **extra):
+    """The ``transformers`` config of ``cfg.arch``."""
+    fn = {"bert": bert_config, "roberta_prelayernorm": roberta_prelayernorm_config,
+          "modernbert": modernbert_config}[cfg.arch]
+    return fn(cfg, vocab_size, pad_id, **extra)
 
 
 def llama_config(cfg: ModelConfig, vocab_size: int, pad_id: int = 0, bos_id: int | None = None,
@@ -73,12 +136,33 @@ def llama_config(cfg: ModelConfig, vocab_size: int, pad_id: int = 0, bos_id: int
 
 
 def build_encoder(cfg: ModelConfig, vocab_size: int, pad_id: int = 0, **extra):
-    """A ``BertForMaskedLM`` of the preset size; ``vocab_size`` should already be padded."""
-    from transformers import BertForMaskedLM
+    """A masked-LM encoder of ``cfg.arch`` and the preset size; ``vocab_size`` should already be padded."""
+    from transformers import AutoModelForMaskedLM
 
-    conf = bert_config(cfg, vocab_size, pad_id, **extra)
+    conf = encoder_config(cfg, vocab_size, pad_id, **extra)
     conf._attn_implementation = cfg.attn_implementation
-    return BertForMaskedLM(conf)
+    return AutoModelForMaskedLM.from_config(conf)
+
+
+def encoder_body(model: torch.nn.Module) -> torch.nn.Module:
+    """The encoder body (embeddings + layers, no head) of a ``*ForMaskedLM`` of any ``arch``."""
+    return getattr(model, model.base_model_prefix)
+
+
+def mlm_head(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Vocabulary logits of the MLM head of a ``*ForMaskedLM`` on ``hidden`` states [..., H]."""
+    if hasattr(model, "cls"):  # BertForMaskedLM
+        return model.cls(hidden)
+    if hasattr(model, "lm_head"):  # RobertaPreLayerNormForMaskedLM
+        return model.lm_head(hidden)
+    return model.decoder(model.head(hidden))  # ModernBertForMaskedLM
+
+
+def encoder_layer_parameters(model: torch.nn.Module) -> int:
+    """Parameters of the transformer layers (no embeddings, no head): the FLOP model's ``N_body``."""
+    body = encoder_body(model)
+    layers = body.encoder if hasattr(body, "encoder") else body.layers
+    return count_parameters(layers)
 
 
 def build_decoder(cfg: ModelConfig, vocab_size: int, pad_id: int = 0, bos_id: int | None = None,

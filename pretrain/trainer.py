@@ -202,14 +202,9 @@ class RunResult:
 def make_accelerator(t: TrainConfig, grad_accum: int):
     from accelerate import Accelerator
 
-    mp: str | None = t.mixed_precision
-    if mp == "auto":
-        if os.environ.get("ACCELERATE_MIXED_PRECISION"):
-            mp = None  # chosen by `accelerate launch` / its config file
-        elif torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            mp = "bf16"
-        else:
-            mp = "no"
+    from pretrain.config import resolve_mixed_precision
+
+    mp: str | None = resolve_mixed_precision(t.mixed_precision)  # auto: bf16 on a GPU (CPU: pretrain.config.CPU_AUTO_BF16)
     # without a GPU, say so: accelerate then sets up several CPU processes (gloo) under torchrun /
     # `accelerate launch --multi_gpu` instead of silently running each process alone
     cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")

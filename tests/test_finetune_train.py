@@ -175,7 +175,8 @@ def test_cli_report_and_resume(setup, tmp_path, capsys):
     assert "Fine-tuning results" in out_ and "base-random (random init)" in out_
     out = tmp_path / "runs" / "t" / "finetune"
     res = json.loads((out / "report" / "results.json").read_text(encoding="utf-8"))
-    assert set(res) == {"baseline", "seeds", "tasks", "models"}
+    assert set(res) == {"baseline", "seeds", "tasks", "models", "grid_selection", "significance"}
+    assert res["grid_selection"] == "per_seed" and set(res["significance"]["base"]["chnsenticorp"]) == {"vs_random"}
     assert res["baseline"] == "base" and res["seeds"] == [1, 2]
     assert res["tasks"] == {"chnsenticorp": {"metric": "acc", "kind": "classification"}}
     assert set(res["models"]) == {"base", "base-random"} and res["models"]["base-random"]["random_init"] is True

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.flops import encoder_mlm_flops_per_token
-from pretrain.models import build_encoder, count_parameters
+from pretrain.models import build_encoder, encoder_body, encoder_layer_parameters, mlm_head
 from pretrain.objectives.base import Objective, ObjectiveContext, register
 
 
@@ -163,9 +163,9 @@ class MaskedLM(Objective):
 
     # ---- model ---------------------------------------------------------------------------------
     def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        h = self.model.bert(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))[0]
+        h = encoder_body(self.model)(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))[0]
         h = h.reshape(-1, h.shape[-1]).index_select(0, batch["mlm_positions"])
-        return self.model.cls(h)  # [M, V] only at the masked positions
+        return mlm_head(self.model, h)  # [M, V] only at the masked positions
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self._logits(batch)
@@ -189,6 +189,6 @@ class MaskedLM(Objective):
 
     def flops_per_token(self) -> float:
         layers, hidden, _, _ = self.ctx.model.dims()
-        n_body = count_parameters(self.model.bert.encoder)
+        n_body = encoder_layer_parameters(self.model)
         return encoder_mlm_flops_per_token(n_body, layers, hidden, self.ctx.seq_len, self.ctx.vocab.padded_size,
                                            self._pred_frac)
