@@ -2,7 +2,7 @@
 
 ``stats(values)`` gives ``{"values", "mean", "std", "n"}`` (sample standard deviation, 0 for one
 value; ``None``/NaN values are dropped). ``welch(a, b)`` is Welch's unequal-variance t-test of two
-samples (``scipy.stats.ttest_ind(equal_var=False)``), two-sided; with fewer than two values on a
+samples (:func:`finetune.stats.welch_t`), two-sided; with fewer than two values on a
 side, or no variance on both, there is no test and the p-value is ``None``.
 """
 
@@ -32,17 +32,15 @@ def stats(values) -> dict:
 
 
 def welch(a, b) -> dict:
-    """``{"t", "p", "df"}`` of Welch's t-test of ``a`` against ``b`` (``None`` where undefined)."""
-    a, b = _clean(a), _clean(b)
-    if len(a) < 2 or len(b) < 2:
-        return {"t": None, "p": None, "df": None}
-    va, vb = statistics.variance(a), statistics.variance(b)
-    if va == 0 and vb == 0:
-        return {"t": None, "p": None, "df": None}
-    from scipy import stats as sst
+    """``{"t", "p", "df"}`` of Welch's t-test of ``a`` against ``b`` (``None`` where undefined): the
+    fine-tuning report's test (:func:`finetune.stats.welch_t`), so studies and reports agree."""
+    from finetune.stats import welch_t
 
-    res = sst.ttest_ind(a, b, equal_var=False)
-    return {"t": float(res.statistic), "p": float(res.pvalue), "df": float(res.df)}
+    a, b = _clean(a), _clean(b)
+    if len(a) < 2 or len(b) < 2 or (statistics.variance(a) == 0 and statistics.variance(b) == 0):
+        return {"t": None, "p": None, "df": None}
+    r = welch_t(a, b)
+    return {"t": float(r.t), "p": float(r.p), "df": float(r.df)}
 
 
 def fmt(s: dict, digits: int = 2) -> str:
