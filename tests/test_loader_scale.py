@@ -145,3 +145,17 @@ def test_bad_loader_options(real):
         PackedLoader(real, "char", "train", 32, 4, max_open_shards=0)
     with pytest.raises(UserError, match="index must be"):
         PackedLoader(real, "char", "train", 32, 4, index="ram")
+
+
+def test_pretrain_config_sets_the_bound_and_the_index_folder(real, tmp_path):
+    from pipeline.config import ConfigError, load_config
+    from pretrain.config import PretrainConfig
+    from pretrain.data import build_loader
+
+    cfg = load_config(PretrainConfig, None, [f"data.shards_root={real}", "data.kind=char", "data.seq_len=32",
+                                             "data.max_open_shards=2", f"data.index_dir={tmp_path / 'ix'}"])
+    ld = build_loader(cfg, "train", 4, 0, 1)
+    ld.batch(0, 0)
+    assert ld.open_shards.capacity == 2 and (tmp_path / "ix" / "char" / "train" / ld.index_store.fingerprint).is_dir()
+    with pytest.raises(ConfigError, match="max_open_shards"):
+        load_config(PretrainConfig, None, ["data.max_open_shards=0"])
