@@ -9,7 +9,7 @@ Writes synthetic token shards with the shard stage's own writer (``ShardWriter``
 * ``build`` (rank 0): opens the loader, which builds the on-disk document index and epoch 0;
 * ``rank``: rank 1 of 8, run under ``ulimit -n 1024`` (``resource.setrlimit``) with the default
   ``max_open_shards`` (64), reads ``--batches`` batches of 8 windows x 512 tokens from the
-  memory-mapped index; its peak RSS (``ru_maxrss``) is the per-rank figure.
+  memory-mapped index; its peak RSS (``VmHWM`` of ``/proc/self/status``) is the per-rank figure.
 
 The rank's peak RSS for 5,000 shards over 500 is the ratio (goal: within 25 %, i.e. <= 1.25); the
 growth over a process that only imported the loader is printed too. The old loader (every stream
@@ -42,7 +42,10 @@ mode, root, batches = sys.argv[1], sys.argv[2], int(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 from tokenization.loader import PackedLoader
 def rss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: peak RSS of this process image (ru_maxrss would carry the parent's peak across fork+exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 out = {"import_mb": rss()}
 t0 = time.perf_counter()
 if mode == "import":
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{base['rank_over_import_mb']:.1f} -> {last['rank_over_import_mb']:.1f} MB for "
           f"{last['tokens'] / base['tokens']:.0f}x the tokens")
     out = {"metric": f"loader peak RSS per rank, {last['shards']} shards over {base['shards']}",
-           "value": last["rank_peak_mb"], "unit": "MB (ru_maxrss)", "baseline": base["rank_peak_mb"], "ratio": ratio,
+           "value": last["rank_peak_mb"], "unit": "MB (peak RSS, VmHWM)", "baseline": base["rank_peak_mb"], "ratio": ratio,
            "machine": mach, "command": "python bench/bench_loader_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "rows": res}
     atomic_write_json(args.out, out)

@@ -201,12 +201,15 @@ class _OpenShards:
 
 
 class _Shard:
-    """One shard of one kind: streams memory-mapped on first use, closed again by the LRU."""
+    """One shard of one kind: streams memory-mapped on first use, closed again by the LRU.
+    Small while closed (slots, the kind's stream table shared), so 10^4-10^5 of them cost little."""
+
+    __slots__ = ("dir", "name", "streams", "_lru", "_arr", "_offsets", "_bcum", "_blocks", "_docmeta", "__weakref__")
 
     def __init__(self, split_dir: Path, name: str, streams: dict, lru: _OpenShards | None = None):
         self.dir = split_dir
         self.name = name
-        self.streams = {s: np.dtype(dt) for s, dt in streams.items()}
+        self.streams = streams  # {stream: np.dtype}, one dict per kind
         self._lru = lru if lru is not None else _OpenShards(1 << 30)
         self._close()
 
@@ -308,7 +311,8 @@ class _KindData:
             raise ShardsNotFound(f"token shards not found: {meta_p} (run `python -m tokenization shards`)")
         self.meta = json.loads(meta_p.read_text(encoding="utf-8"))
         self.streams = self.meta["streams"]
-        self.shards = [_Shard(self.dir, s["name"], self.streams, lru) for s in self.meta["shards"]]
+        dtypes = {k: np.dtype(v) for k, v in self.streams.items()}
+        self.shards = [_Shard(self.dir, s["name"], dtypes, lru) for s in self.meta["shards"]]
         sp = self.meta.get("special_tokens") or {}
         self.pad, self.cls, self.sep = int(sp.get("pad", 0)), int(sp.get("cls", 2)), int(sp.get("sep", 3))
         self.has_units = "unit_len" in self.streams
