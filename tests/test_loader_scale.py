@@ -159,3 +159,12 @@ def test_pretrain_config_sets_the_bound_and_the_index_folder(real, tmp_path):
     assert ld.open_shards.capacity == 2 and (tmp_path / "ix" / "char" / "train" / ld.index_store.fingerprint).is_dir()
     with pytest.raises(ConfigError, match="max_open_shards"):
         load_config(PretrainConfig, None, ["data.max_open_shards=0"])
+
+
+def test_epoch_order_kept_in_memory_when_the_index_folder_cannot_take_it(real, tmp_path):
+    a = PackedLoader(real, "char", "valid", 32, 2, seed=4, index_dir=tmp_path / "ix")
+    (a.index_store.dir / "epochs").write_text("not a folder")  # mkdir under it fails
+    b = PackedLoader(real, "char", "valid", 32, 2, seed=4, index_dir=tmp_path / "ix")
+    mem = PackedLoader(real, "char", "valid", 32, 2, seed=4, index="memory")
+    same_batches(mem, b, [(0, 0), (1, len(mem) - 1)])
+    assert b.index_store.built == []

@@ -509,6 +509,15 @@ class IndexStore:
     def epoch(self, key: str, epoch: int, build) -> tuple[np.ndarray, np.ndarray]:
         d = self.dir / "epochs" / key
         p = d / f"{epoch}.npy"
+        try:
+            return self._epoch(d, p, epoch, build)
+        except OSError as e:  # e.g. a read-only index folder holding only the document index
+            from pipeline.log import get_logger
+
+            get_logger("tokenization").warning(f"epoch {epoch} order kept in memory: cannot write {p} ({e})")
+            return build()
+
+    def _epoch(self, d: Path, p: Path, epoch: int, build) -> tuple[np.ndarray, np.ndarray]:
         if not p.is_file():
             with self._locked():
                 if not p.is_file():
