@@ -7,6 +7,7 @@ Synthetic shards are written with the shard stage's own writer (``ShardWriter`` 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -168,3 +169,33 @@ def test_epoch_order_kept_in_memory_when_the_index_folder_cannot_take_it(real, t
     mem = PackedLoader(real, "char", "valid", 32, 2, seed=4, index="memory")
     same_batches(mem, b, [(0, 0), (1, len(mem) - 1)])
     assert b.index_store.built == []
+
+
+def test_ranks_opening_together_build_the_index_once(tmp_path):
+    """Four processes (ranks 0-3) open the same new split at once: one builds the document index and
+    the epoch order under the lock, the others wait and map them; all see the same global order."""
+    root = tmp_path / "shards"
+    write_split(root, 40, docs_per_shard=6, seed=5)
+    script = textwrap.dedent(f"""
+        import json, sys
+        from tokenization.loader import PackedLoader
+        r = int(sys.argv[1])
+        ld = PackedLoader({str(root)!r}, "char", "train", 16, 2, seed=7, rank=r, world_size=4)
+        g, w = ld.epoch_draws(0)
+        b = ld.batch(0, 0)
+        print(json.dumps({{"built": ld.index_store.built, "order": [int(x) for x in w[:50]],
+                          "ids": b["input_ids"].tolist()}}))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(4)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    built = [o["built"] for o in outs]
+    assert sum("docs" in b for b in built) == 1 and sum("epoch 0" in b for b in built) == 1, built
+    assert all(o["order"] == outs[0]["order"] for o in outs)
+    mem = PackedLoader(root, "char", "train", 16, 2, seed=7, rank=2, world_size=4, index="memory")
+    assert mem.batch(0, 0)["input_ids"].tolist() == outs[2]["ids"]
