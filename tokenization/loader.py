@@ -64,6 +64,7 @@ import json
 import os
 import shutil
 import threading
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -300,6 +301,33 @@ class _Shard:
         return k * _BLOCK + int(np.searchsorted(self._block_ends(k), c, side="right"))
 
 
+class _ShardTable(Sequence):
+    """The shards of one kind by position. A :class:`_Shard` object exists only while something holds
+    it (the LRU holds the open ones), so a closed shard costs its name and nothing else."""
+
+    def __init__(self, split_dir: Path, names: list[str], dtypes: dict, lru: _OpenShards | None):
+        self._dir, self._names, self._dtypes, self._lru = split_dir, names, dtypes, lru
+        self._live: weakref.WeakValueDictionary[int, _Shard] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self._names)
+        if not 0 <= i < len(self._names):
+            raise IndexError(f"shard {i} out of range [0, {len(self._names)})")
+        with self._lock:
+            sh = self._live.get(i)
+            if sh is None:
+                sh = self._live[i] = _Shard(self._dir, self._names[i], self._dtypes, self._lru)
+            return sh
+
+
 class _KindData:
     """All shards of one kind and split."""
 
@@ -311,8 +339,8 @@ class _KindData:
             raise ShardsNotFound(f"token shards not found: {meta_p} (run `python -m tokenization shards`)")
         self.meta = json.loads(meta_p.read_text(encoding="utf-8"))
         self.streams = self.meta["streams"]
-        dtypes = {k: np.dtype(v) for k, v in self.streams.items()}
-        self.shards = [_Shard(self.dir, s["name"], dtypes, lru) for s in self.meta["shards"]]
+        self.shards = _ShardTable(self.dir, [s["name"] for s in self.meta["shards"]],
+                                  {k: np.dtype(v) for k, v in self.streams.items()}, lru)
         sp = self.meta.get("special_tokens") or {}
         self.pad, self.cls, self.sep = int(sp.get("pad", 0)), int(sp.get("cls", 2)), int(sp.get("sep", 3))
         self.has_units = "unit_len" in self.streams
