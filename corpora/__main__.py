@@ -28,7 +28,7 @@ config keys (YAML file, or key.sub=value on the command line; unknown keys are e
     max_docs, stride, group           cap, keep every stride-th record, join group records
     licence               licence note copied to stats.json
   normalize.{unicode_form,fullwidth,remove_control,fold_whitespace,cjk_space,t2s}
-  langid.{han_min,yue_min_ratio,yue_markers,latin_min,en_function_min}
+  langid.{method,min_confidence,fasttext_model,han_min,yue_min_ratio,yue_markers,latin_min,en_function_min}
   filters.{keep_langs,min_chars,max_chars,min_letter_share,max_dup_line_frac,top_ngram,top_ngram_max,
            dup_ngram,dup_ngram_max,repetition_min_units,max_replacement_share,max_mojibake,
            max_gbk_mojibake_share,max_symbol_run,max_symbol_share,cjk_ngram_scale,disabled}

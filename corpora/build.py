@@ -44,6 +44,7 @@ from corpora.config import CorpusConfig, NormalizeConfig, SourceConfig
 from corpora.dedup import Deduplicator, signature
 from corpora.filters import apply_filters, build_filters
 from corpora.io import RejectedWriter, write_shard
+from corpora.langid import describe as langid_describe
 from corpora.langid import detect
 from corpora.normalize import normalize_text
 from corpora.readers import Quarantine, SourceCounters, read_source
@@ -311,6 +312,7 @@ def _build(cfg: CorpusConfig) -> dict:
         stats = _make_stats(cfg, per_source, shard_index, split_docs, dedup, seconds)
         # CPU time of this (parent) process: reading, dedup decisions, writing; the serial part
         stats["timing"]["parent_cpu_seconds"] = round(time.process_time() - cpu0, 3)
+        stats["langid"] = langid_describe(cfg.langid)  # method, model and its licence note
         if stats["totals"]["kept_docs"] == 0:
             print_summary(stats)
             raise UserError(_nothing_kept_message(stats, out, first_example))

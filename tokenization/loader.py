@@ -56,8 +56,15 @@ window edge becomes single tokens.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import hashlib
 import json
+import os
+import shutil
+import threading
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -160,36 +167,104 @@ def _perm(n: int, *key: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# one shard of one kind
+# one shard of one kind, opened lazily; a bounded LRU of open shards
 # ---------------------------------------------------------------------------------------------
+class _OpenShards:
+    """Bounded LRU of the shards whose memory maps are open (one per loader, shared by its kinds).
+
+    An open shard holds one memory map (and, on Linux, one file descriptor) per stream plus its
+    document offsets; opening the ``capacity + 1``-th shard closes the least recently used one, so
+    any number of shards loads under ``ulimit -n`` and ``vm.max_map_count``. Thread-safe (the
+    trainer's prefetch thread renders batches).
+    """
+
+    def __init__(self, capacity: int):
+        if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 1:
+            raise UserError(f"max_open_shards must be an integer >= 1, got {capacity!r}")
+        self.capacity = int(capacity)
+        self._lru: OrderedDict[int, _Shard] = OrderedDict()
+        self._lock = threading.Lock()
+        self.opened = 0  # shards opened so far (a re-open after eviction counts again)
+
+    def touch(self, shard: "_Shard") -> None:
+        key = id(shard)
+        with self._lock:
+            if key in self._lru:
+                self._lru.move_to_end(key)
+                return
+            self._lru[key] = shard
+            self.opened += 1
+            while len(self._lru) > self.capacity:
+                _, old = self._lru.popitem(last=False)
+                old._close()
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+
 class _Shard:
-    def __init__(self, split_dir: Path, name: str, streams: dict):
+    """One shard of one kind: streams memory-mapped on first use, closed again by the LRU.
+    Small while closed (slots, the kind's stream table shared), so 10^4-10^5 of them cost little."""
+
+    __slots__ = ("dir", "name", "streams", "_lru", "_arr", "_offsets", "_bcum", "_blocks", "_docmeta", "__weakref__")
+
+    def __init__(self, split_dir: Path, name: str, streams: dict, lru: _OpenShards | None = None):
         self.dir = split_dir
         self.name = name
-        self.offsets = np.load(split_dir / f"{name}.docs.npy")
-        self.n_tokens = int(self.offsets[-1])
-        self.arr: dict[str, np.ndarray] = {}
-        for s, dt in streams.items():
-            p = split_dir / f"{name}.{s}.bin"
-            dt = np.dtype(dt)
-            if not p.is_file():
-                raise ShardsNotFound(f"shard stream missing: {p}")
-            if p.stat().st_size != self.n_tokens * dt.itemsize:
-                raise UserError(f"{p}: size {p.stat().st_size} does not match {self.n_tokens} tokens of {dt} "
-                                f"(an incomplete shard: re-run `python -m tokenization shards`)")
-            # a plain ndarray view of the map: slicing a np.memmap subclass costs Python-level hooks
-            self.arr[s] = np.memmap(p, dtype=dt, mode="r").view(np.ndarray) if self.n_tokens else np.zeros(0, dt)
+        self.streams = streams  # {stream: np.dtype}, one dict per kind
+        self._lru = lru if lru is not None else _OpenShards(1 << 30)
+        self._close()
+
+    def _close(self) -> None:
+        self._arr: dict[str, np.ndarray] | None = None
+        self._offsets: np.ndarray | None = None
         self._bcum: np.ndarray | None = None
         self._blocks: dict[int, np.ndarray] = {}
         self._docmeta: list[dict] | None = None
 
+    def _open(self) -> dict[str, np.ndarray]:
+        offsets = np.load(self.dir / f"{self.name}.docs.npy")
+        n_tokens = int(offsets[-1])
+        arr: dict[str, np.ndarray] = {}
+        for s, dt in self.streams.items():
+            p = self.dir / f"{self.name}.{s}.bin"
+            if not p.is_file():
+                raise ShardsNotFound(f"shard stream missing: {p}")
+            if p.stat().st_size != n_tokens * dt.itemsize:
+                raise UserError(f"{p}: size {p.stat().st_size} does not match {n_tokens} tokens of {dt} "
+                                f"(an incomplete shard: re-run `python -m tokenization shards`)")
+            # a plain ndarray view of the map: slicing a np.memmap subclass costs Python-level hooks
+            arr[s] = np.memmap(p, dtype=dt, mode="r").view(np.ndarray) if n_tokens else np.zeros(0, dt)
+        self._offsets, self._arr = offsets, arr
+        return arr
+
+    @property
+    def arr(self) -> dict[str, np.ndarray]:
+        a = self._arr
+        if a is None:
+            a = self._open()
+        self._lru.touch(self)
+        return a
+
+    @property
+    def offsets(self) -> np.ndarray:
+        o = self._offsets
+        if o is None:
+            self.arr  # noqa: B018 - opens the shard
+            o = self._offsets
+        return o
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.offsets[-1])
+
     def docmeta(self) -> list[dict]:
         if self._docmeta is None:
-            p = self.dir / f"{self.name}.docmeta.jsonl"
-            with open(p, encoding="utf-8") as f:
-                self._docmeta = [json.loads(line) for line in f]
-            if len(self._docmeta) != len(self.offsets) - 1:
-                raise UserError(f"{p}: {len(self._docmeta)} records for {len(self.offsets) - 1} documents")
+            dm = _read_docmeta(self.dir, self.name)
+            if len(dm) != len(self.offsets) - 1:
+                raise UserError(f"{self.dir / f'{self.name}.docmeta.jsonl'}: {len(dm)} records for "
+                                f"{len(self.offsets) - 1} documents")
+            self._docmeta = dm
         return self._docmeta
 
     # char offsets in shard coordinates (sum of char_len before a token), O(_BLOCK) per call
@@ -227,10 +302,37 @@ class _Shard:
         return k * _BLOCK + int(np.searchsorted(self._block_ends(k), c, side="right"))
 
 
+class _ShardTable(Sequence):
+    """The shards of one kind by position. A :class:`_Shard` object exists only while something holds
+    it (the LRU holds the open ones), so a closed shard costs its name and nothing else."""
+
+    def __init__(self, split_dir: Path, names: list[str], dtypes: dict, lru: _OpenShards | None):
+        self._dir, self._names, self._dtypes, self._lru = split_dir, names, dtypes, lru
+        self._live: weakref.WeakValueDictionary[int, _Shard] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self._names)
+        if not 0 <= i < len(self._names):
+            raise IndexError(f"shard {i} out of range [0, {len(self._names)})")
+        with self._lock:
+            sh = self._live.get(i)
+            if sh is None:
+                sh = self._live[i] = _Shard(self._dir, self._names[i], self._dtypes, self._lru)
+            return sh
+
+
 class _KindData:
     """All shards of one kind and split."""
 
-    def __init__(self, shards_root: Path, kind: str, split: str):
+    def __init__(self, shards_root: Path, kind: str, split: str, lru: _OpenShards | None = None):
         self.kind = kind
         self.dir = Path(shards_root) / kind / split
         meta_p = self.dir / "meta.json"
@@ -238,7 +340,8 @@ class _KindData:
             raise ShardsNotFound(f"token shards not found: {meta_p} (run `python -m tokenization shards`)")
         self.meta = ShardMeta.load(meta_p).to_dict()  # typed check (tokenization/schema.py), read as a dict
         self.streams = self.meta["streams"]
-        self.shards = [_Shard(self.dir, s["name"], self.streams) for s in self.meta["shards"]]
+        self.shards = _ShardTable(self.dir, [s["name"] for s in self.meta["shards"]],
+                                  {k: np.dtype(v) for k, v in self.streams.items()}, lru)
         sp = self.meta.get("special_tokens") or {}
         self.pad, self.cls, self.sep = int(sp.get("pad", 0)), int(sp.get("cls", 2)), int(sp.get("sep", 3))
         self.has_units = "unit_len" in self.streams
@@ -275,6 +378,193 @@ class _KindData:
 
 
 # ---------------------------------------------------------------------------------------------
+# the document index and epoch orders, built once on disk and memory-mapped by every rank
+# ---------------------------------------------------------------------------------------------
+INDEX_VERSION = 1
+_DOC_ARRAYS = ("doc_shard", "doc_start", "doc_len", "doc_chars", "doc_char_start", "shard_doc_base",
+               "all_vdoc", "all_vcum", "ls_vdoc", "ls_vcum", "ls_bounds")
+
+
+def _read_docmeta(split_dir: Path, name: str) -> list[dict]:
+    with open(split_dir / f"{name}.docmeta.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def index_fingerprint(split_dir: Path, shard_names: Sequence[str]) -> str:
+    """What the document index depends on: ``meta.json`` and each shard's offsets and docmeta files
+    (size and modification time), so rewritten shards get a new index."""
+    h = hashlib.sha1(f"docindex-v{INDEX_VERSION}\n".encode())
+    h.update((split_dir / "meta.json").read_bytes())
+    for name in shard_names:
+        for suffix in ("docs.npy", "docmeta.jsonl"):
+            p = split_dir / f"{name}.{suffix}"
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                raise ShardsNotFound(f"shard file missing: {p} (re-run `python -m tokenization shards`)") from None
+            h.update(f"{name}.{suffix}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def build_doc_index(split_dir: Path, shard_names: Sequence[str], streams: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """Per-document arrays of a split (all shards, stored order) and the two groupings' streams.
+
+    Arrays: ``doc_shard`` (int32), ``doc_start`` / ``doc_len`` (token offset in its shard, tokens),
+    ``doc_chars`` / ``doc_char_start`` (characters, shard-coordinate start), ``shard_doc_base``
+    (first global document of each shard, ``n_shards + 1``), and for the grouping ``all`` (no
+    mixing) and ``ls`` (one group per ``(lang, source)``, sorted): ``*_vdoc`` (the non-empty
+    documents in group-major stored order) and ``*_vcum`` (cumulative lengths, each document
+    followed by ``[SEP]``); ``ls_bounds`` (first ``vdoc`` position of each group, ``G + 1``).
+    Info: the group keys and per-group counts. Reads each shard's offsets and docmeta once, one
+    shard at a time; needs O(documents) memory in the one process that builds it.
+    """
+    dts = {s: np.dtype(dt) for s, dt in streams.items()}
+    n_per, starts, lens, chars, gids = [], [], [], [], []
+    pair_id: dict[tuple[str, str], int] = {}
+    for name in shard_names:
+        off = np.load(split_dir / f"{name}.docs.npy")
+        n, n_tok = len(off) - 1, int(off[-1])
+        for s, dt in dts.items():
+            p = split_dir / f"{name}.{s}.bin"
+            if not p.is_file():
+                raise ShardsNotFound(f"shard stream missing: {p}")
+            if p.stat().st_size != n_tok * dt.itemsize:
+                raise UserError(f"{p}: size {p.stat().st_size} does not match {n_tok} tokens of {dt} "
+                                f"(an incomplete shard: re-run `python -m tokenization shards`)")
+        dm = _read_docmeta(split_dir, name)
+        if len(dm) != n:
+            raise UserError(f"{split_dir / f'{name}.docmeta.jsonl'}: {len(dm)} records for {n} documents")
+        n_per.append(n)
+        starts.append(off[:-1].astype(np.int64))
+        lens.append(np.diff(off).astype(np.int64))
+        chars.append(np.fromiter((m["n_chars"] for m in dm), dtype=np.int64, count=n))
+        gids.append(np.fromiter((pair_id.setdefault((str(m.get("lang")), str(m.get("source"))), len(pair_id))
+                                 for m in dm), dtype=np.int64, count=n))
+
+    def cat(parts: list, dt) -> np.ndarray:
+        return np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)
+
+    n_per_a = np.asarray(n_per, dtype=np.int64)
+    doc_len, doc_chars = cat(lens, np.int64), cat(chars, np.int64)
+    keys = sorted(pair_id)
+    rank = np.zeros(len(keys), dtype=np.int64)
+    for i, k in enumerate(keys):
+        rank[pair_id[k]] = i
+    gid = rank[cat(gids, np.int64)] if len(doc_len) else np.zeros(0, np.int64)
+    shard_doc_base = np.concatenate([[0], np.cumsum(n_per_a)]).astype(np.int64)
+    # shard-coordinate char start of each document (identical for every kind)
+    cum = np.cumsum(doc_chars) - doc_chars
+    doc_char_start = cum - np.repeat(cum[shard_doc_base[:-1][n_per_a > 0]], n_per_a[n_per_a > 0]) if len(cum) else cum
+    keep = doc_len > 0
+    out = {"doc_shard": np.repeat(np.arange(len(n_per), dtype=np.int32), n_per_a), "doc_start": cat(starts, np.int64),
+           "doc_len": doc_len, "doc_chars": doc_chars, "doc_char_start": doc_char_start.astype(np.int64),
+           "shard_doc_base": shard_doc_base}
+    for tag, g in (("all", np.zeros(len(doc_len), np.int64)), ("ls", gid)):
+        order = np.argsort(g, kind="stable")
+        order = order[keep[order]]
+        out[f"{tag}_vdoc"] = order.astype(np.int64)
+        out[f"{tag}_vcum"] = np.concatenate([[0], np.cumsum(doc_len[order] + 1)]).astype(np.int64)
+    vg = gid[out["ls_vdoc"]]
+    out["ls_bounds"] = np.searchsorted(vg, np.arange(len(keys) + 1), side="left").astype(np.int64)
+    docs = np.bincount(gid, minlength=len(keys))
+    toks = np.bincount(gid, weights=doc_len, minlength=len(keys))
+    chs = np.bincount(gid, weights=doc_chars, minlength=len(keys))
+    info = {"version": INDEX_VERSION, "n_docs": int(len(doc_len)), "n_tokens": int(doc_len.sum()),
+            "n_chars": int(doc_chars.sum()), "keys": [list(k) for k in keys],
+            "counts": [{"docs": int(a), "tokens": int(b), "chars": int(c)} for a, b, c in zip(docs, toks, chs)]}
+    return out, info
+
+
+def _load_npy(p: Path) -> np.ndarray:
+    try:
+        return np.load(p, mmap_mode="r").view(np.ndarray)
+    except ValueError:  # an empty array cannot be mapped
+        return np.load(p)
+
+
+class IndexStore:
+    """One split's on-disk index: ``ROOT/FINGERPRINT/docs/*.npy`` (+ ``info.json``) and
+    ``ROOT/FINGERPRINT/epochs/KEY/EPOCH.npy`` (``(2, draws)`` int64: group, window).
+
+    Whoever needs an entry first builds it under an exclusive lock (``ROOT/.lock``: the other ranks
+    wait, then map the result), writes it under a temporary name and renames it into place, so a
+    reader never sees half an entry. Indexes of other fingerprints (older shards) are removed when
+    a new one is built; epoch tables more than one epoch behind the newest built are removed too.
+    """
+
+    def __init__(self, root: Path, fingerprint: str):
+        self.root = Path(root)
+        self.fingerprint = fingerprint
+        self.dir = self.root / fingerprint
+        self.built: list[str] = []  # entries this process built (the rest were reused)
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            except OSError:  # a file system without locks: concurrent builders write identical bytes
+                pass
+            try:
+                yield
+            finally:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                except OSError:
+                    pass
+
+    def docs(self, build) -> tuple[dict[str, np.ndarray], dict]:
+        d = self.dir / "docs"
+        if not (d / "info.json").is_file():
+            with self._locked():
+                if not (d / "info.json").is_file():
+                    arrays, info = build()
+                    tmp = self.dir / f".docs.tmp-{os.getpid()}-{threading.get_ident()}"
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    tmp.mkdir(parents=True)
+                    for k, a in arrays.items():
+                        np.save(tmp / f"{k}.npy", a)
+                    (tmp / "info.json").write_text(json.dumps({**info, "fingerprint": self.fingerprint}), encoding="utf-8")
+                    shutil.rmtree(d, ignore_errors=True)
+                    os.rename(tmp, d)
+                    self.built.append("docs")
+                    for old in self.root.iterdir():  # indexes of shards that no longer exist
+                        if old.is_dir() and old.name != self.fingerprint:
+                            shutil.rmtree(old, ignore_errors=True)
+        info = json.loads((d / "info.json").read_text(encoding="utf-8"))
+        return {k: _load_npy(d / f"{k}.npy") for k in _DOC_ARRAYS}, info
+
+    def epoch(self, key: str, epoch: int, build) -> tuple[np.ndarray, np.ndarray]:
+        d = self.dir / "epochs" / key
+        p = d / f"{epoch}.npy"
+        try:
+            return self._epoch(d, p, epoch, build)
+        except OSError as e:  # e.g. a read-only index folder holding only the document index
+            from pipeline.log import get_logger
+
+            get_logger("tokenization").warning(f"epoch {epoch} order kept in memory: cannot write {p} ({e})")
+            return build()
+
+    def _epoch(self, d: Path, p: Path, epoch: int, build) -> tuple[np.ndarray, np.ndarray]:
+        if not p.is_file():
+            with self._locked():
+                if not p.is_file():
+                    g, w = build()
+                    d.mkdir(parents=True, exist_ok=True)
+                    tmp = d / f".{epoch}.tmp-{os.getpid()}-{threading.get_ident()}.npy"
+                    np.save(tmp, np.stack([np.asarray(g, np.int64), np.asarray(w, np.int64)]) if len(g)
+                            else np.zeros((2, 0), np.int64))
+                    os.replace(tmp, p)
+                    self.built.append(f"epoch {epoch}")
+                    for old in d.glob("*.npy"):
+                        if old.stem.isdigit() and int(old.stem) < epoch - 1:
+                            old.unlink(missing_ok=True)
+        a = _load_npy(p)
+        return a[0], a[1]
+
+
+# ---------------------------------------------------------------------------------------------
 # the loader
 # ---------------------------------------------------------------------------------------------
 class PackedLoader:
@@ -307,7 +597,8 @@ class PackedLoader:
     def __init__(self, shards_root: str | Path, kind: str, split: str, seq_len: int, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, extra_kinds: Sequence[str] = (), shuffle: bool = True,
                  mixing: Any = None, extra_seq_len: int | str | dict | None = None, drop_last: bool | None = None,
-                 extra_len_margin: float = 1.25):
+                 extra_len_margin: float = 1.25, max_open_shards: int = 64, index: str = "disk",
+                 index_dir: str | Path | None = None):
         if seq_len < 2:
             raise UserError(f"seq_len must be >= 2, got {seq_len}")
         if batch_size < 1:
@@ -322,9 +613,12 @@ class PackedLoader:
         self.drop_last = self.shuffle if drop_last is None else bool(drop_last)
         self.mixing = mixing_config(mixing)
         self.extra_kinds = tuple(k for k in extra_kinds if k != kind)
-        self.data = _KindData(self.shards_root, kind, split)
+        if index not in ("disk", "memory"):
+            raise UserError(f"index must be 'disk' or 'memory', got {index!r}")
+        self.open_shards = _OpenShards(max_open_shards)
+        self.data = _KindData(self.shards_root, kind, split, self.open_shards)
         self.vocab_meta = self.data.vocab_meta
-        self.extras = {k: _KindData(self.shards_root, k, split) for k in self.extra_kinds}
+        self.extras = {k: _KindData(self.shards_root, k, split, self.open_shards) for k in self.extra_kinds}
         self.extra_len_margin = float(extra_len_margin)
         if self.extra_len_margin <= 0:
             raise UserError(f"extra_len_margin must be > 0, got {extra_len_margin}")
@@ -337,6 +631,7 @@ class PackedLoader:
                 raise UserError(f"extra_seq_len for '{k}' must be 'auto' or an integer >= 2, got {v!r}")
             self.extra_len[k] = int(v)
         self._check_extras()
+        self.index_store = self._index_store(index, index_dir)
         self._build_index()
         self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
@@ -351,60 +646,60 @@ class PackedLoader:
                 raise UserError(f"shards of '{self.kind}' ({self.data.dir}) and '{k}' ({ed.dir}) do not hold the same "
                                 f"documents; rebuild them from the same corpus (make shards)")
 
+    def _index_store(self, index: str, index_dir: str | Path | None) -> IndexStore | None:
+        """The on-disk index (``index="disk"``, default ``SPLIT_DIR/.index``), or None to build it in
+        memory (``index="memory"``, or a folder that cannot be written: a warning, same batches)."""
+        if index == "memory":
+            return None
+        names = [s["name"] for s in self.data.meta["shards"]]
+        fp = index_fingerprint(self.data.dir, names)
+        root = Path(index_dir) / self.kind / self.split if index_dir else self.data.dir / ".index"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if not os.access(root, os.W_OK) and not (root / fp / "docs" / "info.json").is_file():
+                raise PermissionError(f"{root} is not writable")
+        except OSError as e:
+            from pipeline.log import get_logger
+
+            get_logger("tokenization").warning(f"loader index kept in memory: cannot write {root} ({e}); "
+                                               f"set index_dir to a writable folder")
+            return None
+        return IndexStore(root, fp)
+
+    def _doc_index(self) -> tuple[dict[str, np.ndarray], dict]:
+        names = [s["name"] for s in self.data.meta["shards"]]
+
+        def build():
+            return build_doc_index(self.data.dir, names, self.data.streams)
+
+        if self.index_store is None:
+            return build()
+        return self.index_store.docs(build)
+
     def _build_index(self) -> None:
-        shards = self.data.shards
         L = self.seq_len - 1
         self._L = L
-        doc_shard, doc_start, doc_len = [], [], []
-        for s, sh in enumerate(shards):
-            n = len(sh.offsets) - 1
-            doc_shard.append(np.full(n, s, dtype=np.int32))
-            doc_start.append(sh.offsets[:-1].astype(np.int64))
-            doc_len.append(np.diff(sh.offsets).astype(np.int64))
-        self.doc_shard = np.concatenate(doc_shard) if doc_shard else np.zeros(0, np.int32)
-        self.doc_start = np.concatenate(doc_start) if doc_start else np.zeros(0, np.int64)
-        self.doc_len = np.concatenate(doc_len) if doc_len else np.zeros(0, np.int64)
-        n_docs = len(self.doc_len)
+        ix, info = self._doc_index()
+        self.doc_shard, self.doc_start, self.doc_len = ix["doc_shard"], ix["doc_start"], ix["doc_len"]
+        self.doc_chars, self.doc_char_start = ix["doc_chars"], ix["doc_char_start"]
+        self._sdb = ix["shard_doc_base"]
         need_meta = self.mixing is not None or bool(self.extras)
-        if need_meta:
-            metas = [m for sh in shards for m in sh.docmeta()]
-            self.doc_chars = np.array([m["n_chars"] for m in metas], dtype=np.int64)
-            # shard-coordinate char start of each document (identical for every kind)
-            self.doc_char_start = np.zeros(n_docs, dtype=np.int64)
-            i = 0
-            for sh in shards:
-                n = len(sh.offsets) - 1
-                c = self.doc_chars[i:i + n]
-                self.doc_char_start[i:i + n] = np.concatenate([[0], np.cumsum(c)[:-1]]) if n else c
-                i += n
         if self.mixing is None:
             keys = [("*", "*")]
-            gid = np.zeros(n_docs, dtype=np.int64)
+            counts = [{"docs": int(info["n_docs"]), "tokens": int(info["n_tokens"]),
+                       "chars": int(info["n_chars"]) if need_meta else None}]
+            self.vdoc, self.vcum = ix["all_vdoc"], ix["all_vcum"]
+            bounds = np.array([0, len(self.vdoc)], dtype=np.int64)
         else:
-            pairs = [(str(m.get("lang")), str(m.get("source"))) for m in metas]
-            keys = sorted(set(pairs))
-            pos = {k: i for i, k in enumerate(keys)}
-            gid = np.array([pos[p] for p in pairs], dtype=np.int64)
-        keep = self.doc_len > 0
+            keys = [tuple(k) for k in info["keys"]]
+            counts = [dict(c) for c in info["counts"]]
+            self.vdoc, self.vcum = ix["ls_vdoc"], ix["ls_vcum"]
+            bounds = np.asarray(ix["ls_bounds"], dtype=np.int64)
         self.group_keys = keys
-        counts = []
-        for g in range(len(keys)):
-            m = gid == g
-            counts.append({"docs": int(m.sum()), "tokens": int(self.doc_len[m].sum()),
-                           "chars": int(self.doc_chars[m].sum()) if need_meta else None})
         self.group_counts = counts
-        # virtual group-major stream of non-empty documents, each followed by [SEP]
-        order = np.argsort(gid, kind="stable")
-        order = order[keep[order]]
-        self.vdoc = order
-        vlen = self.doc_len[order] + 1
-        self.vcum = np.concatenate([[0], np.cumsum(vlen)]).astype(np.int64)
-        vg = gid[order]
         G = len(keys)
-        g_first = np.searchsorted(vg, np.arange(G), side="left")
-        g_last = np.searchsorted(vg, np.arange(G), side="right")
-        self.g_start = self.vcum[g_first]
-        self.g_end = self.vcum[g_last]
+        self.g_start = np.asarray(self.vcum[bounds[:G]], dtype=np.int64)
+        self.g_end = np.asarray(self.vcum[bounds[1:G + 1]], dtype=np.int64)
         glen = self.g_end - self.g_start
         if self.drop_last:
             W = glen // L
@@ -425,6 +720,8 @@ class PackedLoader:
             self.g_draws[self.g_windows == 0] = 0
         self.n_draws = int(self.g_draws.sum())
         self.n_batches = (self.n_draws // self.world_size) // self.batch_size
+        self._epoch_key = hashlib.sha1(json.dumps(
+            [INDEX_VERSION, self.seed, self.shuffle, self.g_draws.tolist(), self.g_windows.tolist()]).encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
         return self.n_batches
@@ -434,11 +731,22 @@ class PackedLoader:
         return self.n_draws
 
     def epoch_draws(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(group, window)`` of every draw of ``epoch`` in order (all ranks), cached."""
+        """``(group, window)`` of every draw of ``epoch`` in order (all ranks), cached; memory-mapped
+        from the on-disk index (built there by the first process that needs it) unless ``index="memory"``."""
         hit = self._epochs.get(epoch)
         if hit is not None:
             self._epochs.move_to_end(epoch)
             return hit
+        if self.index_store is None:
+            g_arr, w_arr = self._make_epoch(epoch)
+        else:
+            g_arr, w_arr = self.index_store.epoch(self._epoch_key, epoch, lambda: self._make_epoch(epoch))
+        self._epochs[epoch] = (g_arr, w_arr)
+        while len(self._epochs) > 2:
+            self._epochs.popitem(last=False)
+        return g_arr, w_arr
+
+    def _make_epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         gs, ws = [], []
         for g, (k, W) in enumerate(zip(self.g_draws.tolist(), self.g_windows.tolist())):
             if k == 0:
@@ -459,9 +767,6 @@ class PackedLoader:
         if self.shuffle and len(gs) > 1:
             p = _perm(len(g_arr), self.seed, 0xE90C, epoch)
             g_arr, w_arr = g_arr[p], w_arr[p]
-        self._epochs[epoch] = (g_arr, w_arr)
-        while len(self._epochs) > 2:
-            self._epochs.popitem(last=False)
         return g_arr, w_arr
 
     def batch_draws(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -637,11 +942,7 @@ class PackedLoader:
 
     @property
     def _shard_doc_base(self) -> np.ndarray:
-        b = getattr(self, "_sdb", None)
-        if b is None:
-            counts = [len(sh.offsets) - 1 for sh in self.data.shards]
-            b = self._sdb = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return b
+        return self._sdb
 
     def _is_boundary(self, kd: _KindData, doc: int, c: int) -> tuple[bool, int, int]:
         """Whether doc-local char ``c`` is a token boundary of ``kd``; plus the covering token's span."""
