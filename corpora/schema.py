@@ -31,6 +31,7 @@ class CorpusStats(Record):
     * ``by_lang[lang]``: ``{"docs", "chars"}`` of the kept documents;
     * ``config``: the resolved corpus config (``config["normalize"]`` is what the tokenizers must
       apply to raw text, :attr:`normalize`);
+    * ``langid``: the language identifier used (``method``, ``model``, ``licence``);
     * ``timing``: the only run-dependent figures (seconds, workers, throughput).
     """
 
@@ -48,6 +49,7 @@ class CorpusStats(Record):
     heldout_excluded: dict = field(default_factory=dict)
     licences: dict = field(default_factory=dict)
     dedup_index_docs: int = 0
+    langid: dict = field(default_factory=dict)  # method, model file + sha1, licence note (corpora/langid.py)
     config: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
