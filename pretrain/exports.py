@@ -27,15 +27,15 @@ models load without the flag and without executing anything from the folder. A c
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from pipeline.errors import UserError
+from pipeline.schema import Record
 
 META_FILE = "pretrain_meta.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -53,10 +53,16 @@ SPECIAL_NAMES = ("pad", "unk", "cls", "sep", "mask")
 
 
 @dataclass
-class ExportMeta:
+class ExportMeta(Record):
     """``pretrain_meta.json`` (docs/contracts.md "Pre-training"). ``trust_remote_code`` records
     whether the folder ships code (its config or tokenizer has an ``auto_map``); it is information
-    for the model card and the publisher, never consent to run that code."""
+    for the model card and the publisher, never consent to run that code.
+
+    A :class:`pipeline.schema.Record`: fields are type-checked on load and save, unknown keys
+    are kept in ``extra``. Unlike the other schemas, :meth:`load` takes the folder only and a
+    folder without the file gives the defaults."""
+
+    FILE: ClassVar[str] = META_FILE
 
     objective: Optional[str] = None
     model_type: Optional[str] = None          # "encoder" | "decoder"
@@ -74,39 +80,6 @@ class ExportMeta:
     extra: dict = field(default_factory=dict)  # objective-specific keys (fine_kind, view_tokenizers, ...)
     path: Optional[Path] = field(default=None, compare=False)  # the file read (None: none or not yet saved)
 
-    _TYPES = {"steps": int, "tokens_seen": int, "chars_seen": int, "tokens_nominal": int, "trust_remote_code": bool, "train_seconds": (int, float),
-              "hardware": str, "final_eval": dict}
-
-    @classmethod
-    def fields(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls) if f.name not in ("extra", "path")]
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = META_FILE) -> "ExportMeta":
-        if not isinstance(data, dict):
-            raise UserError(f"{source}: line 1: expected a JSON object")
-        known = {}
-        for k in cls.fields():
-            if k not in data:
-                continue
-            v = data[k]
-            tp = cls._TYPES.get(k, (str, type(None)))
-            if isinstance(v, bool) and tp in (int, (int, float)) or not isinstance(v, tp):
-                raise UserError(f"{source}: field '{k}' has value {v!r} of the wrong type")
-            known[k] = v
-        extra = {k: v for k, v in data.items() if k not in known}
-        return cls(**known, extra=extra)
-
-    def to_dict(self) -> dict:
-        out = {k: getattr(self, k) for k in self.fields()}
-        out.update(self.extra)
-        return out
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """A field or extra key by name (``None`` values count as missing)."""
-        v = getattr(self, key) if key in self.fields() else self.extra.get(key)
-        return default if v is None else v
-
     @property
     def adapter(self) -> str:
         return self.finetune_adapter or "hf"
@@ -120,22 +93,7 @@ class ExportMeta:
             if missing_ok:
                 return cls()
             raise UserError(f"{folder}: not an export of this pipeline (no {META_FILE})")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{p}: line {e.lineno}: not valid JSON ({e.msg})") from None
-        except UnicodeDecodeError:
-            raise UserError(f"{p}: not UTF-8 text") from None
-        meta = cls.from_dict(data, str(p))
-        meta.path = p
-        return meta
-
-    def save(self, folder: str | Path) -> Path:
-        from pipeline.runs import atomic_write_json
-
-        p = Path(folder) / META_FILE
-        atomic_write_json(p, self.to_dict())
-        return p
+        return super().load(p)
 
 
 # ---- what a folder would run ---------------------------------------------------------------------
