@@ -36,7 +36,37 @@ class CorruptStream(OSError):
     """Compressed bytes that do not decode (damaged data, a checksum mismatch, not zstd)."""
 
 
-class ZstdReader(io.RawIOBase):
+class RefillReader(io.RawIOBase):
+    """A raw, read-only stream that serves bytes a subclass decodes piece by piece into ``_buf``
+    (:meth:`_refill`); wrap in ``io.BufferedReader``. Closing it closes the underlying ``_raw``."""
+
+    _raw: io.IOBase
+    _buf: bytes = b""   # decoded bytes (those from ``_pos`` on not handed out yet)
+    _pos: int = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _refill(self) -> bool:
+        """Decode the next piece into ``_buf`` (may be empty) and reset ``_pos``; False at the end."""
+        raise NotImplementedError
+
+    def readinto(self, b) -> int:
+        while self._pos >= len(self._buf):
+            if not self._refill():
+                return 0
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class ZstdReader(RefillReader):
     """Raw, read-only decompressed view of a zstd file; wrap in ``io.BufferedReader``.
 
     Raises :class:`TruncatedStream` when the file ends inside a frame and :class:`CorruptStream`
@@ -56,9 +86,6 @@ class ZstdReader(io.RawIOBase):
         self._buf = b""             # decoded bytes not handed out yet
         self._pos = 0
         self.compressed_read = 0
-
-    def readable(self) -> bool:
-        return True
 
     def _feed(self, data: bytes) -> list[bytes]:
         out = []
@@ -99,20 +126,6 @@ class ZstdReader(io.RawIOBase):
         self._buf = b"".join(out)
         self._pos = 0
         return True
-
-    def readinto(self, b) -> int:
-        while self._pos >= len(self._buf):
-            if not self._refill():
-                return 0
-        n = min(len(b), len(self._buf) - self._pos)
-        b[:n] = self._buf[self._pos:self._pos + n]
-        self._pos += n
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._raw.close()
-        super().close()
 
 
 def open_zstd(path: str | Path) -> io.BufferedReader:

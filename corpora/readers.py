@@ -43,7 +43,7 @@ from typing import Iterator, Optional, Union
 from pipeline.errors import UserError
 
 from corpora.config import SourceConfig
-from corpora.io import open_zstd, stream_errors
+from corpora.io import RefillReader, open_zstd, stream_errors
 
 SNIFF_BYTES = 8192
 _SKIP_PIECE = 1 << 20
@@ -123,7 +123,7 @@ def _undecodable(e: UnicodeError) -> tuple[str, int]:
 codecs.register_error("corpora.undecodable", _undecodable)
 
 
-class _Transcoder(io.RawIOBase):
+class _Transcoder(RefillReader):
     """Decodes a byte stream in ``encoding`` and re-encodes it as UTF-8, incrementally.
 
     Undecodable bytes become invalid UTF-8 (0xFF), so the line they are in is quarantined as
@@ -136,24 +136,14 @@ class _Transcoder(io.RawIOBase):
         self._pos = 0
         self._eof = False
 
-    def readable(self) -> bool:
+    def _refill(self) -> bool:
+        if self._eof:
+            return False
+        chunk = self._raw.read(1 << 16)
+        self._eof = not chunk
+        self._buf = self._dec.decode(chunk, final=self._eof).encode("utf-8", errors="surrogateescape")
+        self._pos = 0
         return True
-
-    def readinto(self, b) -> int:
-        while self._pos >= len(self._buf) and not self._eof:
-            chunk = self._raw.read(1 << 16)
-            self._eof = not chunk
-            self._buf = self._dec.decode(chunk, final=self._eof).encode("utf-8", errors="surrogateescape")
-            self._pos = 0
-        n = min(len(b), len(self._buf) - self._pos)
-        b[:n] = self._buf[self._pos:self._pos + n]
-        self._pos += n
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._raw.close()
-        super().close()
 
 
 def open_text_bytes(path: Path, encoding: str = "utf-8") -> io.BufferedIOBase:
