@@ -306,27 +306,38 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-class InterruptToAbort:
-    """SIGTERM / SIGINT inside the block raise ``Interrupted``: the export in progress is abandoned (its
-    temporary folder removed), the caller exits 143 / 130."""
+class SignalHandlers:
+    """Base of the context managers that handle SIGTERM / SIGINT inside a block with
+    :meth:`_handle` and restore the previous handlers on exit (outside the main thread, where
+    handlers cannot be set, nothing is installed)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def _handle(self, signum, frame):  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
 
     def __enter__(self):
         self._old = {}
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in self.SIGNALS:
             try:
                 self._old[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread
                 pass
         return self
 
-    @staticmethod
-    def _handle(signum, frame):
-        raise Interrupted(signum)
-
     def __exit__(self, *exc):
         for s, h in self._old.items():
             signal.signal(s, h)
         return False
+
+
+class InterruptToAbort(SignalHandlers):
+    """SIGTERM / SIGINT inside the block raise ``Interrupted``: the export in progress is abandoned (its
+    temporary folder removed), the caller exits 143 / 130."""
+
+    @staticmethod
+    def _handle(signum, frame):
+        raise Interrupted(signum)
 
 
 # ---- the checkpointer ------------------------------------------------------------------------------

@@ -40,8 +40,8 @@ from pipeline.config import config_to_dict, save_config
 from pipeline.errors import UserError
 from pipeline.log import get_logger, print_table, progress
 from pipeline.runs import atomic_write_json
-from pretrain.checkpoint import (Checkpointer, InterruptToAbort, Interrupted, NonFiniteGuard, apply_schedule,
-                                 check_schedule, clean_stale, schedule_params)
+from pretrain.checkpoint import (Checkpointer, InterruptToAbort, Interrupted, NonFiniteGuard, SignalHandlers,
+                                 apply_schedule, check_schedule, clean_stale, schedule_params)
 from pretrain.config import PretrainConfig, TrainConfig, resolve_batch
 from pretrain.data import build_context, build_loader
 from pretrain.parallel import configure_deepspeed, configure_fsdp, engine_grad_norm
@@ -164,29 +164,17 @@ class Metrics:
 
 
 # ---- signals -----------------------------------------------------------------------------------
-class StopFlag:
+class StopFlag(SignalHandlers):
     """Set by SIGTERM / SIGINT (Ctrl-C); the loop saves a checkpoint and exits at the next step."""
 
     def __init__(self):
         self.signum: int | None = None
         self._old = {}
 
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:  # second Ctrl-C: give up at once
             raise KeyboardInterrupt
         self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 # ---- the run -----------------------------------------------------------------------------------
