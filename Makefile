@@ -156,3 +156,9 @@ demo: setup  ## the whole chain on the built-in corpus, tiny models, CPU
 	@for o in $(OBJECTIVES); do echo "  pre-trained   $(R)/pretrain/$$o/export/  (metrics: $(R)/pretrain/$$o/metrics.jsonl)"; done
 	@echo "  report        $(R)/finetune/report/report.md  (+ results.json, *.png)"
 	@for d in $(R)/publish/*/; do echo "  published     $$d  (model card: $${d}README.md)"; done
+	@echo
+	@echo "== masked-LM accuracy against the unigram baseline (pretrain/baseline.py):"
+	@for o in $(OBJECTIVES); do case $$o in mlm*) $(PY) -m pretrain.baseline $(R)/pretrain/$$o;; esac; done
+	@echo
+	@echo "== pre-declared demo check (configs/finetune/tiny.yaml): pd_pos gain over the random-init twin >= 2 points"
+	@$(PY) -m finetune.report $(R)/finetune/report

@@ -275,3 +275,34 @@ def write_report(report_dir: Path, res: dict, task_info: dict[str, dict], cfg_te
     res = {**res, "significance": significance(res)}
     FinetuneResults.from_dict(res).save(report_dir)  # results.json, written last: marks the report complete
     return table
+
+
+def print_summary(report_dir: str | Path, file=None) -> str:
+    """Print a finished report's score table and its Δ table (over the baseline and over each model's
+    own random-init twin) from ``report_dir/results.json``; ``make demo`` ends with this."""
+    from pipeline.log import print_table
+
+    res = FinetuneResults.load(report_dir).to_dict()
+    header, rows = table_rows(res)
+    text = print_table(f"Fine-tuning results (test, %), {report_dir}", header, rows, file=file)
+    dh, dr = delta_rows(res)
+    # one column per (task, vs twin): the gain of pre-training over random init
+    keep = [0] + [i for i, h in enumerate(dh) if h.endswith("vs own random init")]
+    text += "\n" + print_table("Gain over the random-init twin (Δ test points)", [dh[i] for i in keep],
+                               [[r[i] for i in keep] for r in dr], file=file)
+    return text
+
+
+if __name__ == "__main__":
+    import sys
+
+    from pipeline.errors import UserError, main_guard
+
+    @main_guard
+    def _main(argv: list[str]) -> int:
+        if len(argv) != 1:
+            raise UserError("usage: python -m finetune.report runs/RUN/finetune/report")
+        print_summary(argv[0])
+        return 0
+
+    sys.exit(_main(sys.argv[1:]))

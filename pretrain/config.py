@@ -159,7 +159,7 @@ def cpu_bf16_features(cpuinfo: str | None = None) -> dict[str, bool]:
 # Which CPU bf16 instruction sets let ``mixed_precision: auto`` pick bf16. Issue 21 gates this on a
 # loss-parity run (valid loss within 1 % of fp32 over a whole study-length run). Measured here (AMD
 # EPYC, avx512_bf16, no AMX; docs/regime.md): bf16 ran 1.6x (tiny) / 2.2x (small) faster in
-# bench/bench_bf16.py, but the 1,000-step ModernBERT run of configs/pretrain/mlm-regime.yaml ended
+# bench/bench_bf16.py, but the 1,000-step ModernBERT run of configs/pretrain/mlm-tiny.yaml ended
 # with a valid loss 1.15 % above fp32's (4.992 vs 4.935), so the gate is not passed and both stay off:
 # on a CPU ``auto`` is fp32 and bf16 is an explicit opt-in (``mixed_precision: bf16``). (A second fp32
 # seed ended 3.2 % above the first: the gate needs several seeds per precision to be decided.)
