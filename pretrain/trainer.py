@@ -223,7 +223,9 @@ def end_processes() -> None:
     ``train()`` again (``bench/gpu_check.py --fsdp-child``). Without it each process drops its gloo /
     NCCL connections in the interpreter's exit, in any order, while the other may still be finishing
     its last collective; on a loaded machine a process then aborted at exit and the launcher reported a
-    failed run (the intermittent failures of the two-process CPU tests). Nothing to do in one process.
+    failed run (the intermittent failures of the two-process CPU tests). The barrier also keeps a
+    process that stops (exit 143) from exiting while another is still returning from ``train()``: the
+    launcher answers the first non-zero exit by sending SIGTERM to the others. Nothing to do in one process.
     """
     import torch.distributed as dist
 
