@@ -108,16 +108,19 @@ def main(argv: list[str] | None = None) -> int:
             args.config, cfg.out_name, stem, stem)
     if args.dry_run:
         return dry_run(cfg)
-    from pretrain.trainer import train
+    from pretrain.trainer import end_processes, train
 
     if os.environ.get("RANK", "0") != "0":  # under accelerate/torchrun, rank 0 holds the lock for all
-        return train(cfg).exit_code
-    from pathlib import Path
+        code = train(cfg).exit_code
+    else:
+        from pathlib import Path
 
-    from pipeline.lock import stage_lock
+        from pipeline.lock import stage_lock
 
-    with stage_lock(Path(cfg.runs_root) / cfg.run, f"pretrain-{cfg.out_name}"):  # one training per folder
-        return train(cfg).exit_code
+        with stage_lock(Path(cfg.runs_root) / cfg.run, f"pretrain-{cfg.out_name}"):  # one training per folder
+            code = train(cfg).exit_code
+    end_processes()  # every process returned from train(): end the process group before the exit
+    return code
 
 
 if __name__ == "__main__":

@@ -203,6 +203,26 @@ def make_accelerator(t: TrainConfig, grad_accum: int):
                        step_scheduler_with_optimizer=False, kwargs_handlers=handlers)
 
 
+def end_processes() -> None:
+    """End a launched run's process group: each process waits for the others, then destroys it.
+
+    Called by the entry points (``python -m pretrain``, scripts under ``accelerate launch`` /
+    ``torchrun``) once ``train()`` has returned, never inside ``train()``: a launched process may call
+    ``train()`` again (``bench/gpu_check.py --fsdp-child``). Without it each process drops its gloo /
+    NCCL connections in the interpreter's exit, in any order, while the other may still be finishing
+    its last collective; on a loaded machine a process then aborted at exit and the launcher reported a
+    failed run (the intermittent failures of the two-process CPU tests). The barrier also keeps a
+    process that stops (exit 143) from exiting while another is still returning from ``train()``: the
+    launcher answers the first non-zero exit by sending SIGTERM to the others. Nothing to do in one process.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def world_size_hint() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 

@@ -295,9 +295,11 @@ sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_pretrain import tiny_cfg
 from test_pretrain_synth import SyntheticLoader
-from pretrain.trainer import train
+from pretrain.trainer import end_processes, train
 cfg = tiny_cfg(Path({root!r}), "ntp", *{overrides!r})
-sys.exit(train(cfg, loader_factory=SyntheticLoader, do_export=False, stop_at_step={stop!r}).exit_code)
+code = train(cfg, loader_factory=SyntheticLoader, do_export=False, stop_at_step={stop!r}).exit_code
+end_processes()  # as python -m pretrain does: end the process group before the exit
+sys.exit(code)
 """
 
 

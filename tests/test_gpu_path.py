@@ -126,12 +126,13 @@ sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_pretrain import tiny_cfg
 from test_pretrain_synth import SyntheticLoader
-from pretrain.trainer import train
+from pretrain.trainer import end_processes, train
 cfg = tiny_cfg(Path({root!r}), "ntp", "train.micro_batch_size=4", "train.steps=12", "train.log_every=100",
                "train.eval_every=0", "train.save_every=0", "train.stop_sync_every=4")
 stop = 5 if os.environ.get("RANK", "0") == "0" else None  # only rank 0 is asked to stop
 r = train(cfg, loader_factory=SyntheticLoader, stop_at_step=stop, do_export=False)
 print(f"rank {{os.environ.get('RANK')}} returned at step {{r.step}} with {{r.exit_code}}", file=sys.stderr, flush=True)
+end_processes()  # as python -m pretrain does: end the process group before the exit
 sys.exit(r.exit_code)
 """
 

@@ -29,9 +29,11 @@ sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_pretrain import tiny_cfg
 from test_pretrain_synth import SyntheticLoader
-from pretrain.trainer import train
+from pretrain.trainer import end_processes, train
 cfg = tiny_cfg(Path({root!r}), "ntp", *{overrides!r})
-sys.exit(train(cfg, loader_factory=SyntheticLoader, do_export=False).exit_code)
+code = train(cfg, loader_factory=SyntheticLoader, do_export=False).exit_code
+end_processes()  # as python -m pretrain does: end the process group before the exit
+sys.exit(code)
 """
 
 
@@ -121,3 +123,30 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     latest = (out / "checkpoints" / "latest").read_text().strip()
     st = json.loads((out / "checkpoints" / latest / "state.json").read_text())
     assert latest == f"step-{st['step']}" and st["step"] >= 2
+
+
+def test_python_m_pretrain_ends_the_process_group_after_training(tmp_path, monkeypatch):
+    """A launched ``python -m pretrain`` destroys its process group once train() has returned (before the
+    exit: processes that tear gloo down in the interpreter's exit, in any order, aborted on a busy machine).
+    A one-process gloo group stands for the group the launcher sets up; train() itself is not the subject."""
+    import torch.distributed as dist
+
+    import pretrain.trainer as tr
+    from pretrain.__main__ import main
+
+    during = []
+
+    def fake_train(cfg, **kw):
+        during.append(dist.is_initialized())
+        return tr.RunResult(exit_code=143, step=2, out_dir=tmp_path)
+
+    monkeypatch.setattr(tr, "train", fake_train)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        code = main(["--config", str(REPO / "configs" / "pretrain" / "amber-tiny.yaml"), f"runs_root={tmp_path}"])
+        assert during == [True]  # the group lives through train()
+        assert code == 143 and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    tr.end_processes()  # no group: nothing to do
