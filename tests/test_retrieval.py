@@ -138,7 +138,7 @@ def test_teacher_forced_scoring_and_summary(tmp_path):
             assert s["correct"], it.value
     assert any(s["correct"] for s in scores)
     summ = summarise(items, scores)
-    assert 0 <= summ["needle"]["token_accuracy"] <= 100
+    assert summ["needle"]["token_accuracy"] == pytest.approx(100.0 * sum(s["token_acc"] for s in scores) / len(scores))
     assert summ["needle"]["n"] == 6 and set(summ["needle"]["by_length"]["60"]) == {"0.0", "0.5", "1.0"}
     # token accuracy by depth: the mean of the items' token accuracies in each cell
     for d in ("0.0", "0.5", "1.0"):
