@@ -12,8 +12,7 @@ from pipeline.config import load_config
 from pretrain.config import PretrainConfig
 from pretrain.trainer import train
 
-pytest.importorskip("tokenization.loader")
-from test_shards_helpers import built_run  # noqa: E402  (the shard tests' builder: corpus, vocab, shards)
+from test_shards_helpers import built_run  # the shard tests' builder: corpus, vocab, shards
 
 
 @pytest.mark.slow

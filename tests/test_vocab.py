@@ -150,8 +150,11 @@ def test_metrics_in_stats(built):
     assert char["pd_boundary_violation"] is not None and char["pd_boundary_violation"] < 0.01
     assert sgt["pd_boundary_violation"] < base["pd_boundary_violation"]
     assert set(char["valid"]["per_script"]) >= {"han", "latin", "cyrillic", "digit", "punct"}
-    for v in sgt["valid"]["per_script"].values():
-        assert 0 <= v["unk_rate"] <= 1
+    # the overall unknown rate is the token-weighted mean of the per-script rates
+    per = sgt["valid"]["per_script"].values()
+    tokens = sum(v["tokens"] for v in per)
+    assert tokens > 0
+    assert sgt["valid"]["unk_rate"] == pytest.approx(sum(v["unk_rate"] * v["tokens"] for v in per) / tokens, abs=1e-4)
 
 
 def test_out_of_vocabulary_characters(built):
