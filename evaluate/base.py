@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeline.errors import UserError
+from pipeline.registry import register_in
 
 
 @dataclass
@@ -72,12 +73,7 @@ MODULES = ("evaluate.probes", "evaluate.ngram_recovery", "evaluate.attention", "
 
 
 def register(cls: type[Evaluation]) -> type[Evaluation]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"evaluation '{cls.name}' registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return register_in(_REGISTRY, cls, "evaluation")
 
 
 def _load_all() -> None:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserError
+from pipeline.registry import register_in
 
 
 @dataclass
@@ -89,12 +90,7 @@ _KINDS: dict[str, type[TaskKind]] = {}
 
 
 def register_kind(cls: type[TaskKind]) -> type[TaskKind]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _KINDS and _KINDS[cls.name] is not cls:
-        raise ValueError(f"task kind '{cls.name}' registered twice")
-    _KINDS[cls.name] = cls
-    return cls
+    return register_in(_KINDS, cls, "task kind")
 
 
 def get_kind(name: str) -> type[TaskKind]:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserError
+from pipeline.registry import register_in
 
 
 @dataclass
@@ -156,12 +157,7 @@ _REGISTRY: dict[str, type[Objective]] = {}
 
 
 def register(cls: type[Objective]) -> type[Objective]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"objective '{cls.name}' registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return register_in(_REGISTRY, cls, "objective")
 
 
 def get_objective(name: str) -> type[Objective]:
