@@ -63,13 +63,20 @@ class Evaluation:
         settings that depend on all models together (a common lexicon cap, the first model's data)
         are resolved here, so they enter the fingerprint. Default: nothing."""
 
+    def report_lines(self, records: list[dict], out_dir: Path) -> list[str]:
+        """Markdown lines a report adds under this evaluation's table (tables or plots beyond the
+        metrics' mean ± std, e.g. accuracy by depth), plots written into ``out_dir``. ``records``:
+        this evaluation's stored records. Default: none."""
+        return []
+
     def settings(self) -> dict:
         """The config as a dict (what the store fingerprints, minus ``unfingerprinted``)."""
         return dataclasses.asdict(self.cfg)
 
 
 _REGISTRY: dict[str, type[Evaluation]] = {}
-MODULES = ("evaluate.probes", "evaluate.ngram_recovery", "evaluate.attention", "evaluate.finetune_tasks")  # importing these fills the registry
+MODULES = ("evaluate.probes", "evaluate.ngram_recovery", "evaluate.attention", "evaluate.finetune_tasks",
+           "evaluate.retrieval", "evaluate.valid_loss")  # importing these fills the registry
 
 
 def register(cls: type[Evaluation]) -> type[Evaluation]:

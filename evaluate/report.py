@@ -45,8 +45,10 @@ def plot(ev: str, agg_ev: dict, metrics: list[str], out_dir: Path) -> Path | Non
 
 
 def write_report(title: str, agg: dict, metrics: dict[str, list[str]], out_dir: Path,
-                 baseline: str | None = None, notes: list[str] | None = None) -> Path:
-    """``out_dir/report.md`` (+ ``out_dir/<evaluation>.png``); returns the report's path."""
+                 baseline: str | None = None, notes: list[str] | None = None,
+                 extra: dict[str, list[str]] | None = None) -> Path:
+    """``out_dir/report.md`` (+ ``out_dir/<evaluation>.png``); returns the report's path. ``extra``:
+    evaluation -> markdown lines placed after its table (:meth:`evaluate.base.Evaluation.report_lines`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", ""]
     lines += notes or []
@@ -71,6 +73,8 @@ def write_report(title: str, agg: dict, metrics: dict[str, list[str]], out_dir: 
         if png is not None:
             lines += ["", f"![{ev}]({png.name})"]
         lines.append("")
+        if (extra or {}).get(ev):
+            lines += extra[ev] + [""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -118,7 +118,9 @@ def run_study(cfg: StudyConfig, source: str = "study", force: bool = False, log=
              f"({', '.join(map(str, cfg.seeds))}) x {len(evs)} evaluations; mean ± sample std over seeds.",
              "Models: " + "; ".join(f"`{m.name}` = `{m.dir}`" + (" (random init)" if m.random_init else "")
                                     for m in cfg.models)]
-    return write_report(f"Study: {cfg.name}", agg, metrics, out, baseline=cfg.baseline or None, notes=notes)
+    extra = {ev.name: ev.report_lines([r for r in records if r["evaluation"] == ev.name], out) for ev in evs}
+    return write_report(f"Study: {cfg.name}", agg, metrics, out, baseline=cfg.baseline or None, notes=notes,
+                        extra=extra)
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:

@@ -36,11 +36,17 @@ per_copy`` (default) gives each copy ``max_len`` tokens on its own, so the row m
 ``max_len // 2`` so the row fits ``max_len``. Both copies are cut identically either way.
 
 **Budget.** ``budget: epochs`` (default, as the official code, which trains a number of epochs over
-the expanded dataset) runs ``ceil(epochs * rows / batch_size)`` steps, so every original item's
-clean row is seen ``epochs`` times whatever the variant (``meap_copy`` has about twice the rows and
-therefore about twice the steps; ``meap_concat`` the same steps with rows twice as long).
+the expanded dataset) runs ``ceil(epochs * ceil(rows / batch_size))`` steps, so every original
+item's clean row is seen ``epochs`` times whatever the variant (``meap_copy`` has about twice the
+rows and therefore about twice the steps; ``meap_concat`` the same steps with rows twice as long).
 ``budget: steps`` runs exactly ``steps`` optimizer steps for every variant, so ``meap_copy`` sees
 each clean answer about half as often as ``ntp``.
+
+**Training.** The rows are the features of the ``decoder_sft`` task kind
+(:mod:`finetune.kinds.decoder_sft`, whose collate pads them); :func:`fit_sft` trains them with the
+one fine-tuning loop, :func:`finetune.train.fit`: one shuffled pass per epoch (the last batch of an
+epoch may be short), AdamW without decay on biases and norms, linear warm-up over ``warmup_ratio``
+of the steps then linear decay to 0, gradient clipping.
 """
 
 from __future__ import annotations
@@ -220,7 +226,7 @@ def sft_steps(cfg: SftConfig, n_rows: int) -> int:
     if cfg.budget == "steps":
         return cfg.steps
     if cfg.budget == "epochs":
-        return math.ceil(cfg.epochs * n_rows / cfg.batch_size)
+        return math.ceil(cfg.epochs * math.ceil(n_rows / cfg.batch_size))
     raise ValueError(f"unknown sft.budget '{cfg.budget}'; valid: epochs, steps")
 
 
@@ -238,52 +244,25 @@ def pad_rows(rows: Sequence[SftRow], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": att, "labels": labels}
 
 
-def train_sft(model: torch.nn.Module, rows: Sequence[SftRow], cfg: SftConfig, *, pad_id: int, seed: int,
-              device: str | torch.device = "cpu", log=None) -> dict:
-    """Fine-tune ``model`` (a causal LM taking ``labels``) on ``rows`` for :func:`sft_steps` steps.
+def fit_sft(model: torch.nn.Module, rows: Sequence[SftRow], cfg: SftConfig, *, pad_id: int, seed: int,
+            device: str | torch.device = "cpu", mask_id: int = -1) -> dict:
+    """Fine-tune ``model`` (a causal LM taking ``labels``) on ``rows`` for :func:`sft_steps` steps with
+    the one fine-tuning loop (:func:`finetune.train.fit`: its optimizer, weight-decay and schedule
+    rules) as the ``decoder_sft`` task kind. Returns the SFT summary (budget, steps, rows, epochs,
+    final_loss)."""
+    from finetune.kinds.base import KindOptions, get_kind
+    from finetune.kinds.decoder_sft import SftTask
+    from finetune.train import Finetuner, fit
 
-    Batches are drawn without replacement, epoch after epoch, in an order fixed by ``seed``; AdamW
-    with linear warm-up and cosine decay; gradient clipping. Returns a small summary dict.
-    """
     steps = sft_steps(cfg, len(rows))
+    per_epoch = math.ceil(len(rows) / cfg.batch_size) if rows else 0
     summary = {"budget": cfg.budget, "steps": steps, "rows": len(rows),
-               "epochs": round(steps * cfg.batch_size / len(rows), 4) if rows else 0.0}
+               "epochs": round(steps / per_epoch, 4) if per_epoch else 0.0}
     if not rows or steps == 0:
         return {**summary, "steps": 0, "final_loss": None}
-    model.to(device).train()
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-    warm = max(1, int(steps * cfg.warmup_ratio))
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        t = (step - warm) / max(1, steps - warm)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    g = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    losses: list[float] = []
-    tokens = 0
-    for step in range(steps):
-        if len(order) < cfg.batch_size:
-            order += torch.randperm(len(rows), generator=g).tolist()
-        idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
-        batch = {k: v.to(device) for k, v in pad_rows([rows[i] for i in idx], pad_id).items()}
-        tokens += int(batch["attention_mask"].sum())
-        out = model(**batch)
-        out.loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss.detach()))
-        if log is not None and (step + 1) % max(1, steps // 5) == 0:
-            log.info("sft step %d/%d loss %.4f", step + 1, steps, sum(losses[-10:]) / len(losses[-10:]))
-    model.eval()
-    return {**summary, "tokens": tokens,
-            "final_loss": sum(losses[-10:]) / len(losses[-10:])}
+    task = SftTask(name="sft", kind="decoder_sft", train=[], dev=[], test=[], sft=cfg, pad_id=pad_id, mask_id=mask_id)
+    net = Finetuner(model, get_kind("decoder_sft")(task, 0, KindOptions())).to(device)
+    feats = [{"input_ids": r.input_ids, "labels": r.labels} for r in rows]
+    out = fit(net, feats, lr=cfg.lr, batch_size=cfg.batch_size, steps=steps, weight_decay=cfg.weight_decay,
+              warmup=cfg.warmup_ratio, grad_clip=cfg.grad_clip, seed=seed, desc=f"sft {len(rows)} rows")
+    return {**summary, "steps": out["steps"], "final_loss": out["final_loss"]}

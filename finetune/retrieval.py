@@ -1,9 +1,9 @@
-"""Synthetic long-context retrieval for decoders: a needle-in-a-haystack proxy and multi-document QA.
+"""Synthetic long-context retrieval items for decoders: a needle-in-a-haystack proxy and multi-document QA.
 
-``python -m finetune.retrieval --config configs/finetune/retrieval-tiny.yaml --models DIR [DIR ...]``
-
-Tasks, generated from corpus text (``methods.md`` §6.6 (b); the MEAP paper's NIAH and MDQA in
-spirit, not their data):
+The data and scoring of the ``retrieval`` evaluation (:mod:`evaluate.retrieval`, docs/meap.md);
+``configs/finetune/retrieval-{tiny,0.1b}.yaml`` are :class:`RetrievalConfig` files. Tasks,
+generated from corpus text (``methods.md`` §6.6 (b); the MEAP paper's NIAH and MDQA in spirit, not
+their data):
 
 * ``needle``: a haystack of exactly ``L`` tokens of corpus text (``context_lengths``) with one
   key-value fact (``facts.needle_template``, e.g. ``"{key}的密码是{value}。"``) whose first token
@@ -23,22 +23,12 @@ Scoring (``scoring``): ``teacher_forced`` (default) runs one forward pass over p
 counts an item correct when the arg-max at every answer position is the answer token (``[MASK]``'s
 logit excluded); this is *exactly* greedy decoding's exact match, without a decode loop.
 ``generate`` calls ``model.generate`` (greedy, ``[MASK]`` suppressed) item by item.
-
-Per model, each ``variants`` entry is evaluated: ``none`` (the pre-trained model as is, zero-shot)
-or an SFT variant from :mod:`finetune.decoder_sft` (``ntp``, ``meap_copy``, ``meap_concat``),
-fine-tuned on items drawn from the *train* split with another seed, once per seed in ``seeds``.
-Outputs under ``runs/RUN/finetune/retrieval/``: ``MODEL/VARIANT/seed-S/result.json`` (resumable),
-``results.json``, ``report.md``, ``needle_by_depth.png``, ``mdqa_by_position.png``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import random
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
@@ -47,7 +37,7 @@ import numpy as np
 import torch
 
 from finetune.decoder_sft import VARIANTS as SFT_VARIANTS
-from finetune.decoder_sft import SftConfig, sft_rows, train_sft
+from finetune.decoder_sft import SftConfig
 from pipeline.errors import UserError
 
 # a pool of common characters for keys (any CJK text tokenizer has them)
@@ -113,15 +103,12 @@ class MdqaConfig:
 
 @dataclass
 class RetrievalConfig:
-    run: str = "demo"
-    runs_root: str = "runs"
-    corpus_dir: Optional[str] = None  # default {runs_root}/{run}/corpus
+    corpus_dir: Optional[str] = None  # default: runs/RUN/corpus of the model's run (runs/RUN/pretrain/NAME/export)
     text_file: Optional[str] = None  # a UTF-8 text file (one passage per line) instead of the corpus
     eval_split: str = "valid"
     train_split: str = "train"
     max_docs: int = 2000  # corpus documents read per split for filler text
     seed: int = 1234  # task generation (the evaluation items are the same for every model)
-    seeds: list[int] = field(default_factory=lambda: [0])  # SFT seeds
     variants: list[str] = field(default_factory=lambda: ["none"])  # none | ntp | meap_copy | meap_concat
     sft_items: int = 512  # SFT training items (half needle, half mdqa where both are enabled)
     sft: SftConfig = field(default_factory=SftConfig)
@@ -129,18 +116,20 @@ class RetrievalConfig:
     needle: NeedleConfig = field(default_factory=NeedleConfig)
     mdqa: MdqaConfig = field(default_factory=MdqaConfig)
     scoring: Literal["teacher_forced", "generate"] = "teacher_forced"
-    batch_size: int = 16
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: Optional[int] = None
-    baseline: Optional[str] = None  # model name the report compares against (default: the first)
-    trust_remote_code: bool = False  # run code shipped in model folders (--trust-remote-code; docs/reliability.md)
+    batch_size: int = 16  # scoring batch (speed only)
 
     def validate(self) -> None:
         for v in self.variants:
             if v != "none" and v not in SFT_VARIANTS:
                 raise ValueError(f"variants entry '{v}' unknown; valid: none, {', '.join(SFT_VARIANTS)}")
-        if not self.seeds:
-            raise ValueError("seeds must not be empty")
+        if not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants must be non-empty and distinct, got {self.variants}")
+        if not self.needle.enabled and not self.mdqa.enabled:
+            raise ValueError("needle.enabled and mdqa.enabled are both false: nothing to evaluate")
+
+    @property
+    def tasks(self) -> list[str]:
+        return [t for t, on in (("needle", self.needle.enabled), ("mdqa", self.mdqa.enabled)) if on]
 
 
 # ---- items ------------------------------------------------------------------------------------
@@ -387,53 +376,10 @@ def summarise(items: Sequence[Item], scores: Sequence[dict]) -> dict:
     return out
 
 
-# ---- models -----------------------------------------------------------------------------------
-@dataclass
-class LoadedDecoder:
-    model: object
-    tokenizer: object
-    meta: dict
-    pad_id: int
-    bos_id: int
-    eos_id: int
-    mask_id: Optional[int]
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _special(tok, name: str, default: int) -> int:
-    v = tok.convert_tokens_to_ids(name)
-    return default if v is None or (tok.unk_token_id is not None and v == tok.unk_token_id and name != "[UNK]") else int(v)
-
-
-def load_decoder(model_dir: str | Path, device="cpu", trust_remote_code: bool = False) -> LoadedDecoder:
-    """A causal LM + its tokenizer from an export folder (or any HF decoder folder), through
-    ``pretrain.exports.load_export`` (code in the folder runs only with ``trust_remote_code``)."""
-    from pretrain.exports import load_export
-
-    d = Path(model_dir)
-    if not (d / "config.json").is_file():
-        raise UserError(f"{d}: not a model folder (no config.json)")
-    ex = load_export(d, task="causal_lm", trust_remote_code=trust_remote_code, model_type="decoder")
-    meta, tok = ex.meta.to_dict(), ex.tokenizer
-    tok.model_max_length = 1 << 30  # whole documents are encoded, then cut into windows/fillers
-    model = ex.model.to(device)
-    model.eval()
-    # contract: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4 in every pipeline vocabulary
-    pad = _special(tok, "[PAD]", 0)
-    bos = _special(tok, "[CLS]", tok.bos_token_id if tok.bos_token_id is not None else 2)
-    eos = _special(tok, "[SEP]", tok.eos_token_id if tok.eos_token_id is not None else 3)
-    mask = _special(tok, "[MASK]", -1)
-    return LoadedDecoder(model, tok, meta, pad, bos, eos, None if mask < 0 else mask)
-
-
-def model_name(model_dir: str | Path) -> str:
-    p = Path(model_dir).resolve()
-    return p.parent.name if p.name == "export" else p.name
-
-
-def load_texts(cfg: RetrievalConfig, split: str) -> list[str]:
+# ---- text ---------------------------------------------------------------------------------------
+def load_texts(cfg: RetrievalConfig, split: str, corpus_dir: str | Path | None = None) -> list[str]:
+    """Filler passages of ``split``: ``text_file`` (the eval split reads it forwards, the train split
+    backwards), else ``corpus_dir`` (``cfg.corpus_dir`` first)."""
     if cfg.text_file:
         f = Path(cfg.text_file)
         if not f.is_file():
@@ -444,9 +390,11 @@ def load_texts(cfg: RetrievalConfig, split: str) -> list[str]:
         return lines[: cfg.max_docs] if split == cfg.eval_split else lines[::-1][: cfg.max_docs]
     from corpora.io import iter_corpus, list_shards
 
-    cdir = Path(cfg.corpus_dir or Path(cfg.runs_root, cfg.run, "corpus"))
+    if not (cfg.corpus_dir or corpus_dir):
+        raise UserError("retrieval: no filler text: give corpus_dir or text_file (or a model under runs/RUN/pretrain/NAME)")
+    cdir = Path(cfg.corpus_dir or corpus_dir)
     if not list_shards(cdir, split):
-        raise UserError(f"no corpus shards under {cdir / split} (build the corpus first: make corpus RUN={cfg.run})")
+        raise UserError(f"no corpus shards under {cdir / split} (build the corpus first: make corpus RUN=...)")
     texts = []
     for rec in iter_corpus(cdir, split):
         if rec.get("text"):
@@ -454,285 +402,3 @@ def load_texts(cfg: RetrievalConfig, split: str) -> list[str]:
         if len(texts) >= cfg.max_docs:
             break
     return texts
-
-
-# ---- the stage --------------------------------------------------------------------------------
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA device is available")
-    return name
-
-
-def run_fingerprint(cfg: RetrievalConfig, variant: str) -> str:
-    """What one (model, variant, seed) result depends on besides the model: a stored result is
-    reused only when this matches (keys that only pick runs, or change speed, are left out)."""
-    import hashlib
-    from dataclasses import asdict
-
-    key = {k: v for k, v in asdict(cfg).items()
-           if k not in ("runs_root", "seeds", "variants", "device", "threads", "baseline", "batch_size",
-                        "trust_remote_code")}
-    key["corpus"] = cfg.text_file or str(Path(cfg.corpus_dir or Path(cfg.runs_root, cfg.run, "corpus")))
-    if variant == "none":  # zero-shot: no SFT
-        for k in ("sft", "sft_items", "train_split"):
-            key.pop(k)
-    key["variant"] = variant
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def run_one(model_dir: Path, variant: str, seed: int, cfg: RetrievalConfig, out_file: Path, log) -> dict:
-    from pipeline.runs import atomic_write_json
-
-    device = pick_device(cfg.device)
-    dec = load_decoder(model_dir, device, trust_remote_code=cfg.trust_remote_code)
-    enc = Encoder(dec.encode)
-    eval_gen = TaskGenerator(enc, FillerPool.from_texts(load_texts(cfg, cfg.eval_split), enc), cfg.facts,
-                             dec.bos_id, dec.eos_id)
-    items = eval_items(eval_gen, cfg, cfg.seed)
-    sft_summary = None
-    t0 = time.time()
-    if variant != "none":
-        if dec.mask_id is None and variant != "ntp":
-            raise UserError(f"{model_dir}: the tokenizer has no [MASK] token; MEAP SFT needs one")
-        torch.manual_seed(seed)
-        tr_gen = TaskGenerator(enc, FillerPool.from_texts(load_texts(cfg, cfg.train_split), enc), cfg.facts,
-                               dec.bos_id, dec.eos_id)
-        tr = train_items(tr_gen, cfg, cfg.sft_items, seed=10_000 + seed)
-        row_stats: dict = {}
-        rows = sft_rows([(it.prompt, it.answer) for it in tr], variant, cfg.sft, eos_id=dec.eos_id,
-                        mask_id=dec.mask_id if dec.mask_id is not None else -1, seed=seed, stats=row_stats)
-        sft_summary = train_sft(dec.model, rows, cfg.sft, pad_id=dec.pad_id, seed=seed, device=device, log=log)
-        sft_summary.update({k: v for k, v in row_stats.items() if k != "rows"})
-        sft_summary["answer_tokens_mean"] = sum(len(it.answer) for it in tr) / len(tr)
-    suppress = [dec.mask_id] if dec.mask_id is not None else []
-    if cfg.scoring == "generate":
-        scores = score_generate(dec.model, items, suppress=suppress, device=device)
-    else:
-        scores = score_teacher_forced(dec.model, items, pad_id=dec.pad_id, suppress=suppress,
-                                      batch_size=cfg.batch_size, device=device)
-    result = {"model": model_name(model_dir), "dir": str(model_dir), "variant": variant, "seed": seed,
-              "scoring": cfg.scoring, "sft": sft_summary, "seconds": round(time.time() - t0, 2),
-              "clean_eval": (dec.meta.get("final_eval") or {}), "tasks": summarise(items, scores),
-              "fingerprint": run_fingerprint(cfg, variant)}
-    atomic_write_json(out_file, result)
-    return result
-
-
-def _stats(v: list[float]) -> dict:
-    m = sum(v) / len(v)
-    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
-    return {"values": v, "mean": m, "std": sd}
-
-
-def aggregate(results: list[dict]) -> dict:
-    """{model: {variant: {task: {"accuracy": stats, "by_length": {L: {d: stats}}}, "clean_eval": ..}}}."""
-    agg: dict = {}
-    for r in results:
-        mv = agg.setdefault(r["model"], {}).setdefault(r["variant"], {"seeds": [], "tasks": {}, "sft": []})
-        mv["seeds"].append(r["seed"])
-        if r.get("sft"):
-            mv.setdefault("sft", []).append(r["sft"])
-        mv["clean_eval"] = r.get("clean_eval") or {}
-        for task, t in r["tasks"].items():
-            dst = mv["tasks"].setdefault(task, {"accuracy": [], "token_accuracy": [], "by_length": {},
-                                                "token_by_length": {}})
-            dst["accuracy"].append(t["accuracy"])
-            dst["token_accuracy"].append(t.get("token_accuracy", float("nan")))
-            for key in ("by_length", "token_by_length"):
-                for L, byd in t.get(key, {}).items():
-                    for d, acc in byd.items():
-                        dst[key].setdefault(L, {}).setdefault(d, []).append(acc)
-    for mv_all in agg.values():
-        for mv in mv_all.values():
-            for t in mv["tasks"].values():
-                t["accuracy"] = _stats(t["accuracy"])
-                t["token_accuracy"] = _stats(t["token_accuracy"])
-                for key in ("by_length", "token_by_length"):
-                    t[key] = {L: {d: _stats(v) for d, v in byd.items()} for L, byd in t[key].items()}
-    return agg
-
-
-def plot(agg: dict, out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    for task, fname, xlabel in (("needle", "needle_by_depth.png", "depth of the fact in the context"),
-                                ("mdqa", "mdqa_by_position.png", "position of the gold document")):
-        lengths = sorted({L for mv_all in agg.values() for mv in mv_all.values()
-                          for L in mv["tasks"].get(task, {}).get("by_length", {})}, key=int)
-        if not lengths:
-            continue
-        fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 3.4), squeeze=False)
-        for ax, L in zip(axes[0], lengths):
-            for model, mv_all in agg.items():
-                for variant, mv in mv_all.items():
-                    cell = mv["tasks"].get(task, {}).get("by_length", {}).get(L)
-                    if not cell:
-                        continue
-                    xs = sorted(cell, key=float)
-                    ys = [cell[x]["mean"] for x in xs]
-                    es = [cell[x]["std"] for x in xs]
-                    lab = model if variant == "none" else f"{model} + SFT {variant}"
-                    ax.errorbar([float(x) for x in xs], ys, yerr=es, marker="o", capsize=3, label=lab)
-            ax.set_title(f"{task}: {L} {'tokens' if task == 'needle' else 'documents'}")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("accuracy (%)")
-            ax.set_ylim(-2, 102)
-            ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=7)
-        fig.tight_layout()
-        p = out_dir / fname
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
-    return written
-
-
-def sft_budget_lines(agg: dict, cfg: RetrievalConfig) -> list[str]:
-    """The report's statement of the SFT budget and, per SFT variant, what its rows held."""
-    if not any(mv.get("sft") for mv_all in agg.values() for mv in mv_all.values()):
-        return []
-    s = cfg.sft
-    if s.budget == "epochs":
-        head = (f"SFT budget: epochs ({s.epochs:g} passes over the rows built from {cfg.sft_items} items, so every "
-                f"item's clean answer is seen {s.epochs:g} times in every variant; meap_copy has about twice the rows "
-                "and steps, meap_concat rows twice as long).")
-    else:
-        head = (f"SFT budget: steps ({s.steps} optimizer steps for every variant, so meap_copy sees each clean "
-                "answer about half as often as ntp).")
-    lines = [head, "", "| model | variant | SFT steps | epochs | masked rows | labels after a [MASK] | "
-             "truncated items | answer tokens |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for model, mv_all in agg.items():
-        for variant, mv in mv_all.items():
-            runs = mv.get("sft") or []
-            if not runs:
-                continue
-
-            def mean(k):
-                v = [r[k] for r in runs if isinstance(r.get(k), (int, float))]
-                return sum(v) / len(v) if v else float("nan")
-
-            share = 100.0 * mean("labels_after_mask") / max(mean("labels"), 1e-9)
-            lines.append(f"| {model} | {variant} | {mean('steps'):.0f} | {mean('epochs'):.2f} | "
-                         f"{mean('masked_rows'):.0f} | {share:.1f} % | {mean('truncated'):.0f} | "
-                         f"{mean('answer_tokens_mean'):.1f} |")
-    return lines + [""]
-
-
-def report(agg: dict, cfg: RetrievalConfig, out_dir: Path, pngs: list[Path]) -> str:
-    lines = ["# Synthetic long-context retrieval", "",
-             f"Scoring: {cfg.scoring} (greedy exact match of the value). Items per cell: needle "
-             f"{cfg.needle.n_per_cell}, mdqa {cfg.mdqa.n_per_position}. Accuracy in %, mean ± std over seeds.", "",
-             "Token acc.: share of answer tokens that are the greedy choice given the gold prefix (a graded",
-             "signal where exact match is at the floor).", "",
-             *sft_budget_lines(agg, cfg),
-             "| model | variant | seeds | clean valid loss | needle | mdqa | needle token acc. | mdqa token acc. |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for model, mv_all in agg.items():
-        for variant, mv in mv_all.items():
-            ce = mv.get("clean_eval") or {}
-            loss = next((ce[k] for k in ("loss", "ntp", "eval_loss") if isinstance(ce.get(k), (int, float))), None)
-            cells = []
-            for key in ("accuracy", "token_accuracy"):
-                for task in ("needle", "mdqa"):
-                    t = mv["tasks"].get(task)
-                    cells.append("-" if t is None else f"{t[key]['mean']:.1f} ± {t[key]['std']:.1f}")
-            lines.append(f"| {model} | {variant} | {len(mv['seeds'])} | {'-' if loss is None else f'{loss:.4f}'} | "
-                         + " | ".join(cells) + " |")
-    lines.append("")
-    for model, mv_all in agg.items():
-        for variant, mv in mv_all.items():
-            for task, t in mv["tasks"].items():
-                lines.append(f"## {model} / {variant} / {task}")
-                lines.append("")
-                cols = sorted({d for byd in t["by_length"].values() for d in byd}, key=float)
-                head = "depth" if task == "needle" else "gold position"
-                lines.append(f"| {'tokens' if task == 'needle' else 'docs'} \\ {head} | " + " | ".join(cols) + " |")
-                lines.append("| --- " * (len(cols) + 1) + "|")
-                for L, byd in sorted(t["by_length"].items(), key=lambda kv: int(kv[0])):
-                    tok = t.get("token_by_length", {}).get(L, {})
-                    lines.append(f"| {L} | " + " | ".join(
-                        (f"{byd[c]['mean']:.1f}" + (f" ({tok[c]['mean']:.0f})" if c in tok else "")) if c in byd
-                        else "-" for c in cols) + " |")
-                lines.append("")
-                lines.append("Cells: exact-match accuracy (%), in brackets the answer-token accuracy (%).")
-                lines.append("")
-    lines += [f"![{p.stem}]({p.name})" for p in pngs]
-    text = "\n".join(lines) + "\n"
-    from pipeline.runs import atomic_write_text
-
-    atomic_write_text(out_dir / "report.md", text)
-    return text
-
-
-def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import add_config_args
-    from pipeline.config import load_config, save_config
-    from pipeline.errors import main_guard
-    from pipeline.log import get_logger, print_table
-    from pipeline.runs import atomic_write_json, check_name, run_path
-    from pretrain.exports import check_folder
-
-    @main_guard
-    def _main() -> int:
-        ap = argparse.ArgumentParser(prog="python -m finetune.retrieval", description=__doc__.split("\n\n")[0])
-        add_config_args(ap)
-        ap.add_argument("--models", nargs="+", required=True, metavar="DIR", help="decoder export folders")
-        ap.add_argument("--trust-remote-code", action="store_true",
-                        help="let code shipped in the model folders run (read it first; docs/reliability.md)")
-        args = ap.parse_args(argv)
-        cfg = load_config(RetrievalConfig, args.config, args.overrides)
-        if args.trust_remote_code:
-            cfg.trust_remote_code = True
-        log = get_logger("retrieval")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        out_dir = run_path(cfg.runs_root, cfg.run, "finetune", "retrieval")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
-        dirs = [Path(m) for m in args.models]
-        for d in dirs:
-            if not (d / "config.json").is_file():
-                raise UserError(f"--models {d}: not a model folder (no config.json)")
-            check_folder(d, cfg.trust_remote_code)  # pickles, code the user did not opt into: before any work
-        names = [check_name(model_name(d), f"--models {d}: model name") for d in dirs]
-        if len(set(names)) != len(names):
-            raise UserError(f"--models: two folders share a model name: {names}")
-        results = []
-        for d, name in zip(dirs, names):
-            for variant in cfg.variants:
-                for seed in (cfg.seeds if variant != "none" else cfg.seeds[:1]):
-                    f = out_dir / name / variant / f"seed-{seed}" / "result.json"
-                    if f.is_file():
-                        done = json.loads(f.read_text(encoding="utf-8"))
-                        if done.get("fingerprint") == run_fingerprint(cfg, variant):
-                            log.info("%s %s seed %d: done before, reusing %s", name, variant, seed, f)
-                            results.append(done)
-                            continue
-                        log.info("%s %s seed %d: settings changed since %s, running again", name, variant, seed, f)
-                    log.info("%s %s seed %d: running", name, variant, seed)
-                    results.append(run_one(d, variant, seed, cfg, f, log))
-        agg = aggregate(results)
-        baseline = cfg.baseline or names[0]
-        atomic_write_json(out_dir / "results.json", {"baseline": baseline, "seeds": cfg.seeds,
-                                                     "variants": cfg.variants, "models": agg})
-        pngs = plot(agg, out_dir)
-        report(agg, cfg, out_dir, pngs)
-        rows = []
-        for model, mv_all in agg.items():
-            for variant, mv in mv_all.items():
-                rows.append([model, variant, len(mv["seeds"])] + [
-                    (mv["tasks"][t]["accuracy"]["mean"] if t in mv["tasks"] else float("nan")) for t in ("needle", "mdqa")])
-        print_table(f"retrieval accuracy (%) -> {out_dir}", ["model", "variant", "seeds", "needle", "mdqa"], rows)
-        return 0
-
-    return _main()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

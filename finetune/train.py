@@ -115,6 +115,49 @@ def _optimizer(model: nn.Module, lr: float, wd: float):
     return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+def fit(model: Finetuner, train: list, *, lr: float, batch_size: int, steps: int, weight_decay: float,
+        warmup: float, grad_clip: float, mp: str = "no", seed: int = 0, eval_at: set[int] | None = None,
+        on_eval=None, desc: str = "fit") -> dict:
+    """The one fine-tuning loop, for every task kind: ``steps`` optimiser steps over ``train`` (the
+    kind's features, batched by ``model.kind.collate``), epoch after epoch in an order drawn from
+    ``seed`` (the last batch of an epoch may be short; the loop stops after ``steps`` even inside an
+    epoch). AdamW without weight decay on biases and norms (:func:`_optimizer`), linear warm-up over
+    ``warmup`` of the steps then linear decay to 0, gradient clipping at ``grad_clip``.
+    ``on_eval(epoch, mean train loss since the last call)`` runs after the steps of an epoch that are
+    in ``eval_at`` (1-based step numbers within the epoch). Returns ``{"steps", "examples",
+    "train_seconds", "final_loss"}`` (``final_loss``: the mean of the last 10 steps' losses)."""
+    opt = _optimizer(model, lr, weight_decay)
+    warm = int(warmup * steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
+    steps_per_epoch = math.ceil(len(train) / batch_size) if train else 0
+    gen = torch.Generator().manual_seed(seed)
+    done, ep, n_seen, train_time, loss_sum, loss_n, last = 0, 0, 0, 0.0, 0.0, 0, []
+    bar = progress(total=steps, desc=desc, unit="step")
+    while done < steps and steps_per_epoch:
+        order = torch.randperm(len(train), generator=gen).tolist()
+        for step, chunk in enumerate(_batches(train, batch_size, order), 1):
+            if done == steps:
+                break
+            model.train()
+            ts = time.time()
+            out = _train_step(model, opt, sched, model.kind.collate(chunk), grad_clip, mp)
+            train_time += time.time() - ts
+            done += 1
+            n_seen += len(chunk)
+            loss = float(out["loss"].detach())
+            loss_sum, loss_n, last = loss_sum + loss, loss_n + 1, (last + [loss])[-10:]
+            bar.update(1)
+            if on_eval is not None and step in (eval_at or ()):
+                on_eval(ep + step / steps_per_epoch, loss_sum / max(1, loss_n))
+                loss_sum, loss_n = 0.0, 0
+        ep += 1
+    bar.close()
+    model.eval()
+    return {"steps": done, "examples": n_seen, "train_seconds": train_time,
+            "final_loss": sum(last) / len(last) if last else None}
+
+
 def kind_options(cfg: FinetuneConfig, tcfg: TaskConfig, encoder) -> KindOptions:
     """The head options of one task for one encoder (two-view encoders get per-view heads)."""
     return KindOptions(dropout=cfg.dropout, max_chars=tcfg.max_chars, max_chars_b=tcfg.max_chars_b,
@@ -136,36 +179,23 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
     train = feats["train"]
     bs = tcfg.batch_size or cfg.batch_size
     steps_per_epoch = math.ceil(len(train) / bs)
-    total = steps_per_epoch * epochs
-    opt = _optimizer(model, lr, cfg.weight_decay)
-    warm = int(cfg.warmup * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     eval_at = {max(1, round(steps_per_epoch * (k + 1) / cfg.evals_per_epoch)) for k in range(cfg.evals_per_epoch)}
-    gen = torch.Generator().manual_seed(seed)
     best, best_state, best_where, curve = -math.inf, None, None, []
     main = kind.main_metric
-    t0, n_seen, train_time, loss_sum, loss_n = time.time(), 0, 0.0, 0.0, 0
-    bar = progress(total=total, desc=f"{task.name} lr={lr:g} ep={epochs} seed={seed}", unit="step")
-    for ep in range(epochs):
-        order = torch.randperm(len(train), generator=gen).tolist()
-        for step, chunk in enumerate(_batches(train, bs, order), 1):
-            model.train()
-            ts = time.time()
-            out = _train_step(model, opt, sched, kind.collate(chunk), cfg.grad_clip, mp)
-            train_time += time.time() - ts
-            n_seen += len(chunk)
-            loss_sum += float(out["loss"].detach())
-            loss_n += 1
-            bar.update(1)
-            if step in eval_at:
-                dev = evaluate(model, feats["dev"], cfg.eval_batch_size, mp)
-                curve.append({"epoch": ep + step / steps_per_epoch, "train_loss": loss_sum / max(1, loss_n), "dev": dev})
-                loss_sum, loss_n = 0.0, 0
-                if dev[main] > best:
-                    best, best_where = dev[main], curve[-1]["epoch"]
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    bar.close()
+
+    def on_eval(epoch: float, train_loss: float) -> None:
+        nonlocal best, best_state, best_where
+        dev = evaluate(model, feats["dev"], cfg.eval_batch_size, mp)
+        curve.append({"epoch": epoch, "train_loss": train_loss, "dev": dev})
+        if dev[main] > best:
+            best, best_where = dev[main], epoch
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    t0 = time.time()
+    fitted = fit(model, train, lr=lr, batch_size=bs, steps=steps_per_epoch * epochs, weight_decay=cfg.weight_decay,
+                 warmup=cfg.warmup, grad_clip=cfg.grad_clip, mp=mp, seed=seed, eval_at=eval_at, on_eval=on_eval,
+                 desc=f"{task.name} lr={lr:g} ep={epochs} seed={seed}")
+    n_seen, train_time = fitted["examples"], fitted["train_seconds"]
     model.load_state_dict(best_state)
     te = time.time()
     test = evaluate(model, feats["test"], cfg.eval_batch_size, mp)

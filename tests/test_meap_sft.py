@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from finetune.decoder_sft import (
-    IGNORE, SftConfig, build_rows, choose_mask_positions, mask_reach, pad_rows, sft_rows, train_sft,
+    IGNORE, SftConfig, build_rows, choose_mask_positions, mask_reach, fit_sft, pad_rows, sft_rows,
 )
 
 CLS, SEP, MASK = 2, 3, 4
@@ -71,7 +71,7 @@ def test_padding_and_random_positions():
         build_rows(PROMPT, ANSWER, "meap_copy", eos_id=SEP, mask_id=MASK, min_answer_tokens=0, positions=[6])
 
 
-def test_train_sft_runs_and_learns():
+def test_fit_sft_runs_and_learns():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -84,7 +84,7 @@ def test_train_sft_runs_and_learns():
         assert len(rows) == (16 if variant == "meap_copy" else 8)
     rows = sft_rows(pairs, "meap_concat", cfg, eos_id=SEP, mask_id=MASK, seed=0)
     before = model(**pad_rows(rows, 0)).loss.item()
-    summary = train_sft(model, rows, cfg, pad_id=0, seed=0)
+    summary = fit_sft(model, rows, cfg, pad_id=0, seed=0)
     after = model(**pad_rows(rows, 0)).loss.item()
     assert summary["steps"] == 10 and after < before
 
@@ -242,13 +242,13 @@ def test_budget_clean_answer_seen_equally(budget):
     for variant in ("ntp", "meap_copy", "meap_concat"):
         rows = sft_rows(pairs, variant, cfg, eos_id=SEP, mask_id=MASK, seed=0)
         model = RecordingModel()
-        summary = train_sft(model, rows, cfg, pad_id=0, seed=0)
+        summary = fit_sft(model, rows, cfg, pad_id=0, seed=0)
         clean = {tuple(ntp_ids) for ntp_ids in (list(p) + list(a) + [SEP] for p, a in pairs)}
         counts = {c: sum(s[:len(c)] == c for s in model.seen) for c in clean}
         seen_clean[variant] = counts
         assert summary["budget"] == budget
         if budget == "epochs":
-            assert summary["steps"] == -(-3 * len(rows) // 4) and summary["epochs"] == 3
+            assert summary["steps"] == 3 * -(-len(rows) // 4) and summary["epochs"] == 3
             assert set(counts.values()) == {3}  # every clean answer seen 3 times, whatever the variant
         else:
             assert summary["steps"] == 8

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from finetune.retrieval import (
-    Encoder, FactConfig, FillerPool, MdqaConfig, NeedleConfig, RetrievalConfig, TaskGenerator, aggregate,
-    eval_items, find_subseq, plot, score_generate, score_teacher_forced, summarise, train_items,
+    Encoder, FactConfig, FillerPool, MdqaConfig, NeedleConfig, RetrievalConfig, TaskGenerator, eval_items,
+    find_subseq, score_generate, score_teacher_forced, summarise, train_items,
 )
 
 TEXT = ("中华人民共和国成立以来，各地经济建设取得了巨大成就。人民群众的生活水平不断提高，"
@@ -147,9 +147,15 @@ def test_teacher_forced_scoring_and_summary(tmp_path):
     # without suppression the [MASK] logit never wins here (10 > 5), so the results agree
     assert [s["correct"] for s in score_teacher_forced(model, items, pad_id=0, batch_size=3)] == \
         [s["correct"] for s in scores]
-    agg = aggregate([{"model": "m", "variant": "none", "seed": 0, "tasks": summ}])
-    pngs = plot(agg, tmp_path)
-    assert [p.name for p in pngs] == ["needle_by_depth.png"] and pngs[0].stat().st_size > 0
+    from evaluate.retrieval_report import cells, report_lines
+
+    rec = {"model": "m", "seed": 0, "results": {"cells": {"none": {"needle": summ["needle"]}}}}
+    agg = cells([rec, {**rec, "seed": 1}])
+    assert agg["m"]["none"]["needle"]["tok"]["60"]["0.5"]["mean"] == pytest.approx(summ["needle"]["token_by_length"]["60"]["0.5"])
+    assert agg["m"]["none"]["needle"]["acc"]["60"]["0.0"]["n"] == 2
+    lines = report_lines(RetrievalConfig(), [rec], tmp_path)
+    assert "![needle_by_depth](needle_by_depth.png)" in lines and not (tmp_path / "mdqa_by_position.png").exists()
+    assert (tmp_path / "needle_by_depth.png").stat().st_size > 0
 
 
 def test_teacher_forced_equals_greedy_generate(tmp_path):

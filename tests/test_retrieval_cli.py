@@ -1,4 +1,4 @@
-"""End to end on a tiny saved decoder: the retrieval CLI (zero-shot + MEAP SFT) and attention diagnostics."""
+"""End to end on a tiny saved decoder: the retrieval evaluation (zero-shot + MEAP SFT) and attention diagnostics."""
 
 import json
 
@@ -41,94 +41,103 @@ def test_tokenizer_roundtrip(tmp_path):
     assert len(ids) == 8 and 1 not in ids and back.convert_tokens_to_ids("[MASK]") == 4
 
 
-def test_retrieval_cli_end_to_end(tmp_path):
-    from finetune.retrieval import main
+def retrieval_config(tmp_path, text: str, body: str):
+    f = tmp_path / "text.txt"
+    f.write_text(text, encoding="utf-8")
+    cfg = tmp_path / "r.yaml"
+    cfg.write_text(f"text_file: {f}\n" + body, encoding="utf-8")
+    return cfg
+
+
+def test_retrieval_evaluation_end_to_end(tmp_path, capsys):
+    from evaluate.__main__ import main
 
     model_dir = tmp_path / "runs" / "t" / "pretrain" / "meap" / "export"
     model_dir.mkdir(parents=True)
     save_tiny_decoder(model_dir)
-    text = tmp_path / "text.txt"
-    text.write_text("\n".join([TEXT[:60], TEXT[20:90], TEXT[40:]]) + "\n", encoding="utf-8")
-    cfg = tmp_path / "r.yaml"
-    cfg.write_text(f"""
-run: t
-runs_root: {tmp_path / 'runs'}
-text_file: {text}
+    cfg = retrieval_config(tmp_path, "\n".join([TEXT[:60], TEXT[20:90], TEXT[40:]]) + "\n", """
 variants: [none, meap_copy, meap_concat]
-seeds: [0]
 sft_items: 8
-sft: {{budget: steps, steps: 2, batch_size: 4, min_answer_tokens: 1, mask_ratio: 0.5}}
-needle: {{context_lengths: [24, 40], depths: [0.0, 1.0], n_per_cell: 2}}
-mdqa: {{n_docs: 3, doc_tokens: 6, n_per_position: 2}}
-""", encoding="utf-8")
-    assert main(["--config", str(cfg), "--models", str(model_dir)]) == 0
-    out = tmp_path / "runs" / "t" / "finetune" / "retrieval"
-    res = json.loads((out / "results.json").read_text())
-    m = res["models"]["meap"]
-    assert set(m) == {"none", "meap_copy", "meap_concat"}
-    assert set(m["none"]["tasks"]["needle"]["by_length"]) == {"24", "40"}
-    assert set(m["none"]["tasks"]["mdqa"]["by_length"]["3"]) == {"0", "1", "2"}
-    assert m["meap_copy"]["clean_eval"] == {"loss": 4.1}
-    r = json.loads((out / "meap" / "meap_copy" / "seed-0" / "result.json").read_text())
-    assert r["sft"]["steps"] == 2 and r["sft"]["rows"] == 16
-    assert (out / "needle_by_depth.png").stat().st_size > 0 and (out / "mdqa_by_position.png").is_file()
-    assert "| meap | none |" in (out / "report.md").read_text()
-    assert "SFT budget: steps (2 optimizer steps" in (out / "report.md").read_text()
-    assert r["sft"]["masked_rows"] == 8 and r["sft"]["labels_after_mask"] >= 8
-    # resumable: a second run reuses every result.json
-    mtime = (out / "meap" / "none" / "seed-0" / "result.json").stat().st_mtime_ns
-    assert main(["--config", str(cfg), "--models", str(model_dir)]) == 0
-    assert (out / "meap" / "none" / "seed-0" / "result.json").stat().st_mtime_ns == mtime
+sft: {budget: steps, steps: 2, batch_size: 4, min_answer_tokens: 1, mask_ratio: 0.5}
+needle: {context_lengths: [24, 40], depths: [0.0, 1.0], n_per_cell: 2}
+mdqa: {n_docs: 3, doc_tokens: 6, n_per_position: 2}
+""")
+    store, out = tmp_path / "eval", tmp_path / "out.json"
+    args = ["run", "retrieval", "--store", str(store), "--set", f"config={cfg}", "--out", str(out),
+            "--models", f"meap={model_dir}"]
+    assert main(args) == 0
+    m = json.loads(out.read_text())["models"]["meap"]
+    assert {"needle_none", "mdqa_none", "needle_tok_meap_copy", "mdqa_meap_concat"} <= set(m)
+    assert set(m["cells"]) == {"none", "meap_copy", "meap_concat"}
+    assert set(m["cells"]["none"]["needle"]["by_length"]) == {"24", "40"}
+    assert set(m["cells"]["none"]["mdqa"]["by_length"]["3"]) == {"0", "1", "2"}
+    assert set(m["cells"]["none"]["needle"]["token_by_length"]) == {"24", "40"}
+    sft = m["sft"]["meap_copy"]
+    assert sft["steps"] == 2 and sft["rows"] == 16 and sft["budget"] == "steps"
+    assert sft["masked_rows"] == 8 and sft["labels_after_mask"] >= 8
+    assert "none" not in m["sft"]
+    assert "needle_meap_copy" in capsys.readouterr().out
+    # resumable: a second run reuses the stored result
+    rec = store / "retrieval" / "meap" / "seed-0.json"
+    mtime = rec.stat().st_mtime_ns
+    assert main(args) == 0
+    assert rec.stat().st_mtime_ns == mtime
     # ... but not a stale one: other SFT settings re-run the SFT variants, zero-shot stays reused
-    copy_f = out / "meap" / "meap_copy" / "seed-0" / "result.json"
-    assert main(["--config", str(cfg), "sft.steps=3", "--models", str(model_dir)]) == 0
-    assert json.loads(copy_f.read_text())["sft"]["steps"] == 3
-    assert (out / "meap" / "none" / "seed-0" / "result.json").stat().st_mtime_ns == mtime
-    # answer-token accuracy by depth sits next to exact match
-    assert set(m["none"]["tasks"]["needle"]["token_by_length"]) == {"24", "40"}
+    work = store / "retrieval" / "meap" / "seed-0.work"
+    none_mtime = (work / "none.json").stat().st_mtime_ns
+    assert main(args + ["--set", "options.sft.steps=3"]) == 0
+    m = json.loads(out.read_text())["models"]["meap"]
+    assert m["sft"]["meap_copy"]["steps"] == 3 and m["sft"]["meap_concat"]["steps"] == 3
+    assert (work / "none.json").stat().st_mtime_ns == none_mtime
+    assert rec.stat().st_mtime_ns != mtime
 
 
-def test_retrieval_cli_epoch_budget_and_mask_guard(tmp_path, capsys):
-    from finetune.retrieval import main
+def test_retrieval_epoch_budget_and_mask_guard(tmp_path, capsys):
+    from evaluate.__main__ import main
+    from pipeline.errors import main_guard
 
     model_dir = tmp_path / "m"
     model_dir.mkdir()
     save_tiny_decoder(model_dir)
-    text = tmp_path / "text.txt"
-    text.write_text(TEXT + "\n", encoding="utf-8")
-    cfg = tmp_path / "r.yaml"
-    cfg.write_text(f"""
-run: t
-runs_root: {tmp_path / 'runs'}
-text_file: {text}
+    cfg = retrieval_config(tmp_path, TEXT + "\n", """
 variants: [ntp, meap_copy]
 sft_items: 6
-sft: {{budget: epochs, epochs: 2, batch_size: 4, min_answer_tokens: 1, mask_ratio: 0.25}}
-needle: {{context_lengths: [24], depths: [0.5], n_per_cell: 2}}
-mdqa: {{enabled: false}}
-""", encoding="utf-8")
-    assert main(["--config", str(cfg), "--models", str(model_dir)]) == 0
-    out = tmp_path / "runs" / "t" / "finetune" / "retrieval" / "m"
-    ntp = json.loads((out / "ntp" / "seed-0" / "result.json").read_text())["sft"]
-    copy = json.loads((out / "meap_copy" / "seed-0" / "result.json").read_text())["sft"]
-    assert (ntp["rows"], ntp["steps"]) == (6, 3) and (copy["rows"], copy["steps"]) == (12, 6)
-    assert "SFT budget: epochs (2 passes" in (out.parent / "report.md").read_text()
+sft: {budget: epochs, epochs: 2, batch_size: 4, min_answer_tokens: 1, mask_ratio: 0.25}
+needle: {context_lengths: [24], depths: [0.5], n_per_cell: 2}
+mdqa: {enabled: false}
+""")
+    out = tmp_path / "out.json"
+    args = ["run", "retrieval", "--store", str(tmp_path / "eval"), "--set", f"config={cfg}", "--models", f"m={model_dir}"]
+    assert main(args + ["--out", str(out)]) == 0
+    sft = json.loads(out.read_text())["models"]["m"]["sft"]
+    # 2 passes over the rows: 6 rows in batches of 4 = 2 steps a pass; meap_copy 12 rows = 3 steps a pass
+    assert (sft["ntp"]["rows"], sft["ntp"]["steps"]) == (6, 4) and (sft["meap_copy"]["rows"], sft["meap_copy"]["steps"]) == (12, 6)
+    assert sft["ntp"]["epochs"] == 2 and sft["meap_copy"]["epochs"] == 2
     # one mask per 4-token answer, labelled only at the mask: plain ntp under another name -> refused
     capsys.readouterr()
-    assert main(["--config", str(cfg), "sft.min_masks=1", "--models", str(model_dir)]) == 2
+    assert main_guard(main)(args + ["--set", "options.sft.min_masks=1"]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and "meap_copy would be plain ntp SFT" in err[0] and "Traceback" not in err[0]
 
 
-def test_retrieval_cli_user_errors(tmp_path, capsys):
-    from finetune.retrieval import main
+def test_retrieval_user_errors(tmp_path, capsys):
+    from evaluate.__main__ import main
+    from pipeline.errors import main_guard
 
     cfg = tmp_path / "r.yaml"
     cfg.write_text("variants: [bogus]\n", encoding="utf-8")
-    assert main(["--config", str(cfg), "--models", str(tmp_path)]) == 2
+    d = tmp_path / "m"
+    d.mkdir()
+    save_tiny_decoder(d)
+    args = ["run", "retrieval", "--store", str(tmp_path / "eval"), "--models", f"m={d}"]
+    assert main_guard(main)(args + ["--set", f"config={cfg}"]) == 2
     assert "bogus" in capsys.readouterr().err
-    cfg.write_text(f"runs_root: {tmp_path}\n", encoding="utf-8")
-    assert main(["--config", str(cfg), "--models", str(tmp_path / "nope")]) == 2
+    assert main_guard(main)(args + ["--set", f"config={tmp_path / 'nope.yaml'}"]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    # a model outside runs/RUN/pretrain/NAME/export and no text_file: no filler text
+    cfg.write_text("variants: [none]\n", encoding="utf-8")
+    assert main_guard(main)(args + ["--set", f"config={cfg}"]) == 2
+    assert "no filler text" in capsys.readouterr().err
 
 
 def test_attention_diag_uniform_attention_exact(tmp_path):

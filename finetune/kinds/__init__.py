@@ -2,6 +2,7 @@
 
 from finetune.kinds import (  # noqa: F401
     classification,
+    decoder_sft,
     multiple_choice,
     pair_classification,
     sequence_labeling,
