@@ -42,7 +42,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: help setup demo test bench corpus vocab shards pretrain finetune publish clean-run compare \
         inspect retrieval attention-diag evidence-meap evidence-multivocab adversarial probes ngram-eval \
-        evidence-clower-ernie study
+        evidence-clower-ernie study study-meap
 
 help:  ## list targets and variables
 	@echo "Targets:"
@@ -117,13 +117,32 @@ compare:  ## multi-seed comparison of every encoder objective (pre-train, fine-t
 	$(MAKE) --no-print-directory pretrain finetune OBJECTIVES="$(ALL_ENCODERS)" FINETUNE_CONFIG=configs/finetune/full.yaml RUN=$(RUN) CONFIG=$(CONFIG)
 
 retrieval: $(R)/pretrain/ntp/export/model.safetensors $(R)/pretrain/meap/export/model.safetensors $(RETRIEVAL_CONFIG)  ## ntp vs meap: synthetic retrieval by depth, zero-shot + NTP/MEAP SFT
-	$(PY) -m finetune.retrieval --config $(RETRIEVAL_CONFIG) run=$(RUN) --models $(R)/pretrain/ntp/export $(R)/pretrain/meap/export
+	$(PY) -m evaluate run retrieval --run $(RUN) --set config=$(RETRIEVAL_CONFIG) --models $(R)/pretrain/ntp $(R)/pretrain/meap --out $(R)/evidence/retrieval.json
 
 attention-diag: $(R)/pretrain/meap/export/model.safetensors  ## MEAP attention diagnostics (masked vs clean input)
 	$(PY) -m evaluate run attention --run $(RUN) --models $(R)/pretrain/meap/export --out $(R)/evidence/attention_diag.json
 
-evidence-meap: $(R)/shards/.done  ## ntp vs meap over SEEDS: pre-training, retrieval, attention
-	$(PY) bench/evidence_meap.py --run $(RUN) --config $(CONFIG) --seeds $(SEEDS) --retrieval-config $(RETRIEVAL_CONFIG)
+# MEAP evidence (configs/studies/meap.yaml): ntp and meap pre-trained once per seed of SEEDS into
+# runs/RUN/pretrain/{ntp,meap}-sSEED (file targets: a finished export is kept, a stopped one resumes
+# from its checkpoints), then the study (its results resume from runs/RUN/eval/).
+# MEAP_CHARS: budget in characters seen (train.chars) for both objectives; empty: the configs' steps.
+# MEAP_PRETRAIN_ARGS: more pre-training overrides (a smoke run: "train.steps=20 train.warmup_steps=2").
+MEAP_CHARS         ?=
+MEAP_PRETRAIN_ARGS ?=
+MEAP_EXPORTS = $(foreach s,$(SEEDS),$(R)/pretrain/ntp-s$(s)/export/model.safetensors $(R)/pretrain/meap-s$(s)/export/model.safetensors)
+
+$(R)/pretrain/ntp-s%/export/model.safetensors: $(R)/shards/.done configs/pretrain/ntp-$(CONFIG).yaml
+	$(LAUNCH) -m pretrain --config configs/pretrain/ntp-$(CONFIG).yaml run=$(RUN) name=ntp-s$* train.seed=$* $(if $(MEAP_CHARS),train.chars=$(MEAP_CHARS)) $(MEAP_PRETRAIN_ARGS)
+
+$(R)/pretrain/meap-s%/export/model.safetensors: $(R)/shards/.done configs/pretrain/meap-$(CONFIG).yaml
+	$(LAUNCH) -m pretrain --config configs/pretrain/meap-$(CONFIG).yaml run=$(RUN) name=meap-s$* train.seed=$* $(if $(MEAP_CHARS),train.chars=$(MEAP_CHARS)) $(MEAP_PRETRAIN_ARGS)
+
+$(R)/studies/meap/report.md: $(MEAP_EXPORTS) configs/studies/meap.yaml $(RETRIEVAL_CONFIG)
+	$(PY) -m evaluate study configs/studies/meap.yaml run=$(RUN) "seeds=[$(shell echo $(SEEDS) | tr ' ' ',')]" evaluations.retrieval.config=$(RETRIEVAL_CONFIG)
+
+study-meap: $(R)/studies/meap/report.md  ## MEAP evidence: ntp vs meap over SEEDS (pre-train, retrieval + SFT, attention, valid loss)
+
+evidence-meap: study-meap  ## the MEAP evidence (same as study-meap)
 
 evidence-multivocab: $(R)/shards/.done  ## char/SGT MLM, amber, hi_mvp, al_mvp over SEEDS: pre-train, fine-tune, perturbation check
 	$(PY) bench/evidence_multivocab.py --run $(RUN) --config $(CONFIG) --seeds $(SEEDS)

@@ -89,21 +89,19 @@ def report_lines(rc, records: list[dict], out_dir: Path) -> list[str]:
     lines = [f"Items: needle {rc.needle.n_per_cell} per (length, depth), mdqa {rc.mdqa.n_per_position} per gold "
              f"position; scoring {rc.scoring}; `T_tok_V`: answer-token accuracy.", "", *sft_lines(rc, records)]
     for task, fname, xlabel, unit in TASKS:
-        for g, gv in agg.items():
-            for v, vs in gv.items():
-                c = vs.get(task)
-                if not c:
-                    continue
-                cols = sorted({d for byd in c["acc"].values() for d in byd}, key=float)
-                lines += [f"{task}, `{g}` / {v}: exact match (%) by {'depth' if task == 'needle' else 'gold position'}"
-                          " (mean ± std over seeds; answer-token accuracy in brackets)", "",
-                          f"| {unit} | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        rows = [(g, v, vs[task]) for g, gv in agg.items() for v, vs in gv.items() if vs.get(task)]
+        if rows:
+            cols = sorted({d for _, _, c in rows for byd in c["acc"].values() for d in byd}, key=float)
+            lines += [f"{task}: exact match (%) by {'depth' if task == 'needle' else 'gold position'} (mean ± std over "
+                      "seeds; answer-token accuracy in brackets)", "",
+                      f"| model | variant | {unit} | " + " | ".join(cols) + " |", "|---" * (len(cols) + 3) + "|"]
+            for g, v, c in rows:
                 for L, byd in sorted(c["acc"].items(), key=lambda kv: int(kv[0])):
                     tok = c.get("tok", {}).get(L, {})
-                    lines.append(f"| {L} | " + " | ".join(
+                    lines.append(f"| {g} | {v} | {L} | " + " | ".join(
                         f"{byd[d]['mean']:.1f} ± {byd[d]['std']:.1f} ({tok[d]['mean']:.0f})" if d in byd and d in tok
                         else "-" for d in cols) + " |")
-                lines.append("")
+            lines.append("")
         png = plot(agg, task, fname, xlabel, unit, out_dir)
         if png is not None:
             lines += [f"![{png.stem}]({png.name})", ""]

@@ -27,7 +27,7 @@ from pipeline.runs import atomic_write_json, check_name, run_path
 @dataclass
 class ModelEntry:
     name: str                    # label in the store and the report (one path component)
-    dir: str                     # export folder (or its pre-training folder); may contain {seed}
+    dir: str                     # export folder (or its pre-training folder); may contain {seed}, {run}, {runs_root}
     random_init: bool = False    # the folder's config with fresh weights (a baseline)
 
     def validate(self) -> None:
@@ -57,6 +57,8 @@ class StudyConfig:
 
     def validate(self) -> None:
         check_name(self.name, "study name")
+        for m in self.models:  # {run} / {runs_root}: one study file for any run (make study-meap RUN=...)
+            m.dir = m.dir.replace("{runs_root}", self.runs_root).replace("{run}", self.run)
         if not self.models:
             raise ValueError("a study needs at least one model (models: [{name: ..., dir: ...}])")
         if not self.evaluations:

@@ -73,13 +73,13 @@ def marker(tmp_path, monkeypatch):
 
 
 def _loaders():
-    from finetune.retrieval import load_decoder
+    from evaluate.retrieval import load_decoder
     from evaluate.attention import load_model
     from evaluate.ngram_recovery import Contiguous
     from evaluate.frozen import FrozenEncoder
 
     return {"finetune": lambda d: load_encoder(d), "finetune-random-twin": lambda d: load_encoder(d, random_init=True),
-            "retrieval": lambda d: load_decoder(d), "probes": lambda d: FrozenEncoder(d),
+            "retrieval": lambda d: load_decoder(d, "cpu", False), "probes": lambda d: FrozenEncoder(d),
             "ngram_eval": lambda d: Contiguous(d), "attention_diag": lambda d: load_model(d)}
 
 
@@ -242,11 +242,12 @@ def _cli(name):
         from evaluate.__main__ import main
         return lambda d, extra, tmp: main_guard(main)(["run", "ngram_recovery", "--models", str(d), "--store",
                                                        str(tmp / "store"), "--set", f"shards={tmp / 'no-shards'}"] + extra)
-    from finetune.retrieval import main
+    from evaluate.__main__ import main
 
     def run(d, extra, tmp):
-        (tmp / "r.yaml").write_text(f"run: t\nruns_root: {tmp / 'runs'}\ntext_file: {tmp / 't.txt'}\n", encoding="utf-8")
-        return main(["--config", str(tmp / "r.yaml"), "--models", str(d)] + extra)
+        (tmp / "r.yaml").write_text(f"text_file: {tmp / 't.txt'}\n", encoding="utf-8")
+        return main_guard(main)(["run", "retrieval", "--models", str(d), "--store", str(tmp / "store"),
+                                 "--set", f"config={tmp / 'r.yaml'}"] + extra)
     return run
 
 

@@ -1,0 +1,70 @@
+"""The MEAP evidence study (configs/studies/meap.yaml) end to end on tiny saved decoders, and its resume."""
+
+import json
+
+from test_retrieval_cli import TEXT, save_tiny_decoder
+from test_shards_helpers import record, write_corpus
+
+
+def make_run(root, seeds=(0, 1)):
+    """runs/t with a corpus (the retrieval and attention filler text) and one ntp / meap export per seed."""
+    run = root / "t"
+    docs = [record(TEXT[i:] + TEXT[:i]) for i in range(0, len(TEXT), 7)]
+    write_corpus(run, docs[: len(docs) // 2], docs[len(docs) // 2:], n_train_shards=1)
+    for s in seeds:
+        for obj in ("ntp", "meap"):
+            d = run / "pretrain" / f"{obj}-s{s}" / "export"
+            d.mkdir(parents=True)
+            save_tiny_decoder(d, layers=2, hidden=16 + 16 * s)
+            meta = json.loads((d / "pretrain_meta.json").read_text())
+            meta.update(objective=obj, chars_seen=1000 + s, tokens_seen=900, steps=10,
+                        final_eval={"loss": 4.0 + s + (obj == "meap"), "perplexity": 50.0})
+            (d / "pretrain_meta.json").write_text(json.dumps(meta))
+    return run
+
+
+OPTIONS = json.dumps({"sft_items": 6, "max_docs": 50,
+                      "sft": {"budget": "epochs", "epochs": 1, "batch_size": 4, "min_answer_tokens": 1},
+                      "needle": {"context_lengths": [24], "depths": [0.0, 1.0], "n_per_cell": 2},
+                      "mdqa": {"n_docs": 2, "doc_tokens": 6, "n_per_position": 2}})
+
+
+def test_meap_study_end_to_end_and_resume(tmp_path):
+    from evaluate.study import load_study, run_study
+
+    run = make_run(tmp_path / "runs")
+    over = [f"runs_root={tmp_path / 'runs'}", "run=t", "seeds=[0,1]", f"evaluations.retrieval.options={OPTIONS}",
+            "evaluations.attention.seq_len=24", "evaluations.attention.n_seqs=2"]
+    cfg = load_study("configs/studies/meap.yaml", over)
+    assert [m.dir for m in cfg.models] == [f"{tmp_path / 'runs'}/t/pretrain/ntp-s{{seed}}",
+                                           f"{tmp_path / 'runs'}/t/pretrain/meap-s{{seed}}"]
+    report = run_study(cfg)
+    assert report == run / "studies" / "meap" / "report.md"
+    text = report.read_text()
+    for section in ("## retrieval", "## attention", "## valid_loss", "SFT budget: epochs (1 passes",
+                    "| meap | meap_concat | 24 |", "| ntp | none | 2 |", "![needle_by_depth](needle_by_depth.png)",
+                    "Welch's t-test against `ntp`"):
+        assert section in text, section
+    res = json.loads((run / "studies" / "meap" / "results.json").read_text())["aggregate"]
+    ret = res["retrieval"]
+    for v in ("none", "ntp", "meap_copy", "meap_concat"):
+        for m in ("ntp", "meap"):
+            assert ret[m][f"needle_{v}"]["n"] == 2 and ret[m][f"mdqa_tok_{v}"]["n"] == 2
+    vl = res["valid_loss"]
+    assert vl["ntp"]["loss"]["values"] == [4.0, 5.0] and vl["meap"]["loss"]["values"] == [5.0, 6.0]
+    assert vl["meap"]["chars_seen"]["values"] == [1000, 1001]  # characters seen per row, per seed
+    assert res["attention"]["meap"]["mass_on_masked_clean"]["n"] == 2
+    assert (run / "studies" / "meap" / "needle_by_depth.png").stat().st_size > 0
+    # resume: a second run reads every stored result back (no file rewritten) and writes the same report
+    stored = sorted((run / "eval").rglob("seed-*.json"))
+    assert len(stored) == 3 * 2 * 2
+    before = {p: p.stat().st_mtime_ns for p in stored}
+    run_study(load_study("configs/studies/meap.yaml", over))
+    assert {p: p.stat().st_mtime_ns for p in stored} == before
+    assert report.read_text() == text
+    # a re-exported model makes only its own results stale
+    w = run / "pretrain" / "meap-s1" / "export" / "model.safetensors"
+    w.write_bytes(w.read_bytes())
+    run_study(load_study("configs/studies/meap.yaml", over))
+    changed = {p for p in stored if p.stat().st_mtime_ns != before[p]}
+    assert changed == {run / "eval" / ev / "meap" / "seed-1.json" for ev in ("retrieval", "attention", "valid_loss")}
