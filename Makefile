@@ -126,9 +126,11 @@ attention-diag: $(R)/pretrain/meap/export/model.safetensors  ## MEAP attention d
 # runs/RUN/pretrain/{ntp,meap}-sSEED (file targets: a finished export is kept, a stopped one resumes
 # from its checkpoints), then the study (its results resume from runs/RUN/eval/).
 # MEAP_CHARS: budget in characters seen (train.chars) for both objectives; empty: the configs' steps.
-# MEAP_PRETRAIN_ARGS: more pre-training overrides (a smoke run: "train.steps=20 train.warmup_steps=2").
+# MEAP_PRETRAIN_ARGS: more pre-training overrides (a smoke run: "train.steps=20 train.warmup_steps=2");
+# MEAP_STUDY_ARGS: overrides of the study (a smoke run: "evaluations.retrieval.options.sft_items=16").
 MEAP_CHARS         ?=
 MEAP_PRETRAIN_ARGS ?=
+MEAP_STUDY_ARGS    ?=
 MEAP_EXPORTS = $(foreach s,$(SEEDS),$(R)/pretrain/ntp-s$(s)/export/model.safetensors $(R)/pretrain/meap-s$(s)/export/model.safetensors)
 
 $(R)/pretrain/ntp-s%/export/model.safetensors: $(R)/shards/.done configs/pretrain/ntp-$(CONFIG).yaml
@@ -138,7 +140,7 @@ $(R)/pretrain/meap-s%/export/model.safetensors: $(R)/shards/.done configs/pretra
 	$(LAUNCH) -m pretrain --config configs/pretrain/meap-$(CONFIG).yaml run=$(RUN) name=meap-s$* train.seed=$* $(if $(MEAP_CHARS),train.chars=$(MEAP_CHARS)) $(MEAP_PRETRAIN_ARGS)
 
 $(R)/studies/meap/report.md: $(MEAP_EXPORTS) configs/studies/meap.yaml $(RETRIEVAL_CONFIG)
-	$(PY) -m evaluate study configs/studies/meap.yaml run=$(RUN) "seeds=[$(shell echo $(SEEDS) | tr ' ' ',')]" evaluations.retrieval.config=$(RETRIEVAL_CONFIG)
+	$(PY) -m evaluate study configs/studies/meap.yaml run=$(RUN) "seeds=[$(shell echo $(SEEDS) | tr ' ' ',')]" evaluations.retrieval.config=$(RETRIEVAL_CONFIG) $(MEAP_STUDY_ARGS)
 
 study-meap: $(R)/studies/meap/report.md  ## MEAP evidence: ntp vs meap over SEEDS (pre-train, retrieval + SFT, attention, valid loss)
 
