@@ -85,7 +85,7 @@ def cmd_list(a) -> int:
     for name, cls in sorted(registered().items()):
         print(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
         print(f"    options: {', '.join(config_fields(cls))}")
-        print(f"    metrics: {', '.join(cls.metrics) if isinstance(cls.metrics, tuple) else 'one per configured task'}")
+        print(f"    metrics: {', '.join(cls.metrics) if isinstance(cls.metrics, tuple) else getattr(cls, 'metrics_doc', 'one per configured task')}")
     return 0
 
 

@@ -59,7 +59,7 @@ class Retrieval(Evaluation):
     """Synthetic needle / MDQA retrieval of a decoder, zero-shot and after NTP / MEAP SFT (docs/meap.md)."""
 
     name = "retrieval"
-    unfingerprinted = ("batch_size",)
+    metrics_doc = "T_V (exact match) and T_tok_V (answer-token accuracy) per task T and variant V of the config"
 
     @dataclass
     class Config:

@@ -254,3 +254,47 @@ def test_budget_clean_answer_seen_equally(budget):
             assert summary["steps"] == 8
     if budget == "steps":  # the old rule: meap_copy sees each clean answer half as often as ntp
         assert sum(seen_clean["meap_copy"].values()) * 2 == sum(seen_clean["ntp"].values())
+
+
+# ---- issue 17: decoder SFT is a task kind of the one fine-tuning loop ---------------------------
+def test_decoder_sft_kind_rows_collate_and_token_accuracy():
+    from finetune.kinds.base import KindOptions, get_kind
+    from finetune.kinds.decoder_sft import SftTask
+
+    cfg = SftConfig(min_answer_tokens=4, mask_ratio=0.3)
+    task = SftTask(name="t", kind="decoder_sft", train=[{"prompt": PROMPT, "answer": ANSWER}] * 3, dev=[], test=[],
+                   variant="meap_copy", sft=cfg, eos_id=SEP, mask_id=MASK, pad_id=0, seed=5)
+    kind = get_kind("decoder_sft")(task, 0, KindOptions())
+    feats = kind.features(task.train, "train")
+    rows = sft_rows([(PROMPT, ANSWER)] * 3, "meap_copy", cfg, eos_id=SEP, mask_id=MASK, seed=5)
+    assert [(f["input_ids"], f["labels"]) for f in feats] == [(r.input_ids, r.labels) for r in rows]
+    assert kind.row_stats["train"]["rows"] == 6 and kind.row_stats["train"]["masked_rows"] == 3
+    batch = kind.collate(feats[:2])
+    assert all(torch.equal(batch[k], pad_rows(rows[:2], 0)[k]) for k in ("input_ids", "labels", "attention_mask"))
+    # logits at i-1 predict labels[i]: right on every labelled position but the last of row 0;
+    # a [MASK] logit above the right one is excluded from the arg-max
+    V = 40
+    logits = torch.zeros(2, batch["input_ids"].shape[1], V)
+    for b in range(2):
+        for i in range(1, logits.shape[1]):
+            if batch["labels"][b, i] != IGNORE:
+                logits[b, i - 1, batch["labels"][b, i]] = 1.0
+                logits[b, i - 1, MASK] = 3.0
+    last = max(i for i in range(logits.shape[1]) if batch["labels"][0, i] != IGNORE)
+    logits[0, last - 1, 39] = 2.0
+    pred = kind.predict({"logits": logits}, batch)
+    n0, n1 = int((batch["labels"][0] != IGNORE).sum()), int((batch["labels"][1] != IGNORE).sum())
+    assert pred == [(n0 - 1, n0), (n1, n1)]
+    assert kind.score(pred, feats[:2]) == {"token_acc": pytest.approx(100.0 * (n0 + n1 - 1) / (n0 + n1))}
+
+
+def test_fit_sft_step_budget_stops_inside_an_epoch():
+    pairs = [([CLS, 10 + i, 11], [20 + i, 30]) for i in range(8)]
+    cfg = SftConfig(budget="steps", steps=3, batch_size=4)
+    rows = sft_rows(pairs, "ntp", cfg, eos_id=SEP, mask_id=MASK, seed=0)
+    model = RecordingModel()
+    summary = fit_sft(model, rows, cfg, pad_id=0, seed=0)
+    assert summary["steps"] == 3 and summary["epochs"] == 1.5
+    assert len(model.seen) == 12
+    assert sorted(model.seen[:8]) == sorted(tuple(r.input_ids) for r in rows)  # one full pass, then half of the next
+    assert 0 < summary["final_loss"] < 4.0  # sum(w ** 2) starts at 4 and the optimizer steps lower it
