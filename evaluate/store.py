@@ -7,8 +7,7 @@ their fingerprint::
      "fingerprint": "3f2a...", "settings": {...}, "results": {...}}
 
 A stored result is reused only when its fingerprint equals the one the current settings give
-(:func:`fingerprint`: sha256 of the sorted JSON of the settings, first 16 hex digits, the rule
-``finetune/retrieval.py`` has used for its own results). The settings are the evaluation's config
+(:func:`fingerprint`: sha256 of the sorted JSON of the settings, first 16 hex digits). The settings are the evaluation's config
 minus its ``unfingerprinted`` keys (speed, presentation), the model folder, whether it is the
 random-init baseline, and the size and modification time of the folder's ``config.json`` and
 weight files, so re-training a model into the same folder makes its stored results stale.
