@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from finetune.config import FinetuneConfig
-from finetune.encoders import load_encoder
 from finetune.kinds.base import KindOptions, TaskData, get_kind
 from finetune.schema import RunResult
 from finetune.tasks import TaskConfig
@@ -161,7 +160,7 @@ def fit(model: Finetuner, train: list, *, lr: float, batch_size: int, steps: int
 def kind_options(cfg: FinetuneConfig, tcfg: TaskConfig, encoder) -> KindOptions:
     """The head options of one task for one encoder (two-view encoders get per-view heads)."""
     return KindOptions(dropout=cfg.dropout, max_chars=tcfg.max_chars, max_chars_b=tcfg.max_chars_b,
-                       view_sizes=tuple(encoder.pooled_view_sizes) if cfg.view_heads else (),
+                       view_sizes=tuple(getattr(encoder, "pooled_view_sizes", ())) if cfg.view_heads else (),
                        agreement_weight=cfg.agreement_weight)
 
 
@@ -171,8 +170,9 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
     device = pick_device(cfg.device)
     mp = precision(cfg, device)
     set_seed(seed)
-    encoder = load_encoder(model_dir, random_init=random_init, **cfg.encoder_options())
-    kind = get_kind(task.kind)(task, encoder.hidden_size, kind_options(cfg, tcfg, encoder))
+    kind_cls = get_kind(task.kind)
+    encoder = kind_cls.load_backbone(model_dir, random_init, cfg)  # a TextEncoder, or a decoder_sft's causal LM
+    kind = kind_cls(task, getattr(encoder, "hidden_size", 0), kind_options(cfg, tcfg, encoder))
     model = Finetuner(encoder, kind).to(device)
     if feats is None:
         feats = {s: kind.features(getattr(task, s), s) for s in ("train", "dev", "test")}

@@ -298,3 +298,27 @@ def test_fit_sft_step_budget_stops_inside_an_epoch():
     assert len(model.seen) == 12
     assert sorted(model.seen[:8]) == sorted(tuple(r.input_ids) for r in rows)  # one full pass, then half of the next
     assert 0 < summary["final_loss"] < 4.0  # sum(w ** 2) starts at 4 and the optimizer steps lower it
+
+
+def test_decoder_sft_task_through_the_suite_loop(tmp_path):
+    """An SftTask goes through ``train_grid_point`` like any task: the kind loads the export's causal
+    LM, the loop keeps the dev-best state, the test score is the kind's main metric."""
+    from finetune.config import FinetuneConfig
+    from finetune.kinds.decoder_sft import SftTask
+    from finetune.tasks import TaskConfig
+    from finetune.train import train_grid_point
+    from test_retrieval_cli import save_tiny_decoder
+
+    d = tmp_path / "m"
+    d.mkdir()
+    tok = save_tiny_decoder(d)
+    enc = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    ex = [{"prompt": [CLS] + enc(k + "的密码是"), "answer": enc(v)} for k, v in
+          (("天地", "1234-5678"), ("山水", "8765-4321"), ("风云", "1357-2468"), ("江河", "9753-8642"))]
+    task = SftTask(name="sft", kind="decoder_sft", train=ex * 4, dev=ex, test=ex, variant="meap_concat",
+                   sft=SftConfig(min_answer_tokens=2, mask_ratio=0.3), eos_id=SEP, mask_id=MASK)
+    cfg = FinetuneConfig(batch_size=4, eval_batch_size=8, evals_per_epoch=1, device="cpu", warmup=0.0)
+    r = train_grid_point(str(d), False, task, TaskConfig(name="sft"), cfg, lr=1e-2, epochs=4, seed=0)
+    assert r["test"] == r["test_metrics"]["token_acc"] and len(r["curve"]) == 4
+    assert r["dev"] == max(c["dev"]["token_acc"] for c in r["curve"])
+    assert r["curve"][-1]["train_loss"] < r["curve"][0]["train_loss"]  # it learns the answers

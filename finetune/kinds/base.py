@@ -10,7 +10,9 @@ loop (``finetune.train``) only calls the methods below, never a kind's name:
 * ``forward(encoder, batch)`` -> ``{"loss": scalar (when the batch has labels), "logits": ...}``;
 * ``predict(outputs, batch)`` -> one prediction per feature (plain Python values);
 * ``score(predictions, features)`` -> ``{metric: value in %}``; ``main_metric`` names the one used
-  for model selection and the report.
+  for model selection and the report;
+* ``load_backbone(model_dir, random_init, cfg)`` (class method) -> the model under the head (default:
+  ``finetune.encoders.load_encoder``; ``decoder_sft``: the export's causal LM).
 
 Example records (what a task loader produces) per kind:
 
@@ -18,6 +20,7 @@ Example records (what a task loader produces) per kind:
 * ``sequence_labeling``: ``{"text": str, "tags": [str per character]}``
 * ``span_extraction``: ``{"id": str, "context": str, "question": str, "answers": [{"text": str, "start": int}]}``
 * ``multiple_choice``: ``{"context": str, "question": str, "choices": [str], "label": int}``
+* ``decoder_sft``: ``{"prompt": [int], "answer": [int]}`` (token ids; see :mod:`finetune.kinds.decoder_sft`)
 
 Register a kind with ``@register_kind``; other modules may add kinds the same way.
 """
@@ -66,6 +69,15 @@ class TaskKind(nn.Module):
         self.task = task
         self.hidden_size = hidden_size
         self.opts = opts
+
+    # -- backbone --
+    @classmethod
+    def load_backbone(cls, model_dir: str, random_init: bool, cfg) -> nn.Module:
+        """The model the kind's head sits on (``cfg``: the suite's ``FinetuneConfig``): a
+        :class:`finetune.encoders.TextEncoder` (default; ``decoder_sft`` loads a causal LM)."""
+        from finetune.encoders import load_encoder
+
+        return load_encoder(model_dir, random_init=random_init, **cfg.encoder_options())
 
     # -- data --
     def features(self, examples: list[dict], split: str) -> list[dict]:

@@ -43,6 +43,13 @@ class DecoderSft(TaskKind):
         super().__init__(task, hidden_size, opts)
         self.row_stats: dict[str, dict] = {}
 
+    @classmethod
+    def load_backbone(cls, model_dir: str, random_init: bool, cfg) -> torch.nn.Module:
+        from pretrain.exports import load_export
+
+        return load_export(model_dir, task="causal_lm", random_init=random_init, tokenizer=False,
+                           trust_remote_code=cfg.trust_remote_code, model_type="decoder").model
+
     def features(self, examples: list[dict], split: str) -> list[dict]:
         t: SftTask = self.task  # type: ignore[assignment]
         stats: dict = {}
