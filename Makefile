@@ -42,7 +42,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: help setup demo test bench corpus vocab shards pretrain finetune publish clean-run compare \
         inspect retrieval attention-diag evidence-meap evidence-multivocab adversarial probes ngram-eval \
-        evidence-clower-ernie study
+        evidence-clower-ernie study study-headline pretrain-seeds
 
 help:  ## list targets and variables
 	@echo "Targets:"
@@ -142,6 +142,22 @@ study:  ## a study (models x seeds x evaluations) -> runs/RUN/studies/NAME/repor
 
 evidence-clower-ernie: $(R)/shards/.done  ## CLOWER and ERNIE-Gram over SEEDS: pre-train, probes, n-gram eval, fine-tune
 	$(PY) bench/evidence_clower_ernie.py --run $(RUN) --seeds $(SEEDS)
+
+# ---- pre-training seeds for the studies: runs/RUN/pretrain/OBJ-sSEED/ (train.seed=SEED) ----------
+# one rule per objective and seed of SEEDED_OBJECTIVES x SEEDS, so a study's models are file targets
+SEEDED_OBJECTIVES ?= mlm
+define seeded_pretrain
+$(R)/pretrain/$(1)-s$(2)/export/model.safetensors: $(R)/shards/.done configs/pretrain/$(1)-$(CONFIG).yaml
+	$$(LAUNCH) -m pretrain --config configs/pretrain/$(1)-$(CONFIG).yaml run=$$(RUN) name=$(1)-s$(2) train.seed=$(2)
+endef
+$(foreach o,$(sort $(SEEDED_OBJECTIVES) mlm),$(foreach s,$(SEEDS),$(eval $(call seeded_pretrain,$(o),$(s)))))
+seeded = $(foreach o,$(1),$(foreach s,$(SEEDS),$(R)/pretrain/$(o)-s$(s)/export/model.safetensors))
+
+pretrain-seeds: $(call seeded,$(SEEDED_OBJECTIVES))  ## pre-train SEEDED_OBJECTIVES once per seed of SEEDS (runs/RUN/pretrain/OBJ-sSEED/)
+
+study-headline:  ## issue 21's headline pair: mlm (regime) vs random init, 3 pre-training seeds, 4 low-resource tasks
+	$(MAKE) --no-print-directory pretrain-seeds SEEDED_OBJECTIVES=mlm RUN=headline SEEDS="0 1 2" CONFIG=tiny
+	$(PY) -m evaluate study configs/studies/headline.yaml
 
 clean-run:  ## delete runs/RUN/
 	rm -rf $(R)
