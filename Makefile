@@ -42,7 +42,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: help setup demo test bench corpus vocab shards pretrain finetune publish clean-run compare \
         inspect retrieval attention-diag evidence-meap evidence-multivocab adversarial probes ngram-eval \
-        evidence-clower-ernie study study-meap
+        evidence-clower-ernie study study-meap study-headline pretrain-seeds
 
 help:  ## list targets and variables
 	@echo "Targets:"
@@ -122,30 +122,6 @@ retrieval: $(R)/pretrain/ntp/export/model.safetensors $(R)/pretrain/meap/export/
 attention-diag: $(R)/pretrain/meap/export/model.safetensors  ## MEAP attention diagnostics (masked vs clean input)
 	$(PY) -m evaluate run attention --run $(RUN) --models $(R)/pretrain/meap/export --out $(R)/evidence/attention_diag.json
 
-# MEAP evidence (configs/studies/meap.yaml): ntp and meap pre-trained once per seed of SEEDS into
-# runs/RUN/pretrain/{ntp,meap}-sSEED (file targets: a finished export is kept, a stopped one resumes
-# from its checkpoints), then the study (its results resume from runs/RUN/eval/).
-# MEAP_CHARS: budget in characters seen (train.chars) for both objectives; empty: the configs' steps.
-# MEAP_PRETRAIN_ARGS: more pre-training overrides (a smoke run: "train.steps=20 train.warmup_steps=2");
-# MEAP_STUDY_ARGS: overrides of the study (a smoke run: "evaluations.retrieval.options.sft_items=16").
-MEAP_CHARS         ?=
-MEAP_PRETRAIN_ARGS ?=
-MEAP_STUDY_ARGS    ?=
-MEAP_EXPORTS = $(foreach s,$(SEEDS),$(R)/pretrain/ntp-s$(s)/export/model.safetensors $(R)/pretrain/meap-s$(s)/export/model.safetensors)
-
-$(R)/pretrain/ntp-s%/export/model.safetensors: $(R)/shards/.done configs/pretrain/ntp-$(CONFIG).yaml
-	$(LAUNCH) -m pretrain --config configs/pretrain/ntp-$(CONFIG).yaml run=$(RUN) name=ntp-s$* train.seed=$* $(if $(MEAP_CHARS),train.chars=$(MEAP_CHARS)) $(MEAP_PRETRAIN_ARGS)
-
-$(R)/pretrain/meap-s%/export/model.safetensors: $(R)/shards/.done configs/pretrain/meap-$(CONFIG).yaml
-	$(LAUNCH) -m pretrain --config configs/pretrain/meap-$(CONFIG).yaml run=$(RUN) name=meap-s$* train.seed=$* $(if $(MEAP_CHARS),train.chars=$(MEAP_CHARS)) $(MEAP_PRETRAIN_ARGS)
-
-$(R)/studies/meap/report.md: $(MEAP_EXPORTS) configs/studies/meap.yaml $(RETRIEVAL_CONFIG)
-	$(PY) -m evaluate study configs/studies/meap.yaml run=$(RUN) "seeds=[$(shell echo $(SEEDS) | tr ' ' ',')]" evaluations.retrieval.config=$(RETRIEVAL_CONFIG) $(MEAP_STUDY_ARGS)
-
-study-meap: $(R)/studies/meap/report.md  ## MEAP evidence: ntp vs meap over SEEDS (pre-train, retrieval + SFT, attention, valid loss)
-
-evidence-meap: study-meap  ## the MEAP evidence (same as study-meap)
-
 evidence-multivocab: $(R)/shards/.done  ## char/SGT MLM, amber, hi_mvp, al_mvp over SEEDS: pre-train, fine-tune, perturbation check
 	$(PY) bench/evidence_multivocab.py --run $(RUN) --config $(CONFIG) --seeds $(SEEDS)
 
@@ -163,6 +139,39 @@ study:  ## a study (models x seeds x evaluations) -> runs/RUN/studies/NAME/repor
 
 evidence-clower-ernie: $(R)/shards/.done  ## CLOWER and ERNIE-Gram over SEEDS: pre-train, probes, n-gram eval, fine-tune
 	$(PY) bench/evidence_clower_ernie.py --run $(RUN) --seeds $(SEEDS)
+
+# ---- pre-training seeds for the studies: runs/RUN/pretrain/OBJ-sSEED/ (train.seed=SEED) ----------
+# one rule per objective and seed of SEEDED_OBJECTIVES x SEEDS, so a study's models are file targets
+SEEDED_OBJECTIVES ?= mlm
+SEEDED_CHARS      ?=
+SEEDED_ARGS       ?=
+define seeded_pretrain
+$(R)/pretrain/$(1)-s$(2)/export/model.safetensors: $(R)/shards/.done configs/pretrain/$(1)-$(CONFIG).yaml
+	$$(LAUNCH) -m pretrain --config configs/pretrain/$(1)-$(CONFIG).yaml run=$$(RUN) name=$(1)-s$(2) train.seed=$(2) $$(if $$(SEEDED_CHARS),train.chars=$$(SEEDED_CHARS)) $$(SEEDED_ARGS)
+endef
+$(foreach o,$(sort $(SEEDED_OBJECTIVES) mlm ntp meap),$(foreach s,$(SEEDS),$(eval $(call seeded_pretrain,$(o),$(s)))))
+seeded = $(foreach o,$(1),$(foreach s,$(SEEDS),$(R)/pretrain/$(o)-s$(s)/export/model.safetensors))
+
+pretrain-seeds: $(call seeded,$(SEEDED_OBJECTIVES))  ## pre-train SEEDED_OBJECTIVES once per seed of SEEDS (runs/RUN/pretrain/OBJ-sSEED/)
+
+study-headline:  ## issue 21's headline pair: mlm (regime) vs random init, 3 pre-training seeds, 4 low-resource tasks
+	$(MAKE) --no-print-directory pretrain-seeds SEEDED_OBJECTIVES=mlm RUN=headline SEEDS="0 1 2" CONFIG=tiny
+	$(PY) -m evaluate study configs/studies/headline.yaml
+
+# MEAP evidence (configs/studies/meap.yaml): ntp and meap pre-trained once per seed of SEEDS into
+# runs/RUN/pretrain/{ntp,meap}-sSEED (file targets: a finished export is kept, a stopped one resumes
+# from its checkpoints), then the study (its results resume from runs/RUN/eval/).
+# (the pretrain-seeds rule below; SEEDED_CHARS: budget in characters seen, train.chars, for both
+# objectives, empty: the configs' steps; SEEDED_ARGS: more pre-training overrides, a smoke run:
+# "train.steps=20 train.warmup_steps=2"). MEAP_STUDY_ARGS: overrides of the study (a smoke run:
+# "evaluations.retrieval.options.sft_items=16").
+MEAP_STUDY_ARGS    ?=
+$(R)/studies/meap/report.md: $(call seeded,ntp meap) configs/studies/meap.yaml $(RETRIEVAL_CONFIG)
+	$(PY) -m evaluate study configs/studies/meap.yaml run=$(RUN) "seeds=[$(shell echo $(SEEDS) | tr ' ' ',')]" evaluations.retrieval.config=$(RETRIEVAL_CONFIG) $(MEAP_STUDY_ARGS)
+
+study-meap: $(R)/studies/meap/report.md  ## MEAP evidence: ntp vs meap over SEEDS (pre-train, retrieval + SFT, attention, valid loss)
+
+evidence-meap: study-meap  ## the MEAP evidence (same as study-meap)
 
 clean-run:  ## delete runs/RUN/
 	rm -rf $(R)
