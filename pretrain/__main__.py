@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     stem = os.path.basename(args.config).rsplit(".", 1)[0].rsplit("-", 1)[0]
-    if stem != cfg.out_name:
+    # NAME-sSEED is the Makefile's seeded pre-training (pretrain-seeds: one run per seed of a study)
+    if stem != cfg.out_name and not re.fullmatch(re.escape(stem) + r"-s\d+", cfg.out_name):
         from pipeline.log import get_logger
 
         get_logger("pretrain").warning(
