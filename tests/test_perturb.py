@@ -1,4 +1,4 @@
-"""The character-perturbation generator of ``finetune/adversarial.py``."""
+"""The character-perturbation generator of ``finetune/perturb.py`` (the robustness conditions of a task)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from finetune.adversarial import Perturber, _is_cjk, load_pinyin_table, load_shape_table, report_md
+from finetune.perturb import PerturbConfig, Perturber, _is_cjk, condition_name, load_pinyin_table, load_shape_table, perturbed_tests
 from pipeline.errors import UserError
 
 TABLE = {"中": ("钟", "忠"), "钟": ("中", "忠"), "忠": ("中", "钟"), "国": ("果",), "果": ("国",), "人": ()}
@@ -43,7 +43,36 @@ def test_perturb_examples_and_errors():
     with pytest.raises(UserError):
         Perturber("shape", 0.1, table=TABLE)
     with pytest.raises(UserError):
-        Perturber("random", 0.0, table=TABLE)
+        Perturber("random", 1.5, table=TABLE)
+
+
+def test_rate_zero_is_the_clean_text():
+    """Rate 0 is the clean control: no character changes (the "at least one" rule is for rate > 0)."""
+    for mode in ("pinyin", "random"):
+        assert Perturber(mode, 0.0, table=TABLE).perturb("中国中国") == ("中国中国", 0, 4)
+    assert Perturber("random", 0.01, table=TABLE).perturb("中国中国")[1] == 1
+
+
+def test_perturb_config_conditions_and_validation():
+    from pipeline.config import ConfigError, _build
+
+    cfg = _build(PerturbConfig, {"modes": ["pinyin", "random"], "rates": [0, 0.5]}, "t.yaml", prefix="perturb.")
+    assert cfg.conditions() == [("pinyin", 0.0), ("pinyin", 0.5), ("random", 0.0), ("random", 0.5)]
+    assert [condition_name(m, r) for m, r in cfg.conditions()] == ["pinyin@0", "pinyin@0.5", "random@0", "random@0.5"]
+    with pytest.raises(ConfigError, match="unknown perturbation mode 'shape'"):
+        _build(PerturbConfig, {"modes": ["shape"]}, "t.yaml")
+    with pytest.raises(ConfigError, match=r"rates must be in \[0, 1\]"):
+        _build(PerturbConfig, {"rates": [1.5]}, "t.yaml")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("snownlp") is None, reason="snownlp not installed (make setup)")
+def test_perturbed_tests_per_condition():
+    test = [{"text": "这家酒店的服务很好，房间也干净。", "label": 1}, {"text": "很差", "label": 0}]
+    sets, realised = perturbed_tests(test, PerturbConfig(modes=["pinyin", "random"], rates=[0.0, 0.5]))
+    assert set(sets) == {"pinyin@0", "pinyin@0.5", "random@0", "random@0.5"}
+    assert sets["pinyin@0"] == test and realised["pinyin@0"] == 0.0
+    assert sets["random@0.5"] != test and [e["label"] for e in sets["random@0.5"]] == [1, 0]
+    assert 0.3 < realised["random@0.5"] <= 0.6
 
 
 @pytest.mark.skipif(importlib.util.find_spec("snownlp") is None, reason="snownlp not installed (make setup)")
@@ -78,11 +107,3 @@ def test_packaged_shape_table():
     out, n, m = Perturber("visual", 0.3, seed=0).perturb("这只鸟在岛上鸣叫，黑色的羽毛。")
     assert n >= 1 and out != "这只鸟在岛上鸣叫，黑色的羽毛。"
 
-
-def test_report_table():
-    res = {"task": "sentiment", "metric": "acc", "seeds": [1], "conditions": ["pinyin@0.1"], "test_examples": 2,
-           "realised_rate": {"pinyin@0.1": 0.1},
-           "models": {"m": {"mean": {"clean": 80.0, "pinyin@0.1": 70.0}, "drop_mean": {"pinyin@0.1": 10.0},
-                            "drop_std": {"pinyin@0.1": 0.0}}}}
-    md = report_md(res)
-    assert "| m | 80.00 | 70.00 | 10.00 ± 0.00 |" in md
