@@ -58,7 +58,7 @@ def add_robustness(res: dict, conditions: dict[tuple[str, str], dict[str, dict[s
 def robustness_rows(res: dict) -> tuple[list[str], list[list[str]]]:
     """One row per model: clean test and, per (task, condition), score and drop (mean ± std)."""
     rob = res.get("robustness") or {}
-    cols = sorted({(t, c) for per in rob.values() for t, cs in per.items() for c in cs})
+    cols = list(dict.fromkeys((t, c) for per in rob.values() for t, cs in per.items() for c in cs))  # config order
     header = ["model"] + [x for t, c in cols for x in (f"{t} clean", f"{t} {c}", f"drop {t} {c}")]
     header = list(dict.fromkeys(header))  # one clean column per task
     rows = []
