@@ -55,12 +55,11 @@ def make_data(n: int):
 
 
 def make_model(root: Path, texts: list[str]) -> Path:
-    import json
-
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
     from finetune.testing import make_tokenizer
+    from pretrain.exports import ExportMeta
 
     d = root / "bench" / "export"
     d.mkdir(parents=True)
@@ -70,7 +69,7 @@ def make_model(root: Path, texts: list[str]) -> Path:
                       intermediate_size=512, max_position_embeddings=512, type_vocab_size=2, pad_token_id=0)
     BertForMaskedLM(conf).save_pretrained(d)
     tok.save_pretrained(d)
-    (d / "pretrain_meta.json").write_text(json.dumps({"model_type": "encoder", "finetune_adapter": "hf"}))
+    ExportMeta(model_type="encoder", finetune_adapter="hf").save(d)  # the producer's schema (pretrain.exports)
     return d
 
 
