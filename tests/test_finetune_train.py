@@ -266,6 +266,10 @@ def test_robustness_conditions_are_test_conditions_of_the_run(setup, tmp_path, c
     rob = res.robustness["m"]["chnsenticorp"]["random@1"]
     assert rob["test"]["values"] == [r.conditions["random@1"]["test"]] and rob["drop"]["values"] == [r.conditions["random@1"]["drop"]]
     assert "drop chnsenticorp random@1" in (out / "report" / "report.md").read_text(encoding="utf-8")
+    # per-model grid selection reads the conditions of the chosen grid point of every seed
+    assert _cli(argv + ["grid_selection=per_model", "--report-only"], capsys)[0] == 0
+    per_model = FinetuneResults.load(out / "report")
+    assert per_model.extra["grid_selection"] == "per_model" and per_model.robustness == res.robustness
     mtime = seed_file.stat().st_mtime_ns
     assert _cli(argv, capsys)[0] == 0
     assert seed_file.stat().st_mtime_ns == mtime  # same settings: reused

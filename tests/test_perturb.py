@@ -107,3 +107,21 @@ def test_packaged_shape_table():
     out, n, m = Perturber("visual", 0.3, seed=0).perturb("这只鸟在岛上鸣叫，黑色的羽毛。")
     assert n >= 1 and out != "这只鸟在岛上鸣叫，黑色的羽毛。"
 
+
+
+def test_shipped_robustness_config():
+    """`make adversarial`'s config: tiny.yaml's sentiment task (same subsample) with the three modes
+    at 10 % and 20 %, no random-init twins."""
+    from pathlib import Path
+
+    from finetune.config import FinetuneConfig
+    from pipeline.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "finetune"
+    cfg = load_config(FinetuneConfig, root / "robustness.yaml")
+    tiny = load_config(FinetuneConfig, root / "tiny.yaml")
+    (task,) = cfg.tasks
+    base = next(t for t in tiny.tasks if t.name == "sentiment")
+    assert (task.name, task.max_train, task.max_eval, task.max_chars) == (base.name, base.max_train, base.max_eval, base.max_chars)
+    assert task.perturb.conditions() == [(m, r) for m in ("pinyin", "visual", "random") for r in (0.1, 0.2)]
+    assert (cfg.lrs, cfg.epochs, cfg.seeds, cfg.random_init_twins) == (tiny.lrs, tiny.epochs, tiny.seeds, False)
