@@ -72,7 +72,8 @@ class FinetuneTasks(Evaluation):
         from dataclasses import asdict
 
         suite = {k: v for k, v in asdict(self.suite).items() if k not in NOT_SETTINGS}
-        suite["tasks"] = [asdict(t) for t in self.task_cfgs]
+        # a task without robustness conditions leaves ``perturb`` out: stored results keep their fingerprints
+        suite["tasks"] = [{k: v for k, v in asdict(t).items() if not (k == "perturb" and v is None)} for t in self.task_cfgs]
         return {"suite": suite}
 
     def _task(self, tc):

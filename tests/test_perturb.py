@@ -125,3 +125,29 @@ def test_shipped_robustness_config():
     assert (task.name, task.max_train, task.max_eval, task.max_chars) == (base.name, base.max_train, base.max_eval, base.max_chars)
     assert task.perturb.conditions() == [(m, r) for m in ("pinyin", "visual", "random") for r in (0.1, 0.2)]
     assert (cfg.lrs, cfg.epochs, cfg.seeds, cfg.random_init_twins) == (tiny.lrs, tiny.epochs, tiny.seeds, False)
+
+
+def test_tasks_without_conditions_keep_their_fingerprints():
+    """Adding the ``perturb`` option must not invalidate finished results of tasks that do not use it:
+    the suite's fingerprint equals the one of a TaskConfig without the field (the former class), and
+    the study evaluation's settings leave it out; with conditions both change."""
+    import dataclasses
+    from pathlib import Path
+
+    from evaluate.base import build_evaluation
+    from finetune.config import FinetuneConfig
+    from finetune.tasks import TaskConfig
+    from finetune.train import settings_fingerprint
+
+    old_cls = dataclasses.make_dataclass("TaskConfig", [(f.name, f.type, dataclasses.field(default=f.default))
+                                                        for f in dataclasses.fields(TaskConfig) if f.name != "perturb"])
+    cfg = FinetuneConfig(device="cpu")
+    tc = TaskConfig(name="sentiment", max_train=100)
+    assert settings_fingerprint(tc, cfg, False) == settings_fingerprint(old_cls(name="sentiment", max_train=100), cfg, False)
+    with_conditions = dataclasses.replace(tc, perturb=PerturbConfig())
+    assert settings_fingerprint(with_conditions, cfg, False) != settings_fingerprint(tc, cfg, False)
+    root = Path(__file__).resolve().parents[1] / "configs" / "finetune"
+    plain = build_evaluation("finetune", {"config": str(root / "tiny.yaml")}).settings()["suite"]["tasks"]
+    assert plain and all("perturb" not in t for t in plain)
+    robust = build_evaluation("finetune", {"config": str(root / "robustness.yaml")}).settings()["suite"]["tasks"]
+    assert robust[0]["perturb"]["rates"] == [0.1, 0.2]
