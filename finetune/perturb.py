@@ -66,6 +66,8 @@ class PerturbConfig:
             raise ValueError("perturb: modes and rates must not be empty")
         if any(not 0.0 <= r <= 1.0 for r in self.rates):
             raise ValueError(f"perturb: rates must be in [0, 1], got {self.rates}")
+        if len(set(self.modes)) != len(self.modes) or len({f"{r:g}" for r in self.rates}) != len(self.rates):
+            raise ValueError(f"perturb: a mode or rate is listed twice ({self.modes}, {self.rates})")
 
     def conditions(self) -> list[tuple[str, float]]:
         return [(m, r) for m in self.modes for r in self.rates]

@@ -63,6 +63,8 @@ def test_perturb_config_conditions_and_validation():
         _build(PerturbConfig, {"modes": ["shape"]}, "t.yaml")
     with pytest.raises(ConfigError, match=r"rates must be in \[0, 1\]"):
         _build(PerturbConfig, {"rates": [1.5]}, "t.yaml")
+    with pytest.raises(ConfigError, match="listed twice"):
+        _build(PerturbConfig, {"rates": [0.2, 0.2]}, "t.yaml")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("snownlp") is None, reason="snownlp not installed (make setup)")
