@@ -16,6 +16,7 @@ R       := runs/$(RUN)
 CORPUS_CONFIG   ?= configs/corpus/default.yaml
 TOK_CONFIG      ?= configs/tokenization/default.yaml
 FINETUNE_CONFIG ?= configs/finetune/$(CONFIG).yaml
+ROBUSTNESS_CONFIG ?= configs/finetune/robustness.yaml
 # objectives pre-trained by `make pretrain` / `make demo`
 OBJECTIVES      ?= mlm ntp
 VOCAB_KINDS     ?= char sgt
@@ -125,8 +126,9 @@ attention-diag: $(R)/pretrain/meap/export/model.safetensors  ## MEAP attention d
 evidence-multivocab: $(R)/shards/.done  ## char/SGT MLM, amber, hi_mvp, al_mvp over SEEDS: pre-train, fine-tune, perturbation check
 	$(PY) bench/evidence_multivocab.py --run $(RUN) --config $(CONFIG) --seeds $(SEEDS)
 
-adversarial:  ## accuracy drop under character perturbations: make adversarial MODELS="NAME=DIR ..."
-	$(PY) -m finetune.adversarial --config $(FINETUNE_CONFIG) --models $(MODELS) run=$(RUN)
+# its own run folder (RUN-robustness): the fine-tuning results and report of `make finetune` stay as they are
+adversarial:  ## accuracy drop under character perturbations (test conditions of a fine-tuning run): make adversarial MODELS="NAME=DIR ..."
+	$(PY) -m finetune --config $(ROBUSTNESS_CONFIG) --models $(MODELS) run=$(RUN)-robustness
 
 probes: $(R)/pretrain/mlm/export/model.safetensors $(R)/pretrain/clower/export/model.safetensors  ## CLOWER probes (boundary probe, word retrieval)
 	$(PY) -m evaluate run probes --random-init --run $(RUN) --models $(R)/pretrain/mlm $(R)/pretrain/clower --out $(R)/evidence/probes.json

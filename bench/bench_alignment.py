@@ -2,7 +2,7 @@
 
     python bench/bench_alignment.py --run runs/demo [--batches 20] [--seq-len 128] [--batch-size 32]
 
-Reads the run's token shards (``char`` and ``sgt``, train split) through the project loader and
+Writes ``runs/bench/alignment.json`` (bench/record.py). Reads the run's token shards (``char`` and ``sgt``, train split) through the project loader and
 runs the objectives' own ``collate`` (``hi_mvp`` on char windows + the aligned SGT stream,
 ``al_mvp`` reading a on SGT windows + the aligned char stream, as their tiny configs do). The
 checks use only the collated output and the vocabularies' token strings, so they measure any
@@ -165,6 +165,16 @@ def main() -> None:
                        "leaked": n_leak, "leaked_pct": round(100.0 * n_leak / max(1, n_t), 2)}
     res["al_mvp_a"]["chars_vs_mlm_sgt_pct"] = round(100.0 * chars["primary"] / max(1, chars["mlm"]), 2)
     print(json.dumps(res, indent=1))
+    from bench.record import write_record
+
+    # correctness figures (no speed baseline): the share of misaligned tokens and leaked targets
+    records = [{"metric": "hi_mvp_sgt_tokens_without_char", "value": res["hi_mvp"]["no_char_pct"], "unit": "% of real SGT tokens",
+                "baseline": None, "ratio": None},
+               {"metric": "al_mvp_a_wrong_token_targets", "value": res["al_mvp_a"]["wrong_pct"], "unit": "% of targets",
+                "baseline": None, "ratio": None},
+               {"metric": "al_mvp_a_leaked_targets", "value": res["al_mvp_a"]["leaked_pct"], "unit": "% of targets",
+                "baseline": None, "ratio": None}]
+    print(f"wrote {write_record('alignment', records, results=res)}")
 
 
 if __name__ == "__main__":

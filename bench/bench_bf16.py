@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -113,8 +112,8 @@ def main() -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
 
+    from bench.record import describe, write_record
     from pipeline.log import print_table
-    from pipeline.runs import atomic_write_json
     from pretrain.config import cpu_bf16_features, resolve_mixed_precision
 
     from pretrain.objectives.base import pad_vocab
@@ -125,12 +124,12 @@ def main() -> int:
     results = [bench_size(s, a.arch, vocab, a.batch, a.seq, a.steps, a.warmup, a.block) for s in a.sizes]
     rows = [[r["size"], r["arch"], f"{r['fp32_tokens_per_s']:,.0f}", f"{r['bf16_tokens_per_s']:,.0f}",
              f"{r['bf16_speedup']:.2f}x", f"{r['fp32_loss_last']:.4f} / {r['bf16_loss_last']:.4f}"] for r in results]
-    cpu = f"{platform.processor() or platform.machine()} x{os.cpu_count()}, {torch.get_num_threads()} torch threads"
-    print_table(f"bf16 autocast vs fp32, MLM train step, batch {a.batch} x {a.seq} ({cpu}; "
+    print_table(f"bf16 autocast vs fp32, MLM train step, batch {a.batch} x {a.seq} ({describe()}; "
                 f"avx512_bf16={feats['avx512_bf16']} amx_bf16={feats['amx_bf16']}; auto -> {auto})",
                 ["size", "arch", "fp32 tok/s", "bf16 tok/s", "bf16 / fp32", "loss fp32 / bf16"], rows)
-    atomic_write_json(Path(a.out), {"command": "python " + " ".join(sys.argv), "cpu": cpu, "cpu_features": feats,
-                                    "auto_resolves_to": auto, "torch": torch.__version__, "results": results})
+    records = [{"metric": f"bf16_train_tokens_per_s_{r['size']}", "value": r["bf16_tokens_per_s"], "unit": "tokens/s",
+                "baseline": r["fp32_tokens_per_s"], "ratio": r["bf16_speedup"], **r} for r in results]
+    write_record("bf16", records, out=a.out, auto_resolves_to=auto)
     return 0
 
 

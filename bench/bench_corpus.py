@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,13 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.log import print_table  # noqa: E402
-from pipeline.runs import atomic_write_json  # noqa: E402
-
-
-def machine() -> str:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_implementation()} "
-            f"{platform.python_version()}, load {load:.1f}")
+from bench.record import describe, write_record  # noqa: E402
 
 
 def run_build(config: Path, root: Path, run: str, workers: int) -> tuple[dict, int, float]:
@@ -105,15 +98,13 @@ def main() -> int:
     ap.add_argument("--index-docs", type=int, default=100_000)
     args = ap.parse_args()
     config = Path(args.config)
-    command = "python bench/bench_corpus.py " + " ".join(sys.argv[1:])
     records = []
 
     def rec(metric, value, unit, baseline=None):
         ratio = (value / baseline) if baseline else None
         records.append({"metric": metric, "value": round(value, 4), "unit": unit,
                         "baseline": None if baseline is None else round(baseline, 4),
-                        "ratio": None if ratio is None else round(ratio, 3), "machine": machine(),
-                        "command": command})
+                        "ratio": None if ratio is None else round(ratio, 3)})
 
     with tempfile.TemporaryDirectory(prefix="bench-corpus-") as tmp:
         root = Path(tmp)
@@ -139,14 +130,12 @@ def main() -> int:
     rec("dedup_index_bytes_per_doc", per_doc, "bytes/doc")
     rec("dedup_index_per_million_docs", per_doc * 1e6 / 2**20, "MiB/1M docs")
 
-    print_table(f"Corpus benchmark ({machine()}, config {config.name}: "
+    print_table(f"Corpus benchmark ({describe()}, config {config.name}: "
                 f"{s1['totals']['input_docs']:,} docs, {s1['totals']['input_bytes'] / 1e6:.1f} MB)",
                 ["metric", "value", "unit", "baseline", "ratio"],
                 [[r["metric"], r["value"], r["unit"], "-" if r["baseline"] is None else r["baseline"],
                   "-" if r["ratio"] is None else r["ratio"]] for r in records])
-    out = REPO / "runs" / "bench" / "corpus.json"
-    atomic_write_json(out, records)
-    print(f"written {out.relative_to(REPO)}")
+    print(f"written {write_record('corpus', records)}")
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,13 +29,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from pipeline.log import print_table  # noqa: E402
-from pipeline.runs import atomic_write_json  # noqa: E402
-
-
-def machine() -> str:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_implementation()} "
-            f"{platform.python_version()}, load {load:.1f}")
+from bench.record import describe, write_record  # noqa: E402
 
 
 def make_data(n: int):
@@ -62,12 +55,11 @@ def make_data(n: int):
 
 
 def make_model(root: Path, texts: list[str]) -> Path:
-    import json
-
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
     from finetune.testing import make_tokenizer
+    from pretrain.exports import ExportMeta
 
     d = root / "bench" / "export"
     d.mkdir(parents=True)
@@ -77,7 +69,7 @@ def make_model(root: Path, texts: list[str]) -> Path:
                       intermediate_size=512, max_position_embeddings=512, type_vocab_size=2, pad_token_id=0)
     BertForMaskedLM(conf).save_pretrained(d)
     tok.save_pretrained(d)
-    (d / "pretrain_meta.json").write_text(json.dumps({"model_type": "encoder", "finetune_adapter": "hf"}))
+    ExportMeta(model_type="encoder", finetune_adapter="hf").save(d)  # the producer's schema (pretrain.exports)
     return d
 
 
@@ -151,7 +143,6 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    command = "python bench/bench_finetune.py " + " ".join(sys.argv[1:])
     data, texts = make_data(max(200, args.steps * args.batch))
     records, rows = [], []
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
@@ -162,13 +153,10 @@ def main() -> int:
                                             (f"finetune_eval_examples_per_s_{kind}", ev, None)):
                 records.append({"metric": metric, "value": round(value, 2), "unit": "examples/s",
                                 "baseline": None if baseline is None else round(baseline, 2),
-                                "ratio": None if baseline is None else round(value / baseline, 3),
-                                "machine": machine(), "command": command})
+                                "ratio": None if baseline is None else round(value / baseline, 3)})
             rows.append([kind, round(tr, 1), round(ev, 1), round(base, 1), round(tr / base, 3)])
-    out = REPO / "runs" / "bench" / "finetune.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, records)
-    print_table(f"Fine-tuning throughput ({machine()}; tiny encoder 2x128, batch {args.batch}, max_chars {args.max_chars}, "
+    out = write_record("finetune", records)
+    print_table(f"Fine-tuning throughput ({describe()}; tiny encoder 2x128, batch {args.batch}, max_chars {args.max_chars}, "
                 f"{args.threads} thread(s))", ["kind", "train ex/s", "eval ex/s", "backbone-only train ex/s", "ratio"], rows)
     print(f"wrote {out}")
     return 0

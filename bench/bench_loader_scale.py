@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -115,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/bench/loader_scale.json")
     args = ap.parse_args(argv)
     from pipeline.log import print_table
-    from pipeline.runs import atomic_write_json
+    from bench.record import describe, write_record
 
     counts = [int(x) for x in args.shards.split(",")]
-    mach = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}"
+    mach = describe()
     rows, res = [], []
     with tempfile.TemporaryDirectory(prefix="bench_loader_scale.") as tmp:
         imp = child("import", Path(tmp), 0)
@@ -150,9 +149,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{last['tokens'] / base['tokens']:.0f}x the tokens")
     out = {"metric": f"loader peak RSS per rank, {last['shards']} shards over {base['shards']}",
            "value": last["rank_peak_mb"], "unit": "MB (peak RSS, VmHWM)", "baseline": base["rank_peak_mb"], "ratio": ratio,
-           "machine": mach, "command": "python bench/bench_loader_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "rows": res}
-    atomic_write_json(args.out, out)
+    write_record("loader_scale", out, out=args.out, argv=argv)
     print(f"wrote {args.out}")
     return 0
 

@@ -14,8 +14,6 @@ Writes ``runs/bench/meap.json`` (metric, value, unit, baseline, ratio, machine, 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
@@ -95,16 +93,12 @@ def main() -> int:
     ratio = med["meap"] / med["ntp"]
     cpu_med = {k: statistics.median(v) for k, v in cpu_t.items()}
     cpu_ratio = cpu_med["meap"] / cpu_med["ntp"]
-    machine = (torch.cuda.get_device_name() if device == "cuda"
-               else f"cpu {platform.machine()} {torch.get_num_threads()} threads")
     res = {"metric": "meap_step_time", "value": med["meap"], "unit": "s/step", "baseline": med["ntp"],
-           "ratio": ratio, "machine": machine,
-           "command": "python bench/bench_meap.py " + " ".join(sys.argv[1:]),
-           "collate_s": cmed, "process_cpu_s": cpu_med, "process_cpu_ratio": cpu_ratio, "size": args.size, "seq_len": args.seq_len, "batch": args.batch,
+           "ratio": ratio, "device": device, "collate_s": cmed, "process_cpu_s": cpu_med, "process_cpu_ratio": cpu_ratio, "size": args.size, "seq_len": args.seq_len, "batch": args.batch,
            "steps": args.steps, "goal_ratio": 1.02}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    from bench.record import write_record
+
+    out = write_record("meap", res, out=args.out)
     print(f"ntp  {med['ntp'] * 1000:8.1f} ms/step (collate {cmed['ntp'] * 1000:.2f} ms)")
     print(f"meap {med['meap'] * 1000:8.1f} ms/step (collate {cmed['meap'] * 1000:.2f} ms)")
     print(f"ratio meap/ntp = {ratio:.3f} wall, {cpu_ratio:.3f} process CPU time (goal <= 1.02) -> {out}")

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import platform
 import statistics
 import sys
 import time
@@ -144,13 +142,11 @@ def main() -> int:
                 coll_t[name].append(t1 - t0)
     med = {k: statistics.median(v) for k, v in step_t.items()}
     cmed = {k: statistics.median(v) for k, v in coll_t.items()}
-    machine = (torch.cuda.get_device_name() if device == "cuda"
-               else f"cpu {platform.machine()} {torch.get_num_threads()} threads")
-    command = "python bench/bench_objectives.py " + " ".join(sys.argv[1:])
-    common = {"machine": machine, "command": command, "size": args.size, "seq_len": args.seq_len,
+    from bench.record import write_record
+
+    common = {"device": device, "size": args.size, "seq_len": args.seq_len,
               "batch": args.batch, "steps": args.steps, "data": "synthetic (PD-like word lengths)"}
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     base = med["mlm"]
     print(f"{'variant':26s} {'ms/step':>9s} {'collate ms':>11s} {'x mlm':>7s}")
     for n in names:
@@ -164,8 +160,7 @@ def main() -> int:
                "ratio": med[top] / base, "goal_ratio": goal, **common,
                "variants": {n: {"s_per_step": med[n], "collate_s": cmed[n], "ratio": med[n] / base} for n in fam},
                "mlm": {"s_per_step": base, "collate_s": cmed["mlm"]}}
-        f = out_dir / f"{family}.json"
-        f.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+        f = write_record(family, res, out=out_dir / f"{family}.json")
         print(f"{top}/mlm = {med[top] / base:.3f} (goal <= {goal}) -> {f}")
     return 0
 

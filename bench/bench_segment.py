@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.log import print_table  # noqa: E402
-from pipeline.runs import atomic_write_json  # noqa: E402
+from bench.record import write_record  # noqa: E402
 from tokenization.segment import Segmenter  # noqa: E402
 
 
@@ -61,9 +59,8 @@ def main() -> int:
                 ["backend", "chars", "M chars/s/core", "ratio", "identical lines %"], rows)
     out = {"metric": "segment_chars_per_s_per_core", "value": round(fast), "unit": "chars/s/core",
            "baseline": round(ref), "ratio": round(fast / ref, 2), "identical_lines": round(same, 5),
-           "hmm": args.hmm, "chars": n_chars, "machine": f"{platform.machine()} {platform.processor() or ''} "
-           f"{os.cpu_count()} cpus".strip(), "command": " ".join(["python"] + sys.argv)}
-    atomic_write_json(Path("runs/bench/segment.json"), out)
+           "hmm": args.hmm, "chars": n_chars}
+    write_record("segment", out)
     print(json.dumps(out))
     return 0
 

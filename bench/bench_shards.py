@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -145,17 +144,6 @@ def run_baseline(texts, vocab_dir: Path, kind: str, out: Path) -> float:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} cores, load average {load:.1f} at start, Python {platform.python_version()}"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--chars", type=int, default=1_000_000, help="characters of text to process per measurement")
@@ -165,9 +153,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from pipeline.log import print_table
-    from pipeline.runs import atomic_write_json
+    from bench.record import describe, write_record
 
-    mach = machine()
+    mach = describe()
     texts = load_texts(args.chars)
     n_chars = sum(map(len, texts))
     docs = [{"id": str(i), "text": t, "lang": "zh", "source": "bench"} for i, t in enumerate(texts)]
@@ -209,11 +197,9 @@ def main(argv=None) -> int:
         "unit": "chars per CPU-second (one process, one core)",
         "baseline": main_row["baseline_chars_per_s"],
         "ratio": main_row["ratio"],
-        "machine": mach,
-        "command": "python bench/bench_shards.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "rows": results,
     }
-    atomic_write_json(args.out, out)
+    write_record("shards", out, out=args.out, argv=argv)
     print(f"wrote {args.out}")
     return 0
 

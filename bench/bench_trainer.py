@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -172,12 +171,6 @@ def bench_hf(tmp: Path, model: dict, loader: StreamLoader, vocab: int, batch: in
     return {"tokens_per_s": rate(times, warmup, batch * seq)}
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"cpu {platform.machine()} x{os.cpu_count()} ({torch.get_num_threads()} torch threads)"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default=None, help="use runs/RUN/shards/char and its vocabulary (default: synthetic)")
@@ -193,10 +186,9 @@ def main() -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
 
+    from bench.record import write_record
     from pipeline.log import print_table
-    from pipeline.runs import atomic_write_json
 
-    cmd = "python " + " ".join(sys.argv)
     results, rows = [], []
     tmp = Path(tempfile.mkdtemp(prefix="bench_trainer_"))
     try:
@@ -220,7 +212,7 @@ def main() -> int:
             ratio = ours["tokens_per_s"] / hf["tokens_per_s"]
             rows.append([name, data, f"{batch}x{seq}", ours["tokens_per_s"], hf["tokens_per_s"], ratio,
                          100 * ours["data_wait"], "-" if ours["mfu"] is None else 100 * ours["mfu"]])
-            base = {"machine": machine(), "command": cmd, "case": name, "data": data, "batch": batch, "seq_len": seq}
+            base = {"case": name, "data": data, "batch": batch, "seq_len": seq}
             results.append({**base, "metric": "mlm_train_tokens_per_s", "value": ours["tokens_per_s"], "unit": "tokens/s",
                             "baseline": hf["tokens_per_s"], "baseline_name": "HF Trainer + DataCollatorForLanguageModeling",
                             "ratio": ratio})
@@ -233,8 +225,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print_table("trainer benchmark (MLM): this trainer vs HF Trainer, same model/data/batch",
                 ["case", "data", "batch", "ours tok/s", "HF tok/s", "ratio", "data-wait %", "MFU %"], rows)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(a.out, {"bench": "trainer", "results": results})
+    write_record("trainer", results, out=a.out)
     print(f"wrote {a.out}")
     return 0
 

@@ -11,8 +11,6 @@ author's learner). Writes runs/bench/vocab.json.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from collections import Counter
@@ -22,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_segment import texts  # noqa: E402
 from pipeline.log import print_table  # noqa: E402
-from pipeline.runs import atomic_write_json  # noqa: E402
+from bench.record import write_record  # noqa: E402
 from tokenization.segment import Segmenter  # noqa: E402
 from tokenization.vocab import attach_spaces, learn_sgt  # noqa: E402
 
@@ -60,9 +58,8 @@ def main() -> int:
            "baseline": round(base, 3), "ratio": round(mb / results["wp"][0] / base, 2),
            "per_learner": {k: {"seconds": round(v[0], 3), "mb_per_s": round(mb / v[0], 3), "size": v[1]}
                            for k, v in results.items()},
-           "input_mb": round(mb, 3), "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-           "command": " ".join(["python"] + sys.argv)}
-    atomic_write_json(Path("runs/bench/vocab.json"), out)
+           "input_mb": round(mb, 3)}
+    write_record("vocab", out)
     return 0
 
 

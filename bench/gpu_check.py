@@ -243,6 +243,12 @@ def fsdp_child(root: Path, out: Path) -> int:
 def check_environment() -> dict:
     missing = [m for m in NEEDED if importlib.util.find_spec(m) is None]
     env = {"python": platform.python_version(), "missing_modules": missing}
+    try:  # the benchmarks' one machine description (bench/record.py), where its imports are there
+        from bench.record import machine
+
+        env["machine"] = machine()
+    except ImportError:
+        pass
     try:
         import torch
 

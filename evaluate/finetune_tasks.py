@@ -7,7 +7,10 @@ and ``tasks`` picks some of its tasks (empty: all). The study's seed replaces th
 ``seeds``; the study's model entry decides ``random_init`` (its ``random_init_twins`` is not used:
 list a ``random_init: true`` model in the study instead). Per task the result holds the test score
 of the dev-best grid point under the task's name (the kind's main metric, in %), ``TASK_dev``, and
-the chosen grid point. The grid points are resumable: they are kept in the store's work folder of
+the chosen grid point. A task with robustness conditions (its ``perturb`` option, finetune.perturb)
+adds ``TASK@MODE@RATE`` (the chosen point's score on the perturbed test split) and
+``TASK@MODE@RATE_drop`` (clean minus perturbed) per condition, both metrics of the study, and
+``TASK@MODE@RATE_realised_rate``. The grid points are resumable: they are kept in the store's work folder of
 this (model, seed) and re-used while the settings are unchanged.
 """
 
@@ -56,13 +59,21 @@ class FinetuneTasks(Evaluation):
 
     @property
     def metrics(self) -> tuple[str, ...]:  # type: ignore[override]
-        return tuple(t.name for t in self.task_cfgs)
+        from finetune.perturb import condition_name
+
+        out = []
+        for t in self.task_cfgs:
+            out.append(t.name)
+            for m, r in (t.perturb.conditions() if t.perturb else ()):
+                out += [f"{t.name}@{condition_name(m, r)}", f"{t.name}@{condition_name(m, r)}_drop"]
+        return tuple(out)
 
     def settings(self) -> dict:
         from dataclasses import asdict
 
         suite = {k: v for k, v in asdict(self.suite).items() if k not in NOT_SETTINGS}
-        suite["tasks"] = [asdict(t) for t in self.task_cfgs]
+        # a task without robustness conditions leaves ``perturb`` out: stored results keep their fingerprints
+        suite["tasks"] = [{k: v for k, v in asdict(t).items() if not (k == "perturb" and v is None)} for t in self.task_cfgs]
         return {"suite": suite}
 
     def _task(self, tc):
@@ -94,4 +105,8 @@ class FinetuneTasks(Evaluation):
             out[f"{tc.name}_dev"] = r["dev"]
             out[f"{tc.name}_chosen"] = r["chosen"]
             out[f"{tc.name}_metric"] = r["metric"]
+            for c, v in r.get("conditions", {}).items():
+                out[f"{tc.name}@{c}"] = v["test"]
+                out[f"{tc.name}@{c}_drop"] = v["drop"]
+                out[f"{tc.name}@{c}_realised_rate"] = v["realised_rate"]
         return out

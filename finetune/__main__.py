@@ -66,10 +66,10 @@ def main(argv=None) -> int:
     from finetune.config import FinetuneConfig
     from finetune.encoders import read_pretrain_meta
     from finetune.kinds.base import get_kind
-    from finetune.report import build_results, write_report
+    from finetune.report import add_robustness, build_results, write_report
     from finetune.schema import RunResult
     from finetune.tasks import load_task
-    from finetune.train import run_seed
+    from finetune.train import condition_scores, run_seed
     from pretrain.exports import check_folder
 
     cfg = load_config(FinetuneConfig, args.config, args.overrides)
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
     from finetune.stats import check_same_grid, select_per_model
 
-    results, chosen = {}, {}
+    results, chosen, robust = {}, {}, {}
     for tname, (tc, data) in tasks.items():
         grids = {}
         for m in models:
@@ -133,16 +133,21 @@ def main(argv=None) -> int:
             vals = [r["test"] for r in seed_results]
             if seed_results:
                 grids[m["name"]] = [(g["lr"], g["epochs"]) for r in seed_results for g in r["grid"]]
+            conds = [r.get("conditions", {}) for r in seed_results]  # each seed's dev-best point
             if seed_results and cfg.grid_selection == "per_model":
                 sel = select_per_model(seed_results)
                 vals = sel.test
                 chosen.setdefault(m["name"], {})[tname] = {"lr": sel.lr, "epochs": sel.epochs, "dev_mean": sel.dev_mean}
+                conds = [condition_scores(next(g for g in r["grid"] if (g["lr"], g["epochs"]) == (sel.lr, sel.epochs)), {})
+                         for r in seed_results]
+            if any(conds):
+                robust[(m["name"], tname)] = {c: {k: [x[c][k] for x in conds] for k in ("test", "drop")} for c in conds[0]}
             results[(m["name"], tname)] = vals
         try:
             check_same_grid(grids)
         except ValueError as e:
             raise UserError(f"task {tname}: {e}") from None
-    res = build_results(models, task_meta, cfg.seeds, baseline, results)
+    res = add_robustness(build_results(models, task_meta, cfg.seeds, baseline, results), robust)
     res["grid_selection"] = cfg.grid_selection
     if chosen:
         res["chosen_grid_point"] = chosen

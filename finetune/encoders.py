@@ -35,7 +35,7 @@ from finetune import charmap
 from pipeline.errors import UserError
 from pretrain.exports import META_FILE, ExportMeta, load_export, special_id
 # modules of other engineers that may register adapters; imported lazily, absent ones are skipped
-ADAPTER_MODULES = ("finetune.adapters_multivocab", "finetune.adversarial", "finetune.decoder_sft",
+ADAPTER_MODULES = ("finetune.adapters_multivocab", "finetune.decoder_sft",
                    "finetune.retrieval")
 
 

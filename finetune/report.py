@@ -43,6 +43,36 @@ def build_results(models: list[dict], tasks: dict[str, dict], seeds: list[int], 
     return out
 
 
+def add_robustness(res: dict, conditions: dict[tuple[str, str], dict[str, dict[str, list[float]]]]) -> dict:
+    """``res["robustness"][model][task][condition] = {"test": summary, "drop": summary}`` from
+    ``conditions[(model, task)][condition] = {"test": per-seed values, "drop": per-seed values}``."""
+    rob: dict = {}
+    for (model, task), conds in conditions.items():
+        for c, v in conds.items():
+            rob.setdefault(model, {}).setdefault(task, {})[c] = {k: summarize(v[k]) for k in ("test", "drop")}
+    if rob:
+        res["robustness"] = rob
+    return res
+
+
+def robustness_rows(res: dict) -> tuple[list[str], list[list[str]]]:
+    """One row per model: clean test and, per (task, condition), score and drop (mean ± std)."""
+    rob = res.get("robustness") or {}
+    cols = list(dict.fromkeys((t, c) for per in rob.values() for t, cs in per.items() for c in cs))  # config order
+    header = ["model"] + [x for t, c in cols for x in (f"{t} clean", f"{t} {c}", f"drop {t} {c}")]
+    header = list(dict.fromkeys(header))  # one clean column per task
+    rows = []
+    for name, per in rob.items():
+        cells = {}
+        for t, c in cols:
+            s = per.get(t, {}).get(c)
+            cells[f"{t} clean"] = _cell(res["models"][name]["results"].get(t))
+            cells[f"{t} {c}"] = _cell(s["test"]) if s else "-"
+            cells[f"drop {t} {c}"] = _cell(s["drop"]) if s else "-"
+        rows.append([name] + [cells[h] for h in header[1:]])
+    return header, rows
+
+
 def _avg(model: dict, tasks: list[str]) -> tuple[float, float]:
     """Average over tasks of the means, and the std of the per-seed averages (NaN if incomplete)."""
     r = model["results"]
@@ -259,6 +289,13 @@ def write_report(report_dir: Path, res: dict, task_info: dict[str, dict], cfg_te
         for name, per_task in res["chosen_grid_point"].items():
             md.append(f"- `{name}`: " + ", ".join(f"{t}: lr {c['lr']:g}, {c['epochs']} ep (dev {c['dev_mean']:.2f})"
                                                    for t, c in per_task.items()))
+    if res.get("robustness"):
+        rh, rr = robustness_rows(res)
+        md += ["", "Robustness: test score of the same dev-selected checkpoints on perturbed copies of the test "
+               "split (condition MODE@RATE, finetune.perturb) and the drop from clean (clean - perturbed, "
+               "per seed), mean ± std (max) over seeds:", "",
+               "| " + " | ".join(rh) + " |", "|" + "---|" * len(rh)]
+        md += ["| " + " | ".join(r) + " |" for r in rr]
     md += ["", "![scores](scores.png)", ""]
     md += ["![pre-training loss](pretrain_loss.png)" if has_curves else "(no pre-training metrics.jsonl found for the pre-trained models)", ""]
     md += ["## Tasks", "", "| task | kind | metric | train / dev / test used (full) | source | split |", "|---|---|---|---|---|---|"]

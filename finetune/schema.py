@@ -27,10 +27,12 @@ def _num(x) -> bool:
 @dataclass
 class RunResult(Record):
     """One seed of one model on one task: the dev-best grid point (``chosen``), its dev and test
-    scores in % (``metric`` is the kind's main metric), every grid point's scores and the settings
-    ``fingerprint`` that decides whether a rerun may reuse it."""
+    scores in % (``metric`` is the kind's main metric), every grid point's scores, the chosen
+    point's scores under the task's robustness ``conditions`` (drop = test - condition score) and
+    the settings ``fingerprint`` that decides whether a rerun may reuse it."""
 
     FILE = "result.json"
+    OMIT_NONE = True  # ``conditions`` only when the task has some
 
     model: str
     task: str
@@ -44,6 +46,8 @@ class RunResult(Record):
     test_metrics: dict = field(default_factory=dict)
     chosen: dict = field(default_factory=dict)
     grid: list = field(default_factory=list)
+    # robustness conditions (a task's ``perturb``): "MODE@RATE" -> {"test", "drop", "realised_rate"}
+    conditions: Optional[dict] = None
     fingerprint: str = ""
     extra: dict = field(default_factory=dict)
     path: Optional[Path] = field(default=None, compare=False)
@@ -56,15 +60,19 @@ class FinetuneResults(Record):
     * ``tasks[task]``: ``{"metric", "kind"}``;
     * ``models[name]``: ``{"dir", "random_init", "results": {task: {"values", "mean", "std", "max"}}}``
       (test scores in %, ``values`` per seed in ``seeds`` order);
-    * ``baseline``: the model every delta is measured against.
+    * ``baseline``: the model every delta is measured against;
+    * ``robustness[name][task][condition]``: ``{"test": summary, "drop": summary}`` over the seeds
+      for a task with robustness conditions (``perturb``; condition ``MODE@RATE``).
     """
 
     FILE = "results.json"
+    OMIT_NONE = True  # ``robustness`` only when a task has conditions
 
     baseline: str
     seeds: list
     tasks: dict
     models: dict
+    robustness: Optional[dict] = None
     extra: dict = field(default_factory=dict)
     path: Optional[Path] = field(default=None, compare=False)
 

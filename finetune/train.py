@@ -6,6 +6,11 @@ point with the best dev score is that seed's choice and its best state is scored
 Results: ``MODEL/TASK/seed-S/grid/lr-LR_ep-E.json`` per grid point, ``seed-S/result.json`` when
 the seed is done (written last; a finished seed is skipped on the next run unless its settings
 changed).
+
+Robustness conditions (a task's ``perturb`` option, :mod:`finetune.perturb`): the dev-best state of
+every grid point is also scored on perturbed copies of the test split; ``result.json`` holds, per
+condition ``MODE@RATE``, the chosen point's score, its drop from the clean test score and the
+realised perturbation rate. They never influence the choice (dev does).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch import nn
 
 from finetune.config import FinetuneConfig
 from finetune.kinds.base import KindOptions, TaskData, get_kind
+from finetune.perturb import perturbed_tests
 from finetune.schema import RunResult
 from finetune.tasks import TaskConfig
 from pipeline.log import get_logger, progress
@@ -165,8 +171,10 @@ def kind_options(cfg: FinetuneConfig, tcfg: TaskConfig, encoder) -> KindOptions:
 
 
 def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: TaskConfig, cfg: FinetuneConfig,
-                     lr: float, epochs: int, seed: int, feats: dict[str, list[dict]] | None = None) -> dict:
-    """Train one (lr, epochs) point with ``seed``; return dev/test metrics of the best dev state."""
+                     lr: float, epochs: int, seed: int, feats: dict[str, list[dict]] | None = None,
+                     conditions: dict[str, list[dict]] | None = None) -> dict:
+    """Train one (lr, epochs) point with ``seed``; return dev/test metrics of the best dev state
+    (and its main metric on each extra test set of ``conditions``: name -> examples)."""
     device = pick_device(cfg.device)
     mp = precision(cfg, device)
     set_seed(seed)
@@ -200,21 +208,33 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
     te = time.time()
     test = evaluate(model, feats["test"], cfg.eval_batch_size, mp)
     test_time = time.time() - te
+    cond = {name: evaluate(model, kind.features(exs, "test"), cfg.eval_batch_size, mp)[main]
+            for name, exs in (conditions or {}).items()}
     cut = getattr(encoder, "n_cut_chars", 0)
     return {"lr": lr, "epochs": epochs, "seed": seed, "best_epoch": best_where, "dev": best, "dev_metrics": curve[-1]["dev"] if curve else {},
-            "test": test[main], "test_metrics": test, "curve": curve, "train_examples": len(train),
+            "test": test[main], "test_metrics": test, "test_conditions": cond, "curve": curve, "train_examples": len(train),
             "train_examples_per_s": n_seen / max(train_time, 1e-9), "eval_examples_per_s": len(feats["test"]) / max(test_time, 1e-9),
             "seconds": time.time() - t0, "chars_cut_by_token_budget": int(cut), "precision": mp}
 
 
 def settings_fingerprint(tcfg: TaskConfig, cfg: FinetuneConfig, random_init: bool) -> str:
-    keys = {"task": asdict(tcfg), "random_init": random_init, **{k: getattr(cfg, k) for k in (
+    task = asdict(tcfg)
+    if task.get("perturb") is None:  # no conditions: results of earlier versions keep their fingerprints
+        task.pop("perturb", None)
+    keys = {"task": task, "random_init": random_init, **{k: getattr(cfg, k) for k in (
         "lrs", "epochs", "batch_size", "eval_batch_size", "warmup", "weight_decay", "grad_clip", "dropout",
         "evals_per_epoch", "alignment", "view_heads", "agreement_weight")}}
     mp = precision(cfg, pick_device(cfg.device))
     if mp != "no":  # only then: fp32 results of earlier versions keep their fingerprints
         keys["precision"] = mp
     return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def condition_scores(point: dict, realised: dict[str, float]) -> dict[str, dict]:
+    """Per condition of a grid point: its test score, the drop from the clean test score and the
+    realised perturbation rate (``{}`` without conditions)."""
+    return {c: {"test": v, "drop": point["test"] - v, "realised_rate": realised.get(c)}
+            for c, v in point.get("test_conditions", {}).items()}
 
 
 def run_seed(out_dir: Path, model_name: str, model_dir: str, random_init: bool, task: TaskData, tcfg: TaskConfig,
@@ -230,13 +250,14 @@ def run_seed(out_dir: Path, model_name: str, model_dir: str, random_init: bool, 
         log.info("%s / %s / seed %d: settings changed, re-running", model_name, task.name, seed)
     grid = []
     kind_cls = get_kind(task.kind)
+    perturbed, realised = perturbed_tests(task.test, tcfg.perturb) if tcfg.perturb else ({}, {})
     for lr in (tcfg.lrs or cfg.lrs):
         for ep in (tcfg.epochs or cfg.epochs):
             gp = out_dir / "grid" / f"lr-{lr:g}_ep-{ep}.json"
             if gp.is_file() and read_json(gp).get("fingerprint") == fp:
                 grid.append(read_json(gp))
                 continue
-            r = train_grid_point(model_dir, random_init, task, tcfg, cfg, lr, ep, seed)
+            r = train_grid_point(model_dir, random_init, task, tcfg, cfg, lr, ep, seed, conditions=perturbed)
             r["fingerprint"] = fp
             atomic_write_json(gp, r)
             log.info("%s / %s / seed %d / lr %g ep %d: dev %s %.2f, test %.2f (%.0f s)", model_name, task.name, seed,
@@ -247,7 +268,10 @@ def run_seed(out_dir: Path, model_name: str, model_dir: str, random_init: bool, 
               "kind": task.kind, "metric": kind_cls.main_metric, "seed": seed, "dev": chosen["dev"],
               "test": chosen["test"], "test_metrics": chosen["test_metrics"],
               "chosen": {"lr": chosen["lr"], "epochs": chosen["epochs"], "best_epoch": chosen["best_epoch"]},
-              "grid": [{k: g[k] for k in ("lr", "epochs", "dev", "test", "best_epoch", "seconds")} for g in grid],
+              "grid": [{k: g[k] for k in ("lr", "epochs", "dev", "test", "best_epoch", "seconds")}
+                       | ({"test_conditions": g["test_conditions"]} if perturbed else {}) for g in grid],
               "fingerprint": fp}
+    if perturbed:
+        result["conditions"] = condition_scores(chosen, realised)
     RunResult.from_dict(result).save(out_dir)  # result.json
     return result

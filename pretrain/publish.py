@@ -34,6 +34,7 @@ from pipeline.errors import UserError, main_guard
 from pipeline.log import get_logger
 from pipeline.runs import DIR_MARKER, atomic_dir, read_json
 from pretrain.export import make_shareable
+from pretrain.exports import META_FILE, ExportMeta
 
 log = get_logger("publish")
 
@@ -51,13 +52,13 @@ def find_exports(path: Path) -> list[Path]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
-    if (path / "pretrain_meta.json").is_file():
+    if (path / META_FILE).is_file():
         return [path]
-    if (path / "export" / "pretrain_meta.json").is_file():
+    if (path / "export" / META_FILE).is_file():
         return [path / "export"]
-    found = sorted(p.parent for p in path.glob("pretrain/*/export/pretrain_meta.json"))
+    found = sorted(p.parent for p in path.glob(f"pretrain/*/export/{META_FILE}"))
     if not found:
-        raise UserError(f"{path}: holds no finished pre-training export (looked for pretrain_meta.json "
+        raise UserError(f"{path}: holds no finished pre-training export (looked for {META_FILE} "
                         "in the folder, in export/, and in pretrain/*/export/)")
     return found
 
@@ -235,12 +236,13 @@ def build_folder(export: Path, out: Path, repo_id: str | None = None, results_pa
 
     refuse_pickles(export)
     weights, n_params = check_safetensors(export)
-    meta = read_json(export / "pretrain_meta.json")
+    export_meta = ExportMeta.load(export, missing_ok=False)  # typed, checked: pretrain.exports
+    meta = export_meta.to_dict()  # the card and the tokenizer notes read it as the file's mapping
     run_dir = export.parent
     root = run_root_of(export)
     pre_cfg = _maybe_yaml(run_dir / "config.yaml")
     corpus_stats = CorpusStats.load_if_present(root / "corpus") if root else None
-    vp = meta.get("vocab_path")
+    vp = export_meta.vocab_path
     vocab_stats = VocabStats.load_if_present(Path(vp)) if vp else None
     results, key = locate_results(export, results_path)
     finetune_cfg = None

@@ -127,3 +127,36 @@ def test_example_study_config_is_valid():
         cfg = load_study(f)
         evs = [build_evaluation(n, o) for n, o in cfg.evaluations.items()]
         assert evs and all(ev.metrics for ev in evs)
+
+
+def test_study_finetune_robustness_conditions(tmp_path):
+    """A task's ``perturb`` option in a study's fine-tuning config: ``TASK@MODE@RATE`` and its drop
+    are metrics of the study (aggregated over seeds), rate 0 scores as the clean test split."""
+    from evaluate.__main__ import main
+    from evaluate.base import build_evaluation
+    from finetune.tasks import TaskConfig, load_task
+    from finetune.testing import make_checkpoint
+    from test_finetune_tasks import WRITERS
+
+    WRITERS["chnsenticorp"](tmp_path / "data" / "chnsenticorp")
+    task = dict(name="chnsenticorp", data_dir=str(tmp_path / "data" / "chnsenticorp"), dev_fraction=0.3, max_chars=32)
+    t = load_task(TaskConfig(**task))
+    model = make_checkpoint(tmp_path / "runs" / "x" / "pretrain" / "mlm" / "export",
+                            [e["text"] for e in t.train + t.dev + t.test], seed=0, metrics=False)
+    task["perturb"] = {"modes": ["random"], "rates": [0, 0.5]}
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump({"tasks": [task], "lrs": [1e-3], "epochs": [1], "batch_size": 4,
+                                                      "eval_batch_size": 8}), encoding="utf-8")
+    ev = build_evaluation("finetune", {"config": str(tmp_path / "ft.yaml")})
+    assert ev.metrics == ("chnsenticorp", "chnsenticorp@random@0", "chnsenticorp@random@0_drop",
+                          "chnsenticorp@random@0.5", "chnsenticorp@random@0.5_drop")
+    study = {"name": "rob", "run": "st", "runs_root": str(tmp_path / "runs"), "seeds": [0, 1],
+             "models": [{"name": "mlm", "dir": str(model)}], "evaluations": {"finetune": {"config": str(tmp_path / "ft.yaml")}}}
+    (tmp_path / "rob.yaml").write_text(yaml.safe_dump(study), encoding="utf-8")
+    assert main(["study", str(tmp_path / "rob.yaml")]) == 0
+    agg = json.loads((tmp_path / "runs" / "st" / "studies" / "rob" / "results.json").read_text())["aggregate"]["finetune"]["mlm"]
+    assert agg["chnsenticorp@random@0"]["values"] == agg["chnsenticorp"]["values"]
+    assert agg["chnsenticorp@random@0_drop"]["values"] == [0.0, 0.0]
+    stored = json.loads((tmp_path / "runs" / "st" / "eval" / "finetune" / "mlm" / "seed-1.json").read_text())["results"]
+    assert stored["chnsenticorp@random@0.5_drop"] == stored["chnsenticorp"] - stored["chnsenticorp@random@0.5"]
+    assert 0.3 < stored["chnsenticorp@random@0.5_realised_rate"] <= 0.6
+    assert "chnsenticorp@random@0.5_drop" in (tmp_path / "runs" / "st" / "studies" / "rob" / "report.md").read_text(encoding="utf-8")

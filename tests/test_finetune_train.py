@@ -239,30 +239,50 @@ split: {valid_fraction: 0.1}
         assert tr & corpus, f"{name}: the check would be vacuous"
 
 
-def test_adversarial_check_resumes_per_model_and_seed(setup, tmp_path):
-    """The perturbation check stores each (model, seed) as it finishes and reuses it on a re-run
-    with the same inputs; changed inputs (here the rates) recompute it."""
-    from finetune import adversarial
+def test_robustness_conditions_are_test_conditions_of_the_run(setup, tmp_path, capsys):
+    """A task's ``perturb`` option scores the dev-selected checkpoint of the ordinary run on
+    perturbed test copies: stored per condition with its drop; rate 0 equals clean, rate 1 differs;
+    the report and results.json carry them; a re-run reuses the seed, other rates recompute it."""
+    from finetune.schema import FinetuneResults, RunResult
 
     root, model, _ = setup
-    cfg = _suite_config(tmp_path, root, epochs="[1]", seeds="[1]")
-    argv = ["--config", str(cfg), "--task", "chnsenticorp", "--modes", "pinyin", "random", "--rates", "0.5",
-            "--models", f"m={model}"]
-    assert adversarial.main(argv) == 0
-    out = tmp_path / "runs" / "t" / "finetune" / "adversarial"
-    res = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert res["conditions"] == ["pinyin@0.5", "random@0.5"] and set(res["models"]) == {"m"}
-    vals = res["models"]["m"]["values"]
-    assert set(vals) == {"clean", "pinyin@0.5", "random@0.5"} and all(len(v) == 1 for v in vals.values())
-    assert res["models"]["m"]["drop"]["random@0.5"] == [vals["clean"][0] - vals["random@0.5"][0]]
-    part = out / "parts" / "m-seed1.json"
-    mtime = part.stat().st_mtime_ns
-    assert adversarial.main(argv) == 0
-    assert part.stat().st_mtime_ns == mtime  # reused, not recomputed
-    assert json.loads((out / "results.json").read_text(encoding="utf-8")) == res
-    assert adversarial.main(argv[:-3] + ["0.2", "--models", f"m={model}"]) == 0
-    assert part.stat().st_mtime_ns != mtime  # other rates: recomputed
-    assert json.loads((out / "results.json").read_text(encoding="utf-8"))["conditions"] == ["pinyin@0.2", "random@0.2"]
+    cfg = _suite_config(tmp_path, root, epochs="[16]", seeds="[1]")  # 16 epochs at lr 3e-3: the fixture is learnt
+    text = cfg.read_text(encoding="utf-8").replace("max_train: 8}", "perturb: {modes: [pinyin, random], rates: [0, 1]}}")
+    cfg.write_text(text.replace("lrs: [1.0e-3]", "lrs: [3.0e-3]"), encoding="utf-8")
+    argv = ["--config", str(cfg), "--models", f"m={model}", "random_init_twins=false", "batch_size=4"]
+    rc, out_, err = _cli(argv, capsys)
+    assert rc == 0, err
+    out = tmp_path / "runs" / "t" / "finetune"
+    seed_file = out / "m" / "chnsenticorp" / "seed-1" / "result.json"
+    r = RunResult.load(seed_file)
+    assert set(r.conditions) == {"pinyin@0", "pinyin@1", "random@0", "random@1"}
+    for c, v in r.conditions.items():
+        assert v["drop"] == pytest.approx(r.test - v["test"])
+    assert r.conditions["pinyin@0"]["test"] == r.test and r.conditions["random@0"]["test"] == r.test
+    assert r.conditions["random@0"]["realised_rate"] == 0.0 and r.conditions["random@1"]["realised_rate"] == 1.0
+    assert r.test == 100.0 and r.conditions["random@1"]["test"] < r.test  # every character replaced: the score drops
+    assert r.grid[0]["test_conditions"] == {c: v["test"] for c, v in r.conditions.items()}
+    res = FinetuneResults.load(out / "report")
+    rob = res.robustness["m"]["chnsenticorp"]["random@1"]
+    assert rob["test"]["values"] == [r.conditions["random@1"]["test"]] and rob["drop"]["values"] == [r.conditions["random@1"]["drop"]]
+    assert "drop chnsenticorp random@1" in (out / "report" / "report.md").read_text(encoding="utf-8")
+    # per-model grid selection reads the conditions of the chosen grid point of every seed
+    assert _cli(argv + ["grid_selection=per_model", "--report-only"], capsys)[0] == 0
+    per_model = FinetuneResults.load(out / "report")
+    assert per_model.extra["grid_selection"] == "per_model" and per_model.robustness == res.robustness
+    mtime = seed_file.stat().st_mtime_ns
+    assert _cli(argv, capsys)[0] == 0
+    assert seed_file.stat().st_mtime_ns == mtime  # same settings: reused
+    cfg.write_text(cfg.read_text(encoding="utf-8").replace("rates: [0, 1]", "rates: [0.5]"), encoding="utf-8")
+    assert _cli(argv, capsys)[0] == 0
+    assert set(RunResult.load(seed_file).conditions) == {"pinyin@0.5", "random@0.5"}  # other rates: recomputed
+
+
+def test_perturb_is_refused_for_other_kinds(tmp_path):
+    from pipeline.config import ConfigError, _build
+
+    with pytest.raises(ConfigError, match="perturb applies to classification and pair_classification tasks, not sequence_labeling"):
+        _build(FinetuneConfig, {"tasks": [{"name": "msra_ner", "perturb": {"rates": [0.2]}}]}, "ft.yaml")
 
 
 def test_ambert_classification_loss_on_a_hand_built_batch():

@@ -58,8 +58,10 @@ def _stream(seed: int, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
 class SyntheticLoader:
     """Same constructor and methods as ``PackedLoader``. Window ``w`` = ``[CLS]`` + stream tokens
     ``w*(T-1) .. (w+1)*(T-1)``; the windows are shuffled per epoch; rank ``r`` reads batch ``index``
-    from global batch slot ``index * world_size + r`` (so one process with ``accum = world`` sees the
-    same windows per optimizer step as ``world`` processes)."""
+    with the real loader's rank split (``tokenization.loader.rank_slice``: rows ``r, r + world_size,
+    ...`` of the step's ``batch_size * world_size`` windows), so one process with ``accum = world``
+    sees the same windows per optimizer step as ``world`` processes, split across ranks as in a
+    real multi-process run."""
 
     def __init__(self, shards_root, kind, split, seq_len, batch_size, seed=0, rank=0, world_size=1,
                  extra_kinds=(), shuffle=True, mixing=None, n_docs=None):
@@ -79,8 +81,9 @@ class SyntheticLoader:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
 
     def batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
-        slot = index * self.world + self.rank
-        win = self._order(epoch)[slot * self.batch_size:(slot + 1) * self.batch_size]
+        from tokenization.loader import rank_slice
+
+        win = self._order(epoch)[rank_slice(index, self.batch_size, self.rank, self.world)]
         L = self.seq_len - 1
         starts = win[:, None] * L + np.arange(L)[None, :]
         B = len(win)
@@ -103,11 +106,24 @@ def test_synthetic_loader_contract():
     b = a.batch(0, 1)
     assert b["input_ids"].shape == (4, 32) and (b["input_ids"][:, 0] == CLS).all()
     assert b["special_mask"][:, 0].all() and b["word_start"][:, 0].all()
-    # two ranks: disjoint, and together the same windows as one rank reading two batches
+    # two ranks: disjoint, and together the same windows as one rank reading two batches, interleaved
+    # as the real loader splits a step's windows over ranks (rank r: rows r, r + 2, ...)
     r0 = SyntheticLoader(None, "char", "train", 32, 4, rank=0, world_size=2).batch(0, 3)["input_ids"]
     r1 = SyntheticLoader(None, "char", "train", 32, 4, rank=1, world_size=2).batch(0, 3)["input_ids"]
     one = np.concatenate([a.batch(0, 6)["input_ids"], a.batch(0, 7)["input_ids"]])
-    assert (np.concatenate([r0, r1]) == one).all()
+    assert (r0 == one[0::2]).all() and (r1 == one[1::2]).all()
     assert not (r0[:, None, :] == r1[None, :, :]).all(-1).any()
+    assert len(SyntheticLoader(None, "char", "train", 32, 4, rank=1, world_size=3)) == len(a) // 3
+    # the real loader's rule (tests/test_loader.py::test_ranks_are_disjoint_and_cover_the_epoch): batch
+    # row j of rank r, batch i is window r + W * (4 * i + j) of the epoch's global order
+    W = 3
+    order = a._order(2)
+    for r in range(W):
+        ld = SyntheticLoader(None, "char", "train", 32, 4, rank=r, world_size=W)
+        for i in (0, len(ld) - 1):
+            got = ld.batch(2, i)["input_ids"]
+            for j in range(4):
+                w = order[r + W * (4 * i + j)]
+                assert (got[j, 1:] == a.ids[w * 31:(w + 1) * 31]).all()
     e, i, _ = next(a.iter_from(0, len(a)))
     assert (e, i) == (1, 0)

@@ -121,6 +121,19 @@ def test_pickle_files_are_refused(tmp_path, tiny_hf_run):
     assert not (tmp_path / "pub").exists()
 
 
+def test_export_meta_is_read_through_its_schema(tmp_path, tiny_hf_run):
+    """The publisher reads pretrain_meta.json as pretrain.exports.ExportMeta: a mistyped field is one
+    error naming the file (before, the raw mapping went into the card as it was)."""
+    import json
+
+    export = make_run(tmp_path, tiny_hf_run)
+    meta = json.loads((export / "pretrain_meta.json").read_text(encoding="utf-8"))
+    (export / "pretrain_meta.json").write_text(json.dumps({**meta, "steps": "many"}), encoding="utf-8")
+    with pytest.raises(UserError, match=r"pretrain_meta.json.*steps"):
+        build_folder(export, tmp_path / "pub", "me/x")
+    assert not (tmp_path / "pub").exists()
+
+
 def test_every_export_file_is_published(tmp_path, tiny_hf_run):
     """Second-view tokenizers, shipped code and an SGT user dictionary travel with the model."""
     run = make_run(tmp_path, tiny_hf_run).parent.parent.parent

@@ -14,6 +14,7 @@ def save_tiny_decoder(path, layers=1, hidden=32):
     """A char-level WordLevel tokenizer with the pipeline's specials + a tiny Llama, saved like an export."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from pretrain.exports import ExportMeta
 
     chars = sorted(set(TEXT))
     vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars)}
@@ -27,8 +28,7 @@ def save_tiny_decoder(path, layers=1, hidden=32):
                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=512,
                        pad_token_id=0, bos_token_id=2, eos_token_id=3)
     LlamaForCausalLM(conf).save_pretrained(path)
-    (path / "pretrain_meta.json").write_text(json.dumps({"objective": "meap", "model_type": "decoder",
-                                                         "trust_remote_code": False, "final_eval": {"loss": 4.1}}))
+    ExportMeta(objective="meap", model_type="decoder", trust_remote_code=False, final_eval={"loss": 4.1}).save(path)
     return fast
 
 

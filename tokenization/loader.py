@@ -378,6 +378,14 @@ class _KindData:
 
 
 # ---------------------------------------------------------------------------------------------
+def rank_slice(index: int, batch_size: int, rank: int, world_size: int) -> slice:
+    """The positions in an epoch's global draw order of batch ``index`` of ``rank``: draws
+    ``r, r + world_size, ...`` of the ``index``-th run of ``batch_size * world_size`` draws (row ``j``
+    is global position ``rank + world_size * (batch_size * index + j)``)."""
+    start = (index * batch_size) * world_size + rank
+    return slice(start, start + batch_size * world_size, world_size)
+
+
 # the document index and epoch orders, built once on disk and memory-mapped by every rank
 # ---------------------------------------------------------------------------------------------
 INDEX_VERSION = 1
@@ -773,8 +781,7 @@ class PackedLoader:
         if not 0 <= index < self.n_batches:
             raise IndexError(f"batch index {index} out of range [0, {self.n_batches})")
         g, w = self.epoch_draws(epoch)
-        start = (index * self.batch_size) * self.world_size + self.rank
-        sl = slice(start, start + self.batch_size * self.world_size, self.world_size)
+        sl = rank_slice(index, self.batch_size, self.rank, self.world_size)
         return g[sl], w[sl]
 
     # -- public API ----------------------------------------------------------------------------

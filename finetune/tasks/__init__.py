@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from finetune.kinds.base import TaskData
+from finetune.perturb import KINDS as PERTURB_KINDS
+from finetune.perturb import PerturbConfig
 from pipeline.errors import UserError
 
 
@@ -31,6 +33,9 @@ class TaskConfig:
     lrs: Optional[list[float]] = None
     epochs: Optional[list[int]] = None
     batch_size: Optional[int] = None
+    # robustness conditions: also score the dev-selected state on perturbed copies of the test split
+    # (finetune.perturb; e.g. {modes: [pinyin, visual, random], rates: [0.2]}); null: clean test only
+    perturb: Optional[PerturbConfig] = None
 
     def validate(self) -> None:
         if not self.name:
@@ -39,6 +44,9 @@ class TaskConfig:
             raise ValueError(f"unknown task '{self.name}'. Known tasks: {', '.join(sorted(TASKS))}")
         if self.max_chars < 1:
             raise ValueError(f"task {self.name}: max_chars must be >= 1")
+        if self.perturb is not None and task_kind(self.name) not in PERTURB_KINDS:
+            raise ValueError(f"task {self.name}: perturb applies to {' and '.join(PERTURB_KINDS)} tasks, "
+                             f"not {task_kind(self.name)}")
 
 
 Loader = Callable[[TaskConfig], TaskData]
