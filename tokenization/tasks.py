@@ -41,6 +41,9 @@ class TaskStep:
     fn: Callable
     args: tuple
 
+    def __repr__(self) -> str:  # datatrove logs the pipeline: the name, not every argument
+        return f"TaskStep({self.fn.__module__}.{self.fn.__name__})"
+
     def __call__(self, data=None, rank: int = 0, world_size: int = 1):
         self.fn(rank, *self.args)
 

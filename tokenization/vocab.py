@@ -623,8 +623,10 @@ def _learn_spm(counts: Counter, keep_chars: list[str], learner: str, vocab_size:
             vocab = {p: i for i, (p, _) in enumerate(pieces)}
             merges = generate_merges(vocab, skip_tokens=SPECIALS)
             tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="[UNK]", fuse_unk=False))
-    # whitespace characters (e.g. "\n") never reach sentencepiece: add them as single tokens
-    extra = [c for c in keep_chars if c.isspace() and c not in tk.get_vocab()]
+    # whitespace characters (e.g. "\n") never reach sentencepiece: add them as single tokens; with
+    # a sample, so are the required characters its sample did not hold
+    sampled = opts["input_sentence_size"] > 0
+    extra = [c for c in keep_chars if (sampled or c.isspace()) and c not in tk.get_vocab()]
     if extra:
         tk = _append_tokens(tk, extra)
     return tk
