@@ -209,3 +209,23 @@ def test_sentencepiece_sample_is_seeded(tmp_path):
     assert a.get_vocab() != full.get_vocab()  # 400 of the distinct words: another vocabulary
     va = a.get_vocab()
     assert all(c in va for c, n in chars.items() if n >= 2 and not c.isspace())
+
+
+@pytest.mark.slow
+def test_ray_executor_writes_the_same_shards(clean, tmp_path):
+    """The same config through the Ray executor (a local Ray instance, 2 tasks at once) writes
+    byte-identical shards and the same meta.json counts."""
+    pytest.importorskip("ray")  # an optional dependency (the cluster extra), not a project module
+    from tokenization.shards import main_shards
+
+    for part in ("corpus", "seg", "vocab"):
+        shutil.copytree(clean / "t" / part, tmp_path / "t" / part)
+    cfg = tok_config(tmp_path, "t", *OPTS, "executor.kind=ray", "executor.workers=2")
+    assert main_shards(cfg) == 0
+    assert _shard_files(tmp_path / "t" / "shards") == _shard_files(clean / "t" / "shards")
+    for kind in ("char", "sgt", "word"):
+        a = json.loads((clean / "t" / "shards" / kind / "train" / "meta.json").read_text())
+        b = json.loads((tmp_path / "t" / "shards" / kind / "train" / "meta.json").read_text())
+        assert a["shards"] == b["shards"] and a["groups"] == b["groups"]
+    tasks = next(p for p in (tmp_path / "t" / "shards" / ".tasks").iterdir() if p.name.startswith("train-"))
+    assert completed_tasks(tasks) == {0, 1, 2}
