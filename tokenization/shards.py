@@ -19,8 +19,10 @@ How it runs:
   (:func:`tokenization.segcache.iter_segmented`, which segments the shard now if the cache is
   missing) and writes that shard for every kind, encoding ``batch_docs`` documents per
   ``encode_batch`` call and appending to the stream files as it goes (memory stays bounded by one
-  batch). Tasks run in ``shards.workers`` processes; a shard's bytes depend only on its corpus
-  shard and the vocabulary, so the output is identical for any number of workers.
+  batch). Tasks run on the stage's datatrove executor (``executor:``; ``shards.workers`` > 1
+  overrides its ``workers``), with completion markers under ``shards/.tasks/SPLIT-HASH/``; a
+  shard's bytes depend only on its corpus shard and the vocabulary, so the output is identical
+  for any number of workers.
 * Atomic: every file is written under a temporary name and renamed; ``docs.npy`` is renamed last
   and marks the shard complete; ``meta.json`` is written after all shards of a split.
 * Restart: the split folder holds ``.job.json`` (fingerprint: format, vocabulary hash, lexicon

@@ -1,8 +1,10 @@
 """``python -m tokenization vocab``: segment (cached), build every requested kind, print metrics.
 
-Order: segment train + valid (worker processes, cached per shard) -> count units and characters
-on train -> build ``char`` / ``sgt`` / ``word`` -> ``ngram`` over its base kind -> metrics on
-the valid split and held-out gold data. Each kind is written into a temporary folder and renamed
+Order: segment train + valid (executor tasks, cached per shard) -> count units and characters
+on train (one task per shard writes its part, merged in shard order; optionally on a
+deterministic ``sample``) -> build ``char`` / ``sgt`` / ``word`` -> ``ngram`` over its base kind
+(streamed per-shard n-gram counts, reduced bucket by bucket) -> metrics on the valid split and
+held-out gold data. The tasks run on the config's ``executor`` (``tokenization/tasks.py``). Each kind is written into a temporary folder and renamed
 into place with ``stats.json`` written last, so an interrupted build never leaves a folder that
 looks finished.
 """
