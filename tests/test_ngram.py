@@ -76,3 +76,39 @@ def test_save_load_roundtrip(tmp_path):
     (tmp_path / "lexicon.tsv").write_text("id\tn\tids\tsurface\tcount\tscore\n0\t2\t7 8\n", encoding="utf-8")
     with pytest.raises(UserError, match="lexicon.tsv:2"):
         Lexicon.load(tmp_path)
+
+
+def _random_docs(rng, n_docs, vocab, zipf=1.3):
+    docs = []
+    for _ in range(n_docs):
+        n = int(rng.integers(0, 40))
+        ids = np.minimum(rng.zipf(zipf, n), len(vocab)) - 1
+        docs.append((vocab[ids], (rng.random(n) < 0.6).astype(np.uint8)))
+    return docs
+
+
+@pytest.mark.parametrize("within_words, base, max_n", [(False, 64, 3), (True, 64, 4), (False, 70_000, 4)])
+def test_streamed_counts_give_the_in_memory_lexicon(tmp_path, within_words, base, max_n):
+    """Parts counted in small chunks, saved in hash buckets and reduced bucket by bucket give the
+    same lexicon (n-grams, counts, scores, order) as counting every token at once. base 70,000
+    with n = 4 takes the byte-key path (70,000**4 > 2**63)."""
+    from tokenization.ngram import NgramCounter, lexicon_from_scored, reduce_counts
+
+    rng = np.random.default_rng(7)
+    vocab = np.arange(base - 40, base) if base > 1000 else np.arange(base)
+    docs = _random_docs(rng, 600, vocab)
+    excluded = {int(vocab[3]), int(vocab[17])}
+    surface = lambda g: " ".join(map(str, g))  # noqa: E731
+    for score, min_count in (("tstat", 2), ("pmi", 3)):
+        ref = build_lexicon(iter(docs), "char", max_n, 150, min_count, score, excluded, surface, within_words)
+        parts = []
+        for k, part in enumerate((docs[:250], docs[250:251], docs[251:])):  # three tasks
+            c = NgramCounter(max_n, excluded, base, within_words, chunk_tokens=97, max_keys=50)
+            for ids, ws in part:
+                c.add(ids, ws)
+            parts.append(tmp_path / f"{score}-{k}.npz")
+            c.save(parts[-1], buckets=5)
+        got = lexicon_from_scored(reduce_counts(parts, score, min_count, 150), "char", max_n, surface)
+        assert len(ref) == 150
+        assert got.ngrams == ref.ngrams and got.counts == ref.counts and got.scores == ref.scores
+        assert got.surfaces == ref.surfaces

@@ -70,7 +70,8 @@ def built(tmp_path_factory):
     cfg = load_config(TokenizationConfig, None, [
         f"runs_root={root}", "run=t", "kinds=[char,sgt,word,ngram]", "char.vocab_size=3000",
         "sgt.vocab_size=3000", "sgt.min_char_count=2", "word.min_count=2", "word.max_size=3000",
-        "ngram.top_k=300", "ngram.min_count=3", "metrics.pd_lines=200", "metrics.ner_sentences=200"])
+        "ngram.top_k=300", "ngram.min_count=3", "metrics.pd_lines=200", "metrics.ner_sentences=200",
+        "metrics.bpe_baseline=true"])
     from tokenization.vocab_build import main_vocab
 
     assert main_vocab(cfg) == 0

@@ -17,13 +17,17 @@ from pipeline.errors import main_guard
 KEYS_HELP = """\
 config keys (YAML file, or key.sub=value on the command line; unknown keys are errors):
   run, runs_root          outputs under {runs_root}/{run}/{seg,vocab,shards}/
-  workers                 segmentation worker processes (one corpus shard per task)
+  executor.{kind,workers,start_method,skip_completed,slurm.*,ray.*}   local | slurm | ray: segmentation,
+                          vocabulary counts and shards run as its tasks (pipeline/executors.py)
+  workers                 old name of executor.workers for segmentation and counts (wins when > 1)
+  sample.{max_docs,max_chars,seed}   vocabulary counts on a deterministic sample (0 = all)
   segmenter.{backend,hmm,user_dict}   rjieba (fast) | jieba (reference); a user_dict selects jieba
   kinds                   vocabularies to build: char, sgt, word, ngram
   char.{vocab_size,min_char_count,lowercase}
   sgt.{learner,vocab_size,min_char_count,max_piece_len,spm_input_words,word_start_marker}   learner: spm_bpe|spm_unigram|wp|bpe
+  sgt.{input_sentence_size,shuffle_input_sentence,seed,num_threads}   sentencepiece's seeded input sample, threads
   word.{min_count,max_size,min_char_count}
-  ngram.{base_kind,max_n,top_k,min_count,score,within_words}            score: tstat|pmi
+  ngram.{base_kind,max_n,top_k,min_count,score,within_words,buckets}    score: tstat|pmi
   metrics.{pd_lines,ner_sentences,bpe_baseline}
   shards.{kinds,splits,workers,batch_docs,units,mixing.*}   see tokenization/shards_config.py
 See docs/tokenization.md.
@@ -79,15 +83,20 @@ def main(argv: list[str] | None = None) -> int:
               if args.command == "vocab" else f"# would write {cfg.run_dir}/shards/")
         return 0
     from pipeline.lock import stage_lock
+    from tokenization.tasks import Submitted
 
     with stage_lock(cfg.run_dir, args.command):  # one `vocab` / `shards` run per run folder at a time
-        if args.command == "vocab":
-            from tokenization.vocab_build import main_vocab
+        try:
+            if args.command == "vocab":
+                from tokenization.vocab_build import main_vocab
 
-            return main_vocab(cfg)
-        from tokenization.shards import main_shards
+                return main_vocab(cfg)
+            from tokenization.shards import main_shards
 
-        return main_shards(cfg)
+            return main_shards(cfg)
+        except Submitted as e:  # executor.kind: slurm -- the stage finishes on the next launch
+            print(e)
+            return 0
 
 
 if __name__ == "__main__":

@@ -204,3 +204,179 @@ def build_lexicon(streams, base_kind: str, max_n: int, top_k: int, min_count: in
     ngrams = [g for g, _, _ in best]
     surfaces = [id_to_surface(g) for g in ngrams]
     return Lexicon(ngrams, base_kind, max_n, [c for _, c, _ in best], [s for _, _, s in best], surfaces)
+
+
+# ---------------------------------------------------------------------------------------------
+# streamed counting (the stage's path): per-part count files, reduced one hash bucket at a time
+# ---------------------------------------------------------------------------------------------
+def _pack(rows: np.ndarray, base: int) -> np.ndarray:
+    """One sortable key per n-gram row: an int64 in base ``base`` when it fits, else the row's
+    big-endian uint32 bytes (numpy void), so any vocabulary size and ``max_n`` work."""
+    n = rows.shape[1]
+    if base ** n < 2 ** 63:
+        key = np.zeros(len(rows), np.int64)
+        for k in range(n):
+            key = key * base + rows[:, k]
+        return key
+    return np.ascontiguousarray(rows.astype(">u4")).view(np.dtype((np.void, 4 * n))).ravel()
+
+
+def _unpack(keys: np.ndarray, n: int, base: int) -> np.ndarray:
+    if keys.dtype == np.int64:
+        return np.stack([(keys // base ** (n - 1 - k)) % base for k in range(n)], axis=1).reshape(-1, n)
+    return np.ascontiguousarray(keys).view(">u4").reshape(-1, n).astype(np.int64)
+
+
+def _bucket_of(rows: np.ndarray, buckets: int) -> np.ndarray:
+    h = np.zeros(len(rows), np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(rows.shape[1]):
+            h = h * np.uint64(0x9E3779B97F4A7C15) + rows[:, k].astype(np.uint64)
+    return ((h >> np.uint64(33)) % np.uint64(buckets)).astype(np.int64)
+
+
+def _sum_unique(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if len(keys) == 0:
+        return keys, counts.astype(np.int64)
+    u, inv = np.unique(keys, return_inverse=True)
+    # float64 sums are exact up to 2**53 (far beyond any count here)
+    return u, np.bincount(inv.ravel(), weights=counts, minlength=len(u)).astype(np.int64)
+
+
+class NgramCounter:
+    """n-gram (2..``max_n``) and unigram counts of a stream of documents in bounded memory.
+
+    Documents are buffered up to ``chunk_tokens`` tokens, then counted with the rule of
+    :func:`count_ngrams` (no excluded token, no document end inside, with ``within_words`` no
+    word start after the first token) and kept as unique keys with counts; the kept keys are
+    compacted when they exceed ``max_keys``. Memory: one chunk plus the distinct n-grams of the
+    part, never the part's token count. :meth:`save` writes the counts split into hash buckets
+    (``.npz``), which :func:`reduce_counts` merges over every part one bucket at a time.
+    """
+
+    def __init__(self, max_n: int, excluded: set[int], base: int, within_words: bool = False,
+                 chunk_tokens: int = 1 << 21, max_keys: int = 1 << 23):
+        self.max_n, self.base, self.within_words = int(max_n), int(base), within_words
+        self.bad = np.zeros(self.base, bool)
+        ex = [i for i in excluded if 0 <= i < self.base]
+        self.bad[ex] = True
+        self.chunk_tokens, self.max_keys = chunk_tokens, max_keys
+        self.uni = np.zeros(self.base, np.int64)
+        self.total = 0
+        self.acc: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in range(2, self.max_n + 1)}
+        self._kept = {n: 0 for n in self.acc}
+        self._buf: list[tuple[np.ndarray, np.ndarray]] = []
+        self._buffered = 0
+
+    def add(self, ids, word_start) -> None:
+        ids = np.asarray(ids, np.int64)
+        if len(ids) == 0:
+            return
+        if int(ids.max()) >= self.base or int(ids.min()) < 0:
+            raise ValueError(f"token id {int(ids.max())} outside the base vocabulary (size {self.base})")
+        self._buf.append((ids, np.asarray(word_start, bool)))
+        self._buffered += len(ids)
+        if self._buffered >= self.chunk_tokens:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buf:
+            return
+        ids = np.concatenate([b[0] for b in self._buf])
+        wsa = np.concatenate([b[1] for b in self._buf])
+        last = np.zeros(len(ids), bool)
+        last[np.cumsum([len(b[0]) for b in self._buf]) - 1] = True
+        self._buf, self._buffered = [], 0
+        m = len(ids)
+        self.uni += np.bincount(ids, minlength=self.base)
+        self.total += m
+        bad = self.bad[ids]
+        for n in range(2, self.max_n + 1):
+            if m < n:
+                break
+            k_end = m - n + 1
+            ok = ~bad[:k_end].copy()
+            for k in range(1, n):
+                ok &= ~bad[k:k_end + k]
+                ok &= ~last[k - 1:k_end + k - 1]
+                if self.within_words:
+                    ok &= ~wsa[k:k_end + k]
+            idx = np.nonzero(ok)[0]
+            if len(idx) == 0:
+                continue
+            keys = _pack(np.stack([ids[idx + k] for k in range(n)], axis=1), self.base)
+            u, c = np.unique(keys, return_counts=True)
+            self.acc[n].append((u, c.astype(np.int64)))
+            self._kept[n] += len(u)
+            if self._kept[n] > self.max_keys:
+                self._compact(n)
+
+    def _compact(self, n: int) -> None:
+        if len(self.acc[n]) > 1:
+            u, c = _sum_unique(np.concatenate([a[0] for a in self.acc[n]]),
+                               np.concatenate([a[1] for a in self.acc[n]]))
+            self.acc[n] = [(u, c)]
+        self._kept[n] = sum(len(a[0]) for a in self.acc[n])
+
+    def save(self, path: str | Path, buckets: int) -> None:
+        """Write the part's counts to ``path`` (``.npz``, atomically): ``uni``, ``total`` and per
+        n and bucket ``k{n}_{b}`` (keys) / ``c{n}_{b}`` (counts)."""
+        from pipeline.runs import atomic_file
+
+        self._flush()
+        arrays = {"uni": self.uni, "total": np.array([self.total], np.int64),
+                  "meta": np.array([self.max_n, self.base, buckets], np.int64)}
+        for n in range(2, self.max_n + 1):
+            self._compact(n)
+            if self.acc[n]:
+                u, c = self.acc[n][0]
+            else:
+                u = _pack(np.zeros((0, n), np.int64), self.base)
+                c = np.zeros(0, np.int64)
+            b = _bucket_of(_unpack(u, n, self.base), buckets) if len(u) else np.zeros(0, np.int64)
+            for j in range(buckets):
+                sel = b == j
+                arrays[f"k{n}_{j}"] = u[sel]
+                arrays[f"c{n}_{j}"] = c[sel]
+        with atomic_file(path, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def reduce_counts(parts: list[str | Path], score: str, min_count: int, top_k: int
+                  ) -> list[tuple[tuple[int, ...], int, float]]:
+    """Merge the parts written by :meth:`NgramCounter.save`: unigrams first (the scores need
+    them), then each hash bucket on its own (memory ~ distinct n-grams / buckets); only n-grams
+    with ``count >= min_count`` are scored and each bucket keeps its best ``top_k``. The same
+    ranking as :func:`score_ngrams` over all counts at once."""
+    if not parts:
+        return []
+    uni, total = None, 0
+    for p in parts:
+        with np.load(p) as z:
+            uni = z["uni"].copy() if uni is None else uni + z["uni"]
+            total += int(z["total"][0])
+            max_n, base, buckets = (int(x) for x in z["meta"])
+    uni_c = Counter({i: int(c) for i, c in enumerate(uni.tolist()) if c})
+    best: list[tuple[tuple[int, ...], int, float]] = []
+    for j in range(buckets):
+        grams = [Counter() for _ in range(max_n + 1)]
+        for n in range(2, max_n + 1):
+            ks, cs = [], []
+            for p in parts:
+                with np.load(p) as z:
+                    ks.append(z[f"k{n}_{j}"])
+                    cs.append(z[f"c{n}_{j}"])
+            keys, counts = _sum_unique(np.concatenate(ks), np.concatenate(cs))
+            keep = counts >= min_count
+            rows = _unpack(keys[keep], n, base)
+            grams[n] = Counter(dict(zip(map(tuple, rows.tolist()), counts[keep].tolist())))
+        best.extend(score_ngrams(grams, uni_c, total, score, min_count, top_k))
+        best.sort(key=lambda x: (-x[2], -x[1], x[0]))
+        del best[top_k:]
+    return best
+
+
+def lexicon_from_scored(best, base_kind: str, max_n: int, id_to_surface) -> Lexicon:
+    ngrams = [g for g, _, _ in best]
+    return Lexicon(ngrams, base_kind, max_n, [c for _, c, _ in best], [s for _, _, s in best],
+                   [id_to_surface(g) for g in ngrams])

@@ -10,8 +10,8 @@ The fingerprint holds the corpus shard's size and sha1 and the segmenter's finge
 HMM, user dictionary hash, jieba/rjieba versions). A cache file is reused only when all of them
 match, so changing the corpus or a segmenter setting re-segments exactly the affected shards.
 
-:func:`ensure_segmented` fills the cache for a split with ``workers`` processes (one corpus shard
-per task); :func:`iter_segmented` reads one shard back as ``(doc, words)`` pairs. Vocabulary
+:func:`ensure_segmented` fills the cache for a split as executor tasks (one corpus shard per task,
+``tokenization.tasks``); :func:`iter_segmented` reads one shard back as ``(doc, words)`` pairs. Vocabulary
 building, shard writing and objectives all read the cache, so no text is segmented twice.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing as mp
 import re
 import time
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import zstandard
 
 from corpora.io import iter_shard, list_shards
 from pipeline.errors import UserError
-from pipeline.log import get_logger, progress
+from pipeline.log import get_logger
 from pipeline.runs import atomic_file, atomic_write_json, read_json
 from tokenization.segment import Segmenter
 
@@ -121,19 +120,10 @@ def segment_shard(run_dir: str | Path, split: str, index: int, segmenter: Segmen
     return fp
 
 
-# -- worker-process plumbing ------------------------------------------------------------------
-_WORKER_SEG: Segmenter | None = None
-
-
-def _worker_init(segmenter: Segmenter) -> None:
-    global _WORKER_SEG
-    _WORKER_SEG = segmenter
-
-
-def _worker_run(args: tuple[str, str, int]) -> dict:
-    run_dir, split, index = args
-    assert _WORKER_SEG is not None
-    return segment_shard(run_dir, split, index, _WORKER_SEG)
+def _segment_task(rank: int, run_dir: str, split: str, indices: list[int], segmenter: Segmenter) -> None:
+    """Executor task ``rank``: segment corpus shard ``indices[rank]`` unless its cache is fresh."""
+    if not is_fresh(run_dir, split, indices[rank], segmenter):
+        segment_shard(run_dir, split, indices[rank], segmenter)
 
 
 @dataclass
@@ -152,40 +142,39 @@ class SegSummary:
         return self.chars / self.seconds if self.seconds > 0 else 0.0
 
 
-def ensure_segmented(run_dir: str | Path, split: str, segmenter: Segmenter, workers: int = 1) -> SegSummary:
+def ensure_segmented(run_dir: str | Path, split: str, segmenter: Segmenter, workers: int = 1,
+                     executor=None) -> SegSummary:
     """Segment every corpus shard of ``split`` whose cache is missing or stale.
 
-    ``workers`` processes segment different shards at once (``workers=1``: in this process).
-    Returns counts over the whole split (reused shards included) and the time spent segmenting.
+    One executor task per corpus shard (``executor``: a :class:`pipeline.executors.ExecutorConfig`;
+    default the local executor with ``workers`` processes); completion markers live in
+    ``seg/.tasks/SPLIT/``. Returns counts over the whole split (reused shards included) and the
+    time spent segmenting.
     """
+    from pipeline.executors import ExecutorConfig
+    from tokenization.tasks import run_tasks
+
     run_dir = Path(run_dir)
     shards = list_shards(run_dir / "corpus", split)
-    todo = [shard_index(p) for p in shards if not is_fresh(run_dir, split, shard_index(p), segmenter)]
+    indices = [shard_index(p) for p in shards]
+    done = [is_fresh(run_dir, split, i, segmenter) for i in indices]
+    todo = [i for i, d in zip(indices, done) if not d]
     t0 = time.perf_counter()
-    results: list[dict] = []
     if todo:
         (run_dir / "seg" / split).mkdir(parents=True, exist_ok=True)
-        jobs = [(str(run_dir), split, i) for i in todo]
-        bar = progress(total=len(jobs), desc=f"segment {split}", unit="shard")
-        if workers <= 1 or len(jobs) == 1:
-            for j in jobs:
-                results.append(segment_shard(j[0], j[1], j[2], segmenter))
-                bar.update(1)
-        else:
-            ctx = mp.get_context("spawn" if mp.get_start_method(allow_none=True) == "spawn" else "fork")
-            with ctx.Pool(min(workers, len(jobs)), initializer=_worker_init, initargs=(segmenter,)) as pool:
-                for r in pool.imap(_worker_run, jobs):
-                    results.append(r)
-                    bar.update(1)
-        bar.close()
+        cfg = executor if executor is not None else ExecutorConfig(kind="local", workers=max(1, workers))
+        run_tasks(cfg, _segment_task, (str(run_dir), split, indices, segmenter), len(indices),
+                  run_dir / "seg" / ".tasks" / split, done, job_name=f"segment-{split}")
     seconds = time.perf_counter() - t0
     docs = chars = words = 0
-    for p in shards:
-        fp = read_json(seg_paths(run_dir, split, shard_index(p))[1])
+    seg_chars = 0
+    for i in indices:
+        fp = read_json(seg_paths(run_dir, split, i)[1])
         docs += fp["n_docs"]
         chars += fp["n_chars"]
         words += fp["n_words"]
-    seg_chars = sum(r["n_chars"] for r in results)
+        if i in todo:
+            seg_chars += fp["n_chars"]
     if todo:
         log.info("segmented %s: %d shard(s), %d chars in %.1fs (%.0f chars/s, %s)", split, len(todo), seg_chars,
                  seconds, seg_chars / max(seconds, 1e-9), segmenter)

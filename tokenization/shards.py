@@ -19,8 +19,10 @@ How it runs:
   (:func:`tokenization.segcache.iter_segmented`, which segments the shard now if the cache is
   missing) and writes that shard for every kind, encoding ``batch_docs`` documents per
   ``encode_batch`` call and appending to the stream files as it goes (memory stays bounded by one
-  batch). Tasks run in ``shards.workers`` processes; a shard's bytes depend only on its corpus
-  shard and the vocabulary, so the output is identical for any number of workers.
+  batch). Tasks run on the stage's datatrove executor (``executor:``; ``shards.workers`` > 1
+  overrides its ``workers``), with completion markers under ``shards/.tasks/SPLIT-HASH/``; a
+  shard's bytes depend only on its corpus shard and the vocabulary, so the output is identical
+  for any number of workers.
 * Atomic: every file is written under a temporary name and renamed; ``docs.npy`` is renamed last
   and marks the shard complete; ``meta.json`` is written after all shards of a split.
 * Restart: the split folder holds ``.job.json`` (fingerprint: format, vocabulary hash, lexicon
@@ -38,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import multiprocessing as mp
 import os
 import re
 import time
@@ -50,8 +51,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.log import get_logger, print_table, progress
+from pipeline.log import get_logger, print_table
 from pipeline.runs import atomic_write_json, read_json
+from tokenization.tasks import run_tasks
 from tokenization.schema import ShardMeta, VocabStats
 
 log = get_logger("tokenization")
@@ -615,13 +617,6 @@ def run_task(task: ShardTask) -> dict:
     return {"index": task.index, "split": task.split, "stats": stats, "seconds": time.perf_counter() - t0}
 
 
-def _run_task_safe(task: ShardTask) -> dict:
-    try:
-        return run_task(task)
-    except UserError as e:  # carried back to the parent, re-raised there (no traceback)
-        return {"index": task.index, "split": task.split, "user_error": str(e)}
-
-
 # ---------------------------------------------------------------------------------------------
 # a split of every kind: fingerprints, restart, parallel tasks, meta.json
 # ---------------------------------------------------------------------------------------------
@@ -779,7 +774,7 @@ def main_shards(cfg) -> int:
         units_info = {"lexicon_dir": os.path.relpath(lex_dir, run_dir / "shards"), "lexicon_hash": vocab_hash(lex_dir),
                       "base_kind": units_kind, "max_n": lex_meta.get("max_n"),
                       "within_words": bool(lex_meta.get("within_words", False)), "n_ngrams": lex_meta.get("size")}
-    workers = max(1, int(sc.workers))
+    executor = _shards_executor(cfg)
     rows, mix_rows = [], []
     for split in sc.splits:
         cshards = list_shards(corpus_dir, split)
@@ -807,10 +802,17 @@ def main_shards(cfg) -> int:
                 todo_by_kind.setdefault(i, []).append(k)
             log.info("shards %s/%s: %s (%d of %d shard(s) complete)", k, split, state,
                      len(cshards) - len(missing), len(cshards))
-        tasks = [ShardTask(str(run_dir), split, i, [specs[k] for k in ks], sc.batch_docs,
-                           str(lex_dir) if lex_dir else None, segmenter) for i, ks in sorted(todo_by_kind.items())]
+        # one executor task per corpus shard (rank r = the r-th shard); a task writes only the
+        # kinds whose shard is missing, and has nothing to do when none is
+        indices = [shard_index(p) for p in cshards]
+        by_rank = [ShardTask(str(run_dir), split, i, [specs[k] for k in todo_by_kind[i]], sc.batch_docs,
+                             str(lex_dir) if lex_dir else None, segmenter) if i in todo_by_kind else None
+                   for i in indices]
+        logging_dir = _task_dir(run_dir / "shards", split, fps)
         t0 = time.perf_counter()
-        results = _run_tasks(tasks, workers, desc=f"shards {split}")
+        run_tasks(executor, _shard_task, (by_rank, str(logging_dir / "results")), len(by_rank), logging_dir,
+                  [t is None for t in by_rank], job_name=f"shards-{split}")
+        results = _task_results(logging_dir / "results", by_rank)
         seconds = time.perf_counter() - t0
         written_chars = sum(max((st["n_chars"] for st in r["stats"].values()), default=0) for r in results)
         for k in kinds:
@@ -877,25 +879,48 @@ def recount_shard(split_dir: Path, name: str, id_dtype: np.dtype, unk_id: int = 
             "groups": [[g[0], g[1], gdocs[g], c, gtok[g]] for g, c in sorted(groups.items())]}
 
 
-def _run_tasks(tasks: list[ShardTask], workers: int, desc: str) -> list[dict]:
-    results: list[dict] = []
-    if not tasks:
-        return results
-    bar = progress(total=len(tasks), desc=desc, unit="shard")
-    try:
-        if workers <= 1 or len(tasks) == 1:
-            for t in tasks:
-                results.append(run_task(t))
-                bar.update(1)
-        else:
-            # spawn: fresh interpreters (no forked tokenizers / rjieba state); tasks are independent
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(min(workers, len(tasks))) as pool:
-                for r in pool.imap_unordered(_run_task_safe, tasks):
-                    if "user_error" in r:
-                        raise UserError(r["user_error"])
-                    results.append(r)
-                    bar.update(1)
-    finally:
-        bar.close()
-    return sorted(results, key=lambda r: r["index"])
+def _shards_executor(cfg):
+    """The ``executor`` block of the stage config; ``shards.workers`` > 1 (the old key) wins."""
+    import dataclasses
+
+    from pipeline.executors import ExecutorConfig
+
+    ex = getattr(cfg, "executor", None) or ExecutorConfig()
+    return dataclasses.replace(ex, workers=int(cfg.shards.workers)) if cfg.shards.workers > 1 else ex
+
+
+def _task_dir(shards_root: Path, split: str, fps: dict) -> Path:
+    """``shards/.tasks/SPLIT-HASH/``: datatrove's logs and completion markers for this job (the
+    hash covers every kind's fingerprint, so a new vocabulary or corpus starts with no marker)."""
+    key = hashlib.sha1(json.dumps(fps, sort_keys=True).encode()).hexdigest()[:12]
+    root = shards_root / ".tasks"
+    if root.is_dir():
+        import shutil
+
+        for old in root.glob(f"{split}-*"):
+            if old.name != f"{split}-{key}":
+                shutil.rmtree(old, ignore_errors=True)
+    return root / f"{split}-{key}"
+
+
+def _shard_task(rank: int, by_rank: list, results_dir: str) -> None:
+    """Executor task ``rank``: write corpus shard ``by_rank[rank]`` for its missing kinds; its
+    counts go to ``results_dir/NNNNN.json`` for ``meta.json``."""
+    task = by_rank[rank]
+    if task is None:
+        return
+    r = run_task(task)
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(results_dir) / f"{rank:05d}.json", r)
+
+
+def _task_results(results_dir: Path, by_rank: list) -> list[dict]:
+    """The counts of the tasks of this launch (shards kept from an earlier one are recounted)."""
+    out = []
+    for rank, task in enumerate(by_rank):
+        p = results_dir / f"{rank:05d}.json"
+        if task is not None and p.is_file():
+            r = read_json(p)
+            if r.get("index") == task.index and set(r["stats"]) >= {k.kind for k in task.kinds}:
+                out.append(r)
+    return sorted(out, key=lambda r: r["index"])

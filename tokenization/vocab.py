@@ -509,11 +509,13 @@ def _ensure_specials(tk) -> None:
 
 def learn_sgt(unit_counts: Counter, char_counts: Counter, learner: str, vocab_size: int, min_char_count: int = 2,
               max_piece_len: int = 16, spm_input_words: int = 2_000_000, workdir: Path | None = None,
-              word_start_marker: bool = False):
+              word_start_marker: bool = False, spm_options: dict | None = None):
     """Learn sub-words inside segmented units; returns a ``tokenizers.Tokenizer`` (pipeline part only).
 
     ``word_start_marker`` (the MVP author's variant): every word's first piece carries ``▁``, so
-    the ids carry the segmentation; whitespace units become ``▁`` + the character (one token)."""
+    the ids carry the segmentation; whitespace units become ``▁`` + the character (one token).
+    ``spm_options`` (sentencepiece learners): ``input_sentence_size`` (0 = every input line),
+    ``shuffle_input_sentence``, ``seed``, ``num_threads``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     rare = {c for c, n in char_counts.items() if n < min_char_count}
@@ -554,7 +556,8 @@ def learn_sgt(unit_counts: Counter, char_counts: Counter, learner: str, vocab_si
         tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         tk.train_from_iterator(lines(), trainer)
     elif learner in ("spm_bpe", "spm_unigram"):
-        tk = _learn_spm(counts, keep_chars, learner, vocab_size, max_piece_len, spm_input_words, workdir)
+        tk = _learn_spm(counts, keep_chars, learner, vocab_size, max_piece_len, spm_input_words, workdir,
+                        spm_options)
     else:
         raise UserError(f"sgt.learner: unknown learner {learner!r}")
     if word_start_marker:
@@ -569,8 +572,11 @@ def learn_sgt(unit_counts: Counter, char_counts: Counter, learner: str, vocab_si
 
 
 def _learn_spm(counts: Counter, keep_chars: list[str], learner: str, vocab_size: int, max_piece_len: int,
-               spm_input_words: int, workdir: Path | None):
+               spm_input_words: int, workdir: Path | None, spm_options: dict | None = None):
     import sentencepiece as spm
+
+    opts = {"input_sentence_size": 0, "shuffle_input_sentence": True, "seed": 0, "num_threads": 1,
+            **(spm_options or {})}
     from tokenizers import Tokenizer, models
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -592,9 +598,17 @@ def _learn_spm(counts: Counter, keep_chars: list[str], learner: str, vocab_size:
             character_coverage=1.0, normalization_rule_name="identity", add_dummy_prefix=False,
             remove_extra_whitespaces=False, split_by_whitespace=True, max_sentencepiece_length=max_piece_len,
             pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, pad_piece="[PAD]", unk_piece="[UNK]",
-            control_symbols=["[CLS]", "[SEP]", "[MASK]"], hard_vocab_limit=False, num_threads=1,
-            minloglevel=2, train_extremely_large_corpus=False,
+            control_symbols=["[CLS]", "[SEP]", "[MASK]"], hard_vocab_limit=False,
+            num_threads=int(opts["num_threads"]), minloglevel=2, train_extremely_large_corpus=False,
         )
+        if opts["input_sentence_size"] > 0:
+            # sentencepiece reads a sample of its input lines (its remedy for training memory);
+            # a fixed seed makes the sample, hence the vocabulary, the same on every run, and the
+            # characters that must stay representable are required whatever the sample holds
+            spm.set_random_generator_seed(int(opts["seed"]))
+            kwargs.update(input_sentence_size=int(opts["input_sentence_size"]),
+                          shuffle_input_sentence=bool(opts["shuffle_input_sentence"]),
+                          required_chars="".join(c for c in keep_chars if not c.isspace() and c != SPACE_MARK))
         try:
             spm.SentencePieceTrainer.train(**kwargs)
         except RuntimeError as e:
@@ -609,8 +623,10 @@ def _learn_spm(counts: Counter, keep_chars: list[str], learner: str, vocab_size:
             vocab = {p: i for i, (p, _) in enumerate(pieces)}
             merges = generate_merges(vocab, skip_tokens=SPECIALS)
             tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="[UNK]", fuse_unk=False))
-    # whitespace characters (e.g. "\n") never reach sentencepiece: add them as single tokens
-    extra = [c for c in keep_chars if c.isspace() and c not in tk.get_vocab()]
+    # whitespace characters (e.g. "\n") never reach sentencepiece: add them as single tokens; with
+    # a sample, so are the required characters its sample did not hold
+    sampled = opts["input_sentence_size"] > 0
+    extra = [c for c in keep_chars if (sampled or c.isspace()) and c not in tk.get_vocab()]
     if extra:
         tk = _append_tokens(tk, extra)
     return tk
