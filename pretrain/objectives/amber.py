@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from pretrain.flops import encoder_mlm_flops_per_token
-from pretrain.models import count_parameters
+from pretrain.models import body_layers, count_parameters
 from pretrain.objectives.base import Objective, ObjectiveContext, register
 from pretrain.objectives.multiview import (
     MaskingOptions, MultiVocabExportMixin, check_kind, flat_targets, gather_flat,
@@ -124,7 +124,7 @@ class Ambert(MultiVocabExportMixin, Objective):
     def flops_per_token(self) -> float:
         # two passes through the shared layers per window (fine + coarse), counted per fine token
         layers, hidden, _, _ = self.ctx.model.dims()
-        n_body = count_parameters(self.model.ambert.bert.encoder)
+        n_body = count_parameters(body_layers(self.model.ambert.bert))
         one = encoder_mlm_flops_per_token(n_body, layers, hidden, self.ctx.seq_len, self.fine_vocab.padded_size,
                                           self._pred_frac)
         return 2.0 * one

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import UserError
+from pretrain.models import encoder_body, mlm_head, run_body
 from pretrain.objectives.base import ObjectiveContext, register
 from pretrain.objectives.mlm import MaskedLM
 
@@ -246,16 +247,16 @@ class Clower(MaskedLM):
         if self.cfg.word_view == "table":
             return self.word_table(batch["cl_word_ids"])
         w = batch["word_input_ids"]
-        h = self.model.bert(inputs_embeds=self.word_table(w), attention_mask=batch["word_attention_mask"],
-                            token_type_ids=torch.zeros_like(w))[0]
+        h = run_body(encoder_body(self.model), inputs_embeds=self.word_table(w), attention_mask=batch["word_attention_mask"])
         return h.reshape(-1, h.shape[-1]).index_select(0, batch["cl_word_pos"])
 
     def _terms(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = self.model.bert(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))[0]
+        body = encoder_body(self.model)
+        h = body(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))[0]
         flat = h.reshape(-1, h.shape[-1])
-        logits = self.model.cls(flat.index_select(0, batch["mlm_positions"]))
+        logits = mlm_head(self.model, flat.index_select(0, batch["mlm_positions"]))
         if "clean_input_ids" in batch:
-            hc = self.model.bert(input_ids=batch["clean_input_ids"], attention_mask=batch.get("attention_mask"))[0]
+            hc = body(input_ids=batch["clean_input_ids"], attention_mask=batch.get("attention_mask"))[0]
             flat = hc.reshape(-1, hc.shape[-1])
         n = batch["cl_word_ids"].shape[0]
         c = self.char_proj(pool(flat, batch["cl_tok_pos"], batch["cl_tok_word"], n, self.cfg.pooling))

@@ -33,7 +33,7 @@ from typing import Literal, Optional
 
 import torch
 
-from pretrain.models import count_parameters
+from pretrain.models import body_layers, count_parameters
 from pretrain.objectives.base import Objective, ObjectiveContext, register
 from pretrain.objectives.multiview import (
     MaskingOptions, MultiVocabExportMixin, check_kind, flat_targets, gather_flat, mask_or_none, multivocab_config,
@@ -139,8 +139,8 @@ class HiMvp(MultiVocabExportMixin, Objective):
         # per char token: lower layers at char length, upper layers at SGT length
         L, hidden, _, _ = self.ctx.model.dims()
         lo = self.model.config.lower_layers
-        body = count_parameters(self.model.hi_mvp.char_encoder.encoder) + count_parameters(
-            self.model.hi_mvp.coarse_encoder.encoder)
+        body = count_parameters(body_layers(self.model.hi_mvp.char_encoder)) + count_parameters(
+            body_layers(self.model.hi_mvp.coarse_encoder))
         per_layer = body / L
         T = self.ctx.seq_len
         r = self._coarse_ratio
