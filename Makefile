@@ -125,9 +125,6 @@ attention-diag: $(R)/pretrain/meap/export/model.safetensors  ## MEAP attention d
 evidence-meap: $(R)/shards/.done  ## ntp vs meap over SEEDS: pre-training, retrieval, attention
 	$(PY) bench/evidence_meap.py --run $(RUN) --config $(CONFIG) --seeds $(SEEDS) --retrieval-config $(RETRIEVAL_CONFIG)
 
-evidence-multivocab: $(R)/shards/.done  ## char/SGT MLM, amber, hi_mvp, al_mvp over SEEDS: pre-train, fine-tune, perturbation check
-	$(PY) bench/evidence_multivocab.py --run $(RUN) --config $(CONFIG) --seeds $(SEEDS)
-
 adversarial:  ## accuracy drop under character perturbations: make adversarial MODELS="NAME=DIR ..."
 	$(PY) -m finetune.adversarial --config $(FINETUNE_CONFIG) --models $(MODELS) run=$(RUN)
 
@@ -140,8 +137,36 @@ ngram-eval: $(R)/pretrain/mlm/export/model.safetensors $(R)/pretrain/ernie_gram_
 study:  ## a study (models x seeds x evaluations) -> runs/RUN/studies/NAME/report.md: make study STUDY=configs/studies/NAME.yaml
 	$(PY) -m evaluate study $(STUDY)
 
-evidence-clower-ernie: $(R)/shards/.done  ## CLOWER and ERNIE-Gram over SEEDS: pre-train, probes, n-gram eval, fine-tune
-	$(PY) bench/evidence_clower_ernie.py --run $(RUN) --seeds $(SEEDS)
+# ---- family studies in the regime (issue 21 step 3; docs/evaluate.md) ----------------------------
+.PHONY: study-multivocab study-clower-ernie
+# Every row NAME is pre-trained per seed S from configs/pretrain/NAME-$(CONFIG).yaml into
+# runs/RUN/pretrain/NAME-sS/ with train.seed=S and the same character budget (train.chars), then the
+# study runs (resumable). The file target is the export's pretrain_meta.json: an interrupted
+# pre-training is run again and resumes from its last checkpoint.
+# STUDY_CHARS: what mlm-tiny's 1,000 steps of 32 x 128 saw on the demo corpus (4,941,287 characters).
+STUDY_CHARS         ?= 4941287
+STUDY_PRETRAIN_ARGS ?=
+STUDY_ARGS          ?=
+MULTIVOCAB_ROWS     ?= mlm mlm_sgt amber hi_mvp al_mvp al_mvp_b
+CLOWER_ERNIE_ROWS   ?= mlm clower ernie_gram_explicit ernie_gram_comprehensive ernie_gram_full
+MULTIVOCAB_STUDY    ?= configs/studies/multivocab.yaml
+CLOWER_ERNIE_STUDY  ?= configs/studies/clower_ernie.yaml
+study_empty :=
+study_comma := ,
+STUDY_SEEDS = [$(subst $(study_empty) $(study_empty),$(study_comma),$(strip $(SEEDS)))]
+study_meta = $(foreach n,$(1),$(foreach s,$(SEEDS),$(R)/pretrain/$(n)-s$(s)/export/pretrain_meta.json))
+
+define STUDY_PRETRAIN_RULE
+$(R)/pretrain/$(1)-s$(2)/export/pretrain_meta.json: | $(R)/shards/.done
+	$(LAUNCH) -m pretrain --config configs/pretrain/$(1)-$(CONFIG).yaml run=$(RUN) name=$(1)-s$(2) train.seed=$(2) train.chars=$(STUDY_CHARS) $(STUDY_PRETRAIN_ARGS)
+endef
+$(foreach n,$(sort $(MULTIVOCAB_ROWS) $(CLOWER_ERNIE_ROWS)),$(foreach s,$(SEEDS),$(eval $(call STUDY_PRETRAIN_RULE,$(n),$(s)))))
+
+study-multivocab: $(call study_meta,$(MULTIVOCAB_ROWS))  ## multi-vocab family study (mlm, mlm_sgt, amber, hi_mvp, al_mvp a/b + twins) over SEEDS
+	$(PY) -m evaluate study $(MULTIVOCAB_STUDY) run=$(RUN) 'seeds=$(STUDY_SEEDS)' $(STUDY_ARGS)
+
+study-clower-ernie: $(call study_meta,$(CLOWER_ERNIE_ROWS))  ## CLOWER / ERNIE-Gram family study (probes, n-gram recovery, fine-tuning) over SEEDS
+	$(PY) -m evaluate study $(CLOWER_ERNIE_STUDY) run=$(RUN) 'seeds=$(STUDY_SEEDS)' $(STUDY_ARGS)
 
 clean-run:  ## delete runs/RUN/
 	rm -rf $(R)

@@ -5,9 +5,15 @@ model, seed) whose stored result is missing or stale (:mod:`evaluate.store`), th
 ``runs/RUN/studies/NAME/report.md`` + one plot per evaluation + ``results.json`` (the aggregate).
 Stopping and re-running resumes: finished results are read back, not recomputed.
 
-A model's ``dir`` may contain ``{seed}`` (one pre-training per seed: ``runs/demo-s{seed}/pretrain/
-mlm/export``); otherwise every seed evaluates the same folder and the seed only drives the
-evaluation's own randomness (probe initialisation, random-init weights, fine-tuning order).
+A model's ``dir`` may contain ``{seed}`` (one pre-training per seed: ``runs/{run}/pretrain/
+mlm-s{seed}/export``) and ``{run}`` / ``{runs_root}`` (the study's); without ``{seed}`` every seed
+evaluates the same folder and the seed only drives the evaluation's own randomness (probe
+initialisation, random-init weights, fine-tuning order).
+
+The report starts with a table of the rows: per model its pre-training (steps, tokens and
+**characters seen**, mean over the seeds, from each export's ``pretrain_meta.json``; 0 for a
+random-init row) and its ``claims`` (what the row's paper claims, as written in the study file), so a
+reader can say per row whether the run shows the claim, is null, or contradicts it.
 """
 
 from __future__ import annotations
@@ -29,13 +35,17 @@ class ModelEntry:
     name: str                    # label in the store and the report (one path component)
     dir: str                     # export folder (or its pre-training folder); may contain {seed}
     random_init: bool = False    # the folder's config with fresh weights (a baseline)
+    claims: str = ""             # what the row's paper claims (printed in the report's rows table)
+    run: str = ""                # filled in from the study ({run} / {runs_root} in dir)
+    runs_root: str = ""
 
     def validate(self) -> None:
         check_name(self.name, "model name")
 
     def folder(self, seed: int) -> Path:
         """The folder for ``seed`` (an export, or a pre-training folder for evaluations that read one)."""
-        d = Path(self.dir.replace("{seed}", str(seed)))
+        d = Path(self.dir.replace("{seed}", str(seed)).replace("{run}", self.run or "{run}")
+                 .replace("{runs_root}", self.runs_root or "{runs_root}"))
         if not d.is_dir():
             raise UserError(f"model '{self.name}': folder not found: {d}")
         return d
@@ -68,6 +78,8 @@ class StudyConfig:
             raise ValueError(f"model names must be unique, got {names}")
         if self.baseline and self.baseline not in names:
             raise ValueError(f"baseline '{self.baseline}' is not one of the models {names}")
+        for m in self.models:
+            m.run, m.runs_root = self.run, self.runs_root
         for ev, ms in self.only.items():
             if ev not in self.evaluations:
                 raise ValueError(f"only: '{ev}' is not one of the evaluations {sorted(self.evaluations)}")
@@ -106,19 +118,68 @@ def run_study(cfg: StudyConfig, source: str = "study", force: bool = False, log=
     for ev in evs:
         picked = cfg.only.get(ev.name)
         models = [m for m in cfg.models if picked is None or m.name in picked]
-        records += run_models([ev], models, cfg.seeds, store, ctx, force=force, log=log)
+        records += ev.finalize(run_models([ev], models, cfg.seeds, store, ctx, force=force, log=log))
     metrics = {ev.name: list(ev.metrics) for ev in evs}
     agg = aggregate(records, metrics)
+    rows = pretraining_rows(cfg)
     out = run_path(cfg.runs_root, cfg.run, "studies", cfg.name)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "results.json", {"study": dataclasses.asdict(cfg), "aggregate": agg,
+    atomic_write_json(out / "results.json", {"study": dataclasses.asdict(cfg), "aggregate": agg, "rows": rows,
                                              "records": [str(store.path(r["evaluation"], r["model"], r["seed"]))
                                                          for r in records]})
     notes = [f"Study `{cfg.name}` ({source}): {len(cfg.models)} models x {len(cfg.seeds)} seeds "
              f"({', '.join(map(str, cfg.seeds))}) x {len(evs)} evaluations; mean ± sample std over seeds.",
              "Models: " + "; ".join(f"`{m.name}` = `{m.dir}`" + (" (random init)" if m.random_init else "")
-                                    for m in cfg.models)]
+                                    for m in cfg.models), ""] + rows_table(rows)
     return write_report(f"Study: {cfg.name}", agg, metrics, out, baseline=cfg.baseline or None, notes=notes)
+
+
+def _meta(folder: Path) -> dict | None:
+    import json
+
+    for f in (folder / "pretrain_meta.json", folder / "export" / "pretrain_meta.json"):
+        if f.is_file():
+            try:
+                return json.loads(f.read_text(encoding="utf-8"))
+            except ValueError:
+                raise UserError(f"{f}: not valid JSON") from None
+    return None
+
+
+def pretraining_rows(cfg: StudyConfig) -> list[dict]:
+    """Per model: pre-training steps, tokens and characters seen over the seeds (``stats`` dicts,
+    from each seed's ``pretrain_meta.json``; a random-init row saw nothing: 0), and its claims."""
+    from evaluate.aggregate import stats
+
+    rows = []
+    for m in cfg.models:
+        got: dict[str, list] = {"steps": [], "tokens_seen": [], "chars_seen": []}
+        for seed in cfg.seeds:
+            try:
+                meta = _meta(m.folder(seed))
+            except UserError:
+                meta = None
+            for k in got:
+                got[k].append(0 if m.random_init else (meta or {}).get(k))
+        rows.append({"model": m.name, "random_init": m.random_init, "claims": m.claims,
+                     **{k: stats(v) for k, v in got.items()}})
+    return rows
+
+
+def rows_table(rows: list[dict]) -> list[str]:
+    """The report's rows table (markdown lines)."""
+    def num(s: dict) -> str:
+        if s.get("mean") is None:
+            return "n/a"
+        return f"{s['mean']:,.0f}" + (f" ± {s['std']:,.0f}" if s.get("std") else "")
+
+    lines = ["## Rows", "", "| model | pre-training steps | tokens seen | characters seen | paper claims |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        claims = (r["claims"] or ("random-init twin: what pre-training adds" if r["random_init"] else "")).replace("|", "/")
+        lines.append(f"| {r['model']} | {num(r['steps'])} | {num(r['tokens_seen'])} | {num(r['chars_seen'])} | "
+                     f"{' '.join(claims.split())} |")
+    return lines
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
