@@ -36,6 +36,7 @@ class ModelEntry:
     dir: str                     # export folder (or its pre-training folder); may contain {seed}
     random_init: bool = False    # the folder's config with fresh weights (a baseline)
     claims: str = ""             # what the row's paper claims (printed in the report's rows table)
+    twin: str = ""               # its random-init twin (a model of the study): the report adds Δ and Welch's p
     run: str = ""                # filled in from the study ({run} / {runs_root} in dir)
     runs_root: str = ""
 
@@ -80,6 +81,9 @@ class StudyConfig:
             raise ValueError(f"baseline '{self.baseline}' is not one of the models {names}")
         for m in self.models:
             m.run, m.runs_root = self.run, self.runs_root
+        for m in self.models:
+            if m.twin and m.twin not in names:
+                raise ValueError(f"model '{m.name}': twin '{m.twin}' is not one of the models {names}")
         for ev, ms in self.only.items():
             if ev not in self.evaluations:
                 raise ValueError(f"only: '{ev}' is not one of the evaluations {sorted(self.evaluations)}")
@@ -131,7 +135,41 @@ def run_study(cfg: StudyConfig, source: str = "study", force: bool = False, log=
              f"({', '.join(map(str, cfg.seeds))}) x {len(evs)} evaluations; mean ± sample std over seeds.",
              "Models: " + "; ".join(f"`{m.name}` = `{m.dir}`" + (" (random init)" if m.random_init else "")
                                     for m in cfg.models), ""] + rows_table(rows)
-    return write_report(f"Study: {cfg.name}", agg, metrics, out, baseline=cfg.baseline or None, notes=notes)
+    path = write_report(f"Study: {cfg.name}", agg, metrics, out, baseline=cfg.baseline or None, notes=notes)
+    extra = twins_table(cfg, agg, metrics)
+    if extra:
+        path.write_text(path.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + "\n".join(extra) + "\n",
+                        encoding="utf-8")
+    return path
+
+
+def twins_table(cfg: StudyConfig, agg: dict, metrics: dict[str, list[str]]) -> list[str]:
+    """Per evaluation: each model against its ``twin`` (the gain of pre-training), mean difference
+    and Welch's two-sided p over the seeds (markdown lines; empty without twins)."""
+    from evaluate.aggregate import compare
+
+    pairs = [(m.name, m.twin) for m in cfg.models if m.twin]
+    lines: list[str] = []
+    for ev, agg_ev in agg.items():
+        keys = metrics.get(ev) or []
+        rows = []
+        for a, b in pairs:
+            if a not in agg_ev or b not in agg_ev:
+                continue
+            cells = []
+            for k in keys:
+                sa, sb = agg_ev[a].get(k, {}), agg_ev[b].get(k, {})
+                if sa.get("mean") is None or sb.get("mean") is None:
+                    cells.append("n/a")
+                    continue
+                p = compare(agg_ev, a, b, k)["p"]
+                cells.append(f"{sa['mean'] - sb['mean']:+.2f} (p {'n/a' if p is None else f'{p:.3f}'})")
+            rows.append(f"| {a} vs {b} | " + " | ".join(cells) + " |")
+        if rows:
+            lines += [f"## {ev}: pre-trained vs random-init twin", "",
+                      "Mean difference over the seeds and Welch's two-sided p:", "",
+                      "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)] + rows + [""]
+    return lines
 
 
 def _meta(folder: Path) -> dict | None:

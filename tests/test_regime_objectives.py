@@ -116,3 +116,83 @@ def test_ernie_gram_generator_and_positions_follow_arch():
     with torch.no_grad():  # explicit 0-based positions = RoBERTa's own numbering (from pad_id + 1)
         assert torch.allclose(run_body(rob, input_ids=ids, position_ids=pos), rob(input_ids=ids).last_hidden_state,
                               atol=1e-6)
+
+
+def _make(work: Path, target: str, *args: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = ["make", "-f", str(ROOT / "Makefile"), "--no-print-directory", target, f"PY={sys.executable}",
+           f"LAUNCH={sys.executable}", f"VENV={work / 'venv'}", *args]
+    p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout + p.stderr
+
+
+@pytest.mark.slow
+def test_family_study_through_make_and_resume(regime_run, tmp_path):
+    """``make study-multivocab`` on a small real run: pre-trains every (row, seed) at one character
+    budget into runs/RUN/pretrain/NAME-sSEED/, runs the study (random-init twins, per-model lr chosen
+    on dev, rows table with characters seen and claims); a second call pre-trains and computes
+    nothing; after one pre-training is lost, only that row is redone."""
+    import os
+    import time
+
+    import yaml
+
+    work = tmp_path / "w"
+    work.mkdir()
+    for name in ("configs", "pyproject.toml"):
+        os.symlink(ROOT / name, work / name)
+    os.symlink(regime_run, work / "runs")
+    (work / "venv").mkdir()
+    run = regime_run / "t"
+    for f in (run / "corpus" / "stats.json", run / "vocab" / ".done", run / "shards" / ".done",
+              work / "venv" / ".installed"):  # the earlier stages are done, in order
+        f.touch()
+        time.sleep(0.01)
+    study = yaml.safe_load((ROOT / "configs" / "studies" / "multivocab.yaml").read_text())
+    keep = ("mlm", "amber", "al_mvp", "mlm-rand", "amber-rand")
+    study["models"] = [m for m in study["models"] if m["name"] in keep]
+    for m in study["models"]:
+        if m.get("twin") not in keep:
+            m.pop("twin", None)
+    study["evaluations"]["finetune"]["options"] = {
+        "tasks": [{"name": "pd_pos", "max_train": 24, "max_eval": 24, "max_chars": 32}],
+        "lrs": [1.0e-3, 3.0e-3], "epochs": [1], "batch_size": 8}
+    (work / "study.yaml").write_text(yaml.safe_dump(study, allow_unicode=True))
+    args = ["RUN=t", "SEEDS=0 1", "MULTIVOCAB_ROWS=mlm amber al_mvp", "MULTIVOCAB_STUDY=study.yaml",
+            "STUDY_CHARS=600", "STUDY_PRETRAIN_ARGS=" + " ".join(SMALL)]
+    out = _make(work, "study-multivocab", *args)
+    assert out.count("-m pretrain") == 6
+    metas = {}
+    for n in ("mlm", "amber", "al_mvp"):
+        for s in (0, 1):
+            m = json.loads((run / "pretrain" / f"{n}-s{s}" / "export" / "pretrain_meta.json").read_text())
+            assert m["config"]["train"]["chars"] == 600 and m["config"]["train"]["seed"] == s
+            assert m["config"]["model"]["arch"] == "modernbert"
+            metas[n, s] = m
+    rep = (run / "studies" / "multivocab" / "report.md").read_text()
+    res = json.loads((run / "studies" / "multivocab" / "results.json").read_text())
+    rows = {r["model"]: r for r in res["rows"]}
+    assert rows["mlm"]["chars_seen"]["values"] == [metas["mlm", 0]["chars_seen"], metas["mlm", 1]["chars_seen"]]
+    assert rows["amber-rand"]["chars_seen"]["mean"] == 0 and rows["amber"]["chars_seen"]["mean"] >= 600
+    assert "characters seen" in rep and "AMBERT (Zhang & Li, 2021)" in rep
+    assert "| amber vs amber-rand |" in rep and "| mlm vs mlm-rand |" in rep
+    ft = res["aggregate"]["finetune"]
+    assert set(ft) == set(keep) and all(ft[m]["pd_pos"]["n"] == 2 for m in keep)
+    # per-model selection: one lr per model over both seeds
+    recs = [json.loads((work / p).read_text()) for p in res["records"]]
+    assert recs and all(r["results"].get("pd_pos_grid") for r in recs)
+    # resume: nothing to do
+    out2 = _make(work, "study-multivocab", *args)
+    assert "-m pretrain" not in out2 and "computed" not in out2
+    # one pre-training lost its export: only that one is pre-trained again and re-evaluated
+    import shutil
+
+    shutil.rmtree(run / "pretrain" / "al_mvp-s1" / "export")
+    out3 = _make(work, "study-multivocab", *args)
+    assert out3.count("-m pretrain") == 1 and "al_mvp-s1" in out3
+    assert (run / "pretrain" / "al_mvp-s1" / "export" / "pretrain_meta.json").is_file()
