@@ -7,8 +7,10 @@ Decoders are ``LlamaForCausalLM``. All load back with ``AutoModelForMaskedLM`` /
 ``AutoModelForCausalLM`` (and ``AutoModel`` for the body) and no custom code. The vocabulary size
 comes from the tokenizer, padded to a multiple of 64 (tensor-core friendly shapes).
 
-Objectives reach the body and the MLM head through :func:`encoder_body` and :func:`mlm_head`, so
-they work with every ``arch``. Choices of ours (docs/regime.md): the ModernBERT encoder attends
+Objectives reach the body and the MLM head through :func:`encoder_body`, :func:`run_body` (explicit
+position ids, 4-D masks, segment ids only where the arch has them), :func:`input_embeddings`,
+:func:`mlm_head` (= :func:`mlm_decoder` of :func:`mlm_transform`) and build extra encoders with
+:func:`build_body`, so every encoder objective works with every ``arch``. Choices of ours (docs/regime.md): the ModernBERT encoder attends
 globally in every layer (ModernBERT's alternating 128-token local windows are an efficiency device
 for long inputs; ``model.modernbert_local_every`` > 1 brings them back), and RoBERTa-PreLN gets
 ``max_position_embeddings + pad_id + 1`` position slots because RoBERTa numbers positions from

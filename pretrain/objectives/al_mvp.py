@@ -15,10 +15,11 @@ are masked in the char view, with the same 80/10/10 action).
 
 ``al_mvp`` (aligned), two readings (``reading``):
 
-* ``a`` (**default**): an SGT-input BERT (stock ``BertForMaskedLM`` over the SGT vocabulary). A
+* ``a`` (**default**): an SGT-input encoder (the stock ``*ForMaskedLM`` of ``model.arch`` over the
+  SGT vocabulary: ``BertForMaskedLM``; ``ModernBertForMaskedLM`` in the regime). A
   masked SGT token is predicted in the SGT vocabulary *and* each of its characters in the char
   vocabulary by a character decoder: ``char_head(h_token + offset_embedding[k])`` for the k-th
-  char token inside it. Exports a stock ``BertForMaskedLM`` (no custom code) plus
+  char token inside it (a BERT-style head for every arch). Exports that stock model (no custom code) plus
   ``char_decoder.safetensors``; the adapter ``al_mvp_char`` is the stock ``hf`` path whose
   per-character offset embedding starts from the pre-trained one, so span fine-tuning starts from
   a pre-trained character decoder.

@@ -7,8 +7,10 @@ Two views of the same window, aligned by characters (``methods.md`` §3):
   ``coarse_kind: sgt`` uses the SGT stream instead (then say so when comparing with MVP, whose
   AMBERT baseline has a word view).
 
-One BERT encoder whose Transformer layers are **shared** by both views, with **separate token
-embeddings** (``pretrain/remote/modeling_multivocab.py``: ``AmbertForMaskedLM``). Loss = MLM on
+One encoder (of ``model.arch``: BERT, RoBERTa-PreLN or ModernBERT, recorded as the export's
+``encoder_arch``) whose Transformer layers are **shared** by both views, with **separate token
+embeddings** (``pretrain/remote/modeling_multivocab.py``: ``AmbertForMaskedLM``). ModernBERT has no
+segment embeddings: segment ids are not passed to it. Loss = MLM on
 the fine view + MLM on the coarse view, equal weights (``fine_weight``/``coarse_weight``, both 1).
 Masking: ``mask_prob`` (15 %) of the coarse tokens are selected (the engine's
 :func:`pretrain.objectives.mlm.whole_word_mask` on the coarse stream; with the word view every

@@ -26,8 +26,11 @@ representation towards a word-level representation of the same word:
   words per batch take part (a uniform sample; the similarity matrix is ``max_words``^2).
 * ``loss = L_mlm + weight * L_cl``.
 
-What ships is exactly the ``mlm`` baseline's ``BertForMaskedLM``: the word table and the
-projection heads are dropped, nothing changes at fine-tuning or inference.
+What ships is exactly the ``mlm`` baseline's model (the ``*ForMaskedLM`` of ``model.arch``:
+``BertForMaskedLM``, ``ModernBertForMaskedLM`` in the regime): the word table and the projection
+heads are dropped, nothing changes at fine-tuning or inference. The encoder passes (and
+``word_view: encoder``'s weight-shared pass over the word sequence) go through
+:func:`pretrain.models.run_body`, so every arch works; ModernBERT gets no segment ids (it has none).
 """
 
 from __future__ import annotations
@@ -117,14 +120,14 @@ def projection(kind: str, hidden: int, dim: int) -> nn.Module:
 
 @register
 class Clower(MaskedLM):
-    """Whole-word MLM + word/char contrastive term; exports the plain char BERT."""
+    """Whole-word MLM + word/char contrastive term; exports the plain char encoder (the mlm model)."""
 
     name = "clower"
     model_type = "encoder"
     extra_streams = (WORD_KIND,)
     card_note = ("CLOWER-style (Chen et al., 2022) word/character contrastive learning added to "
                  "whole-word MLM; a reconstruction from the abstract (word view, temperature and "
-                 "weights are documented choices, not the paper's values). Ships a plain char BERT.")
+                 "weights are documented choices, not the paper's values). Ships a plain char encoder (the mlm model).")
 
     @dataclass
     class Config(MaskedLM.Config):

@@ -1,8 +1,13 @@
 """ERNIE-Gram: explicitly n-gram masked language modelling (Xiao et al., NAACL 2021).
 
-What ships is a stock ``BertForMaskedLM`` over the fine-grained vocabulary (the ``char`` kind by
+What ships is the stock ``*ForMaskedLM`` of ``model.arch`` (``BertForMaskedLM``;
+``ModernBertForMaskedLM`` in the regime) over the fine-grained vocabulary (the ``char`` kind by
 default); the n-gram classifier, the generator and the RTD head exist only during pre-training
-(``methods.md`` §5, ``docs/ernie_gram.md``). Reconstruction choices that the sources leave open
+(``methods.md`` §5, ``docs/ernie_gram.md``). Every encoder pass goes through
+:func:`pretrain.models.run_body`: explicit position ids reach BERT's learned table, RoBERTa-PreLN's
+(shifted by ``pad_id + 1``, its numbering) and ModernBERT's rotary embedding (relative positions:
+the gap after a collapsed n-gram keeps its meaning); ModernBERT has no segment embeddings, so the
+all-zero segment ids are not passed to it. The generator is a narrower body of the same arch. Reconstruction choices that the sources leave open
 are options of :class:`ErnieGram.Config`, each documented there.
 
 The three parts, each switchable (the ablation ladder is three configs):
@@ -23,8 +28,8 @@ The three parts, each switchable (the ablation ladder is three configs):
    vocabulary changes; ``query_tokens: mask`` gives every query the ``[MASK]`` embedding. A 4-D additive attention mask makes the main sequence attend
    within itself and every query attend to the main sequence and to itself only
    (:func:`allowed_attention`); the queries are classified over ``V_F`` with the BERT MLM head.
-   ``transformers`` 5's ``BertModel`` accepts the prepared 4-D float mask as-is with SDPA and
-   eager attention (checked in ``tests/test_ernie_gram.py``).
+   ``transformers`` 5's encoders (BERT, RoBERTa-PreLN, ModernBERT) accept the prepared 4-D float
+   mask as-is with SDPA and eager attention (checked in ``tests/test_ernie_gram.py``).
 3. **Enhanced n-gram relation modelling** (``generator``). A small BERT (width
    ``generator_width`` of the main model, ``generator_layers`` layers) reads the collapsed
    sequence, its input embeddings are the main model's token / n-gram embeddings (shared
@@ -269,7 +274,7 @@ class ErnieGram(Objective):
     model_type = "encoder"
     card_note = ("ERNIE-Gram-style explicitly n-gram MLM (Xiao et al., 2021); lexicon size, n, "
                  "generator size and loss weights are documented choices (the paper's values "
-                 "were not available). Ships a plain BERT.")
+                 "were not available). Ships a plain encoder (the mlm model).")
 
     @dataclass
     class Config:

@@ -22,6 +22,10 @@ uses, so that path is pre-trained; ``lower`` reads the lower-layer states only (
 reading of §2.2). Export: ``HiMvpForMaskedLM`` with its modelling code (trust_remote_code),
 adapter ``hi_mvp``: every character gets the fused state of its char token (+ the offset embedding).
 
+Both levels are encoders of ``model.arch`` (``encoder_arch`` in the export's config; with ModernBERT
+the lower level takes the first ``lower_layers`` entries of its per-layer attention types, the upper
+level the rest; no segment embeddings there). The heads stay BERT-style for every arch.
+
 The two-view helpers (alignment, consistent masking, export plumbing) are in ``multiview.py``;
 ``al_mvp.py`` is the aligned variant.
 """
