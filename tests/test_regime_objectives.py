@@ -78,6 +78,14 @@ def test_objective_trains_in_modernbert_and_exports(regime_run, stem):
         with torch.no_grad():
             h = ex.model(input_ids=ids).last_hidden_state
         assert h.shape == (1, 5, 32) and torch.isfinite(h).all()
+    # the fine-tuning adapter of the export (pretrain_meta.json) encodes single texts and pairs
+    from finetune.encoders import load_encoder
+
+    enc = load_encoder(r.export_dir, trust_remote_code=ROWS[stem]).eval()
+    with torch.no_grad():
+        e = enc.encode(["人民日报发表社论", "今天天气很好"], ["我们", "北京大学"], max_chars=32)
+    assert e.char_states_a.shape[:2] == (2, 8) and e.char_mask_a.sum().item() == 8 + 6
+    assert torch.isfinite(e.pooled).all() and torch.isfinite(e.char_states_b).all()
 
 
 @pytest.mark.slow
