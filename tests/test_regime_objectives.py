@@ -204,3 +204,21 @@ def test_family_study_through_make_and_resume(regime_run, tmp_path):
     out3 = _make(work, "study-multivocab", *args)
     assert out3.count("-m pretrain") == 1 and "al_mvp-s1" in out3
     assert (run / "pretrain" / "al_mvp-s1" / "export" / "pretrain_meta.json").is_file()
+    # the other family: pre-training folders as dirs (ngram_recovery reads the explicit head from the
+    # checkpoint), one shared twin; mlm's pre-trainings are re-used
+    ce = yaml.safe_load((ROOT / "configs" / "studies" / "clower_ernie.yaml").read_text())
+    ce["models"] = [m for m in ce["models"] if m["name"] in ("mlm", "ernie_gram_explicit", "random-init")]
+    ce["evaluations"]["probes"] = {"max_train": 40, "max_test": 30, "probe_steps": 3, "max_types": 30,
+                                   "masked_types": 10, "masked_queries": 20}
+    ce["evaluations"]["ngram_recovery"]["batches"] = 1
+    ce["evaluations"]["finetune"]["options"] = study["evaluations"]["finetune"]["options"]
+    ce["only"] = {"ngram_recovery": ["mlm", "ernie_gram_explicit"]}
+    (work / "ce.yaml").write_text(yaml.safe_dump(ce, allow_unicode=True))
+    out4 = _make(work, "study-clower-ernie", *args[:2], "CLOWER_ERNIE_ROWS=mlm ernie_gram_explicit",
+                 "CLOWER_ERNIE_STUDY=ce.yaml", *args[4:])
+    assert out4.count("-m pretrain") == 2  # ernie_gram_explicit-s0/s1 only
+    res = json.loads((run / "studies" / "clower_ernie" / "results.json").read_text())
+    assert set(res["aggregate"]) == {"probes", "ngram_recovery", "finetune"}
+    assert res["aggregate"]["ngram_recovery"]["ernie_gram_explicit"]["ngram_exact"]["n"] == 2
+    rep = (run / "studies" / "clower_ernie" / "report.md").read_text()
+    assert "| ernie_gram_explicit vs random-init |" in rep and "ERNIE-Gram (Xiao et al., NAACL 2021)" in rep
