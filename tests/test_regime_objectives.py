@@ -92,8 +92,8 @@ def test_objective_trains_in_modernbert_and_exports(regime_run, stem):
 @pytest.mark.parametrize("arch", ["bert", "roberta_prelayernorm"])
 def test_multiview_and_ernie_other_archs(regime_run, arch):
     """The same objectives build and take a step with the other two archs (the full generator rung of
-    ERNIE-Gram and the two-view AMBERT, whose encoders all follow ``model.arch``)."""
-    for stem in ("ernie_gram_full", "amber", "hi_mvp"):
+    ERNIE-Gram, the two-view models, CLOWER and AL-MVP, whose encoders all follow ``model.arch``)."""
+    for stem in ("ernie_gram_full", "amber", "hi_mvp", "clower", "al_mvp", "al_mvp_b"):
         cfg = _cfg(regime_run, stem, "train.steps=1", f"model.arch={arch}")
         r = train(cfg)
         assert r.exit_code == 0
