@@ -136,40 +136,62 @@ def run_study(cfg: StudyConfig, source: str = "study", force: bool = False, log=
              "Models: " + "; ".join(f"`{m.name}` = `{m.dir}`" + (" (random init)" if m.random_init else "")
                                     for m in cfg.models), ""] + rows_table(rows)
     path = write_report(f"Study: {cfg.name}", agg, metrics, out, baseline=cfg.baseline or None, notes=notes)
-    extra = twins_table(cfg, agg, metrics)
+    extra = comparison_tables(cfg, agg, metrics)
     if extra:
         path.write_text(path.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + "\n".join(extra) + "\n",
                         encoding="utf-8")
     return path
 
 
-def twins_table(cfg: StudyConfig, agg: dict, metrics: dict[str, list[str]]) -> list[str]:
-    """Per evaluation: each model against its ``twin`` (the gain of pre-training), mean difference
-    and Welch's two-sided p over the seeds (markdown lines; empty without twins)."""
+ALPHA = 0.05  # the level at which a difference is called a difference (Welch's two-sided p)
+
+
+def verdict(diff: float, p: float | None) -> str:
+    """``higher`` / ``lower`` when Welch's two-sided p < :data:`ALPHA`, else ``within noise``
+    (also when there is no test: fewer than two seeds or no variance)."""
+    if p is None or p >= ALPHA:
+        return "within noise"
+    return "higher" if diff > 0 else "lower"
+
+
+def _pair_rows(agg_ev: dict, pairs: list[tuple[str, str]], keys: list[str]) -> list[str]:
     from evaluate.aggregate import compare
 
-    pairs = [(m.name, m.twin) for m in cfg.models if m.twin]
+    rows = []
+    for a, b in pairs:
+        if a not in agg_ev or b not in agg_ev:
+            continue
+        cells = []
+        for k in keys:
+            sa, sb = agg_ev[a].get(k, {}), agg_ev[b].get(k, {})
+            if sa.get("mean") is None or sb.get("mean") is None:
+                cells.append("n/a")
+                continue
+            d = sa["mean"] - sb["mean"]
+            p = compare(agg_ev, a, b, k)["p"]
+            cells.append(f"{d:+.2f} (p {'n/a' if p is None else f'{p:.3f}'}, {verdict(d, p)})")
+        rows.append(f"| {a} vs {b} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def comparison_tables(cfg: StudyConfig, agg: dict, metrics: dict[str, list[str]]) -> list[str]:
+    """Per evaluation: every model against the ``baseline`` and every model with a ``twin`` against
+    it (the gain of pre-training): mean difference over the seeds, Welch's two-sided p and a verdict
+    (:func:`verdict`: higher / lower at p < 0.05, else within noise). Markdown lines."""
     lines: list[str] = []
     for ev, agg_ev in agg.items():
         keys = metrics.get(ev) or []
-        rows = []
-        for a, b in pairs:
-            if a not in agg_ev or b not in agg_ev:
-                continue
-            cells = []
-            for k in keys:
-                sa, sb = agg_ev[a].get(k, {}), agg_ev[b].get(k, {})
-                if sa.get("mean") is None or sb.get("mean") is None:
-                    cells.append("n/a")
-                    continue
-                p = compare(agg_ev, a, b, k)["p"]
-                cells.append(f"{sa['mean'] - sb['mean']:+.2f} (p {'n/a' if p is None else f'{p:.3f}'})")
-            rows.append(f"| {a} vs {b} | " + " | ".join(cells) + " |")
-        if rows:
-            lines += [f"## {ev}: pre-trained vs random-init twin", "",
-                      "Mean difference over the seeds and Welch's two-sided p:", "",
-                      "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)] + rows + [""]
+        for title, pairs in (
+                ("vs the baseline", [(m.name, cfg.baseline) for m in cfg.models
+                                     if cfg.baseline and m.name != cfg.baseline and not m.random_init]),
+                ("pre-trained vs random-init twin", [(m.name, m.twin) for m in cfg.models if m.twin])):
+            rows = _pair_rows(agg_ev, pairs, keys)
+            if rows:
+                lines += [f"## {ev}: {title}", "",
+                          f"Mean difference over the seeds, Welch's two-sided p, verdict at p < {ALPHA}:", "",
+                          "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)] + rows + [""]
     return lines
+
 
 
 def _meta(folder: Path) -> dict | None:

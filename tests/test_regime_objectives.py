@@ -188,7 +188,8 @@ def test_family_study_through_make_and_resume(regime_run, tmp_path):
     assert rows["mlm"]["chars_seen"]["values"] == [metas["mlm", 0]["chars_seen"], metas["mlm", 1]["chars_seen"]]
     assert rows["amber-rand"]["chars_seen"]["mean"] == 0 and rows["amber"]["chars_seen"]["mean"] >= 600
     assert "characters seen" in rep and "AMBERT (Zhang & Li, 2021)" in rep
-    assert "| amber vs amber-rand |" in rep and "| mlm vs mlm-rand |" in rep
+    assert "| amber vs amber-rand |" in rep and "| mlm vs mlm-rand |" in rep and "| amber vs mlm |" in rep
+    assert "| mlm-rand vs mlm |" not in rep  # twins are compared with their pre-trained row, not the baseline
     ft = res["aggregate"]["finetune"]
     assert set(ft) == set(keep) and all(ft[m]["pd_pos"]["n"] == 2 for m in keep)
     # per-model selection: one lr per model over both seeds

@@ -9,7 +9,7 @@ import pytest
 
 from evaluate.aggregate import aggregate
 from evaluate.base import build_evaluation
-from evaluate.study import StudyConfig, load_study, twins_table
+from evaluate.study import StudyConfig, comparison_tables, load_study, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,9 +61,10 @@ def test_twins_table_and_run_in_dirs(tmp_path):
                                "models": [{"name": "mlm", "dir": "runs/{run}/pretrain/mlm-s{seed}/export",
                                            "twin": "mlm-rand"},
                                           {"name": "mlm-rand", "dir": "x", "random_init": True}]}, "study")
-    lines = twins_table(cfg, agg, {"finetune": ["pd_pos"]})
+    lines = comparison_tables(cfg, agg, {"finetune": ["pd_pos"]})
     row = [x for x in lines if x.startswith("| mlm vs mlm-rand")][0]
-    assert "+6.00" in row and "p 0.0" in row  # 6 points apart, std 1 on both sides: p ~ 0.002
+    assert "+6.00" in row and "p 0.0" in row and "higher" in row  # 6 points apart, std 1 on both sides: p ~ 0.002
+    assert verdict(-1.0, 0.01) == "lower" and verdict(3.0, 0.2) == "within noise" and verdict(3.0, None) == "within noise"
     with pytest.raises(Exception, match="folder not found: runs/r/pretrain/mlm-s1/export"):
         cfg.models[0].folder(1)
     with pytest.raises(Exception, match="twin 'nope'"):
