@@ -42,8 +42,8 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: help setup demo test bench corpus vocab shards pretrain finetune publish clean-run compare \
-        inspect retrieval attention-diag evidence-meap evidence-multivocab adversarial probes ngram-eval \
-        evidence-clower-ernie study study-meap study-headline pretrain-seeds
+        inspect retrieval attention-diag evidence-meap adversarial probes ngram-eval \
+        study study-meap study-headline pretrain-seeds study-multivocab study-clower-ernie
 
 help:  ## list targets and variables
 	@echo "Targets:"
@@ -123,9 +123,6 @@ retrieval: $(R)/pretrain/ntp/export/model.safetensors $(R)/pretrain/meap/export/
 attention-diag: $(R)/pretrain/meap/export/model.safetensors  ## MEAP attention diagnostics (masked vs clean input)
 	$(PY) -m evaluate run attention --run $(RUN) --models $(R)/pretrain/meap/export --out $(R)/evidence/attention_diag.json
 
-evidence-multivocab: $(R)/shards/.done  ## char/SGT MLM, amber, hi_mvp, al_mvp over SEEDS: pre-train, fine-tune, perturbation check
-	$(PY) bench/evidence_multivocab.py --run $(RUN) --config $(CONFIG) --seeds $(SEEDS)
-
 # its own run folder (RUN-robustness): the fine-tuning results and report of `make finetune` stay as they are
 adversarial:  ## accuracy drop under character perturbations (test conditions of a fine-tuning run): make adversarial MODELS="NAME=DIR ..."
 	$(PY) -m finetune --config $(ROBUSTNESS_CONFIG) --models $(MODELS) run=$(RUN)-robustness
@@ -139,20 +136,26 @@ ngram-eval: $(R)/pretrain/mlm/export/model.safetensors $(R)/pretrain/ernie_gram_
 study:  ## a study (models x seeds x evaluations) -> runs/RUN/studies/NAME/report.md: make study STUDY=configs/studies/NAME.yaml
 	$(PY) -m evaluate study $(STUDY)
 
-evidence-clower-ernie: $(R)/shards/.done  ## CLOWER and ERNIE-Gram over SEEDS: pre-train, probes, n-gram eval, fine-tune
-	$(PY) bench/evidence_clower_ernie.py --run $(RUN) --seeds $(SEEDS)
-
 # ---- pre-training seeds for the studies: runs/RUN/pretrain/OBJ-sSEED/ (train.seed=SEED) ----------
-# one rule per objective and seed of SEEDED_OBJECTIVES x SEEDS, so a study's models are file targets
+# One rule per objective and seed: configs/pretrain/OBJ-$(CONFIG).yaml with name=OBJ-sSEED, so a
+# study's models are file targets (the export's pretrain_meta.json; shards order-only, so touching
+# them does not re-train). An interrupted pre-training is run again and resumes from its checkpoint.
+# SEEDED_CHARS: budget in characters seen (train.chars), empty: the config's steps; SEEDED_ARGS: more
+# overrides (a smoke run: "train.steps=20 train.warmup_steps=2").
 SEEDED_OBJECTIVES ?= mlm
 SEEDED_CHARS      ?=
 SEEDED_ARGS       ?=
+MULTIVOCAB_ROWS   ?= mlm mlm_sgt amber hi_mvp al_mvp al_mvp_b
+CLOWER_ERNIE_ROWS ?= mlm clower ernie_gram_explicit ernie_gram_comprehensive ernie_gram_full
 define seeded_pretrain
-$(R)/pretrain/$(1)-s$(2)/export/model.safetensors: $(R)/shards/.done configs/pretrain/$(1)-$(CONFIG).yaml
+$(R)/pretrain/$(1)-s$(2)/export/pretrain_meta.json: | $(R)/shards/.done
 	$$(LAUNCH) -m pretrain --config configs/pretrain/$(1)-$(CONFIG).yaml run=$$(RUN) name=$(1)-s$(2) train.seed=$(2) $$(if $$(SEEDED_CHARS),train.chars=$$(SEEDED_CHARS)) $$(SEEDED_ARGS)
 endef
-$(foreach o,$(sort $(SEEDED_OBJECTIVES) mlm ntp meap),$(foreach s,$(SEEDS),$(eval $(call seeded_pretrain,$(o),$(s)))))
-seeded = $(foreach o,$(1),$(foreach s,$(SEEDS),$(R)/pretrain/$(o)-s$(s)/export/model.safetensors))
+$(foreach o,$(sort $(SEEDED_OBJECTIVES) ntp meap $(MULTIVOCAB_ROWS) $(CLOWER_ERNIE_ROWS)),$(foreach s,$(SEEDS),$(eval $(call seeded_pretrain,$(o),$(s)))))
+seeded = $(foreach o,$(1),$(foreach s,$(SEEDS),$(R)/pretrain/$(o)-s$(s)/export/pretrain_meta.json))
+study_empty :=
+study_comma := ,
+STUDY_SEEDS = [$(subst $(study_empty) $(study_empty),$(study_comma),$(strip $(SEEDS)))]
 
 pretrain-seeds: $(call seeded,$(SEEDED_OBJECTIVES))  ## pre-train SEEDED_OBJECTIVES once per seed of SEEDS (runs/RUN/pretrain/OBJ-sSEED/)
 
@@ -160,16 +163,28 @@ study-headline:  ## issue 21's headline pair: mlm (regime) vs random init, 3 pre
 	$(MAKE) --no-print-directory pretrain-seeds SEEDED_OBJECTIVES=mlm RUN=headline SEEDS="0 1 2" CONFIG=tiny
 	$(PY) -m evaluate study configs/studies/headline.yaml
 
-# MEAP evidence (configs/studies/meap.yaml): ntp and meap pre-trained once per seed of SEEDS into
-# runs/RUN/pretrain/{ntp,meap}-sSEED (file targets: a finished export is kept, a stopped one resumes
-# from its checkpoints), then the study (its results resume from runs/RUN/eval/).
-# (the pretrain-seeds rule below; SEEDED_CHARS: budget in characters seen, train.chars, for both
-# objectives, empty: the configs' steps; SEEDED_ARGS: more pre-training overrides, a smoke run:
-# "train.steps=20 train.warmup_steps=2"). MEAP_STUDY_ARGS: overrides of the study (a smoke run:
+# ---- family studies in the regime (issue 21 step 3; docs/evaluate.md) ----------------------------
+# Every row sees the same number of characters, STUDY_CHARS: what mlm-tiny's 1,000 steps of 32 x 128
+# saw on the demo corpus (4,941,287 characters); the target-specific SEEDED_CHARS reaches the rows'
+# pre-training rules. STUDY_ARGS: overrides of the study file.
+STUDY_CHARS         ?= 4941287
+STUDY_ARGS          ?=
+MULTIVOCAB_STUDY    ?= configs/studies/multivocab.yaml
+CLOWER_ERNIE_STUDY  ?= configs/studies/clower_ernie.yaml
+study-multivocab study-clower-ernie: SEEDED_CHARS = $(STUDY_CHARS)
+
+study-multivocab: $(call seeded,$(MULTIVOCAB_ROWS))  ## multi-vocab family study (mlm, mlm_sgt, amber, hi_mvp, al_mvp a/b + twins) over SEEDS
+	$(PY) -m evaluate study $(MULTIVOCAB_STUDY) run=$(RUN) 'seeds=$(STUDY_SEEDS)' $(STUDY_ARGS)
+
+study-clower-ernie: $(call seeded,$(CLOWER_ERNIE_ROWS))  ## CLOWER / ERNIE-Gram family study (probes, n-gram recovery, fine-tuning) over SEEDS
+	$(PY) -m evaluate study $(CLOWER_ERNIE_STUDY) run=$(RUN) 'seeds=$(STUDY_SEEDS)' $(STUDY_ARGS)
+
+# MEAP evidence (configs/studies/meap.yaml): ntp and meap once per seed of SEEDS, then the study (its
+# results resume from runs/RUN/eval/). MEAP_STUDY_ARGS: overrides of the study (a smoke run:
 # "evaluations.retrieval.options.sft_items=16").
 MEAP_STUDY_ARGS    ?=
 $(R)/studies/meap/report.md: $(call seeded,ntp meap) configs/studies/meap.yaml $(RETRIEVAL_CONFIG)
-	$(PY) -m evaluate study configs/studies/meap.yaml run=$(RUN) "seeds=[$(shell echo $(SEEDS) | tr ' ' ',')]" evaluations.retrieval.config=$(RETRIEVAL_CONFIG) $(MEAP_STUDY_ARGS)
+	$(PY) -m evaluate study configs/studies/meap.yaml run=$(RUN) 'seeds=$(STUDY_SEEDS)' evaluations.retrieval.config=$(RETRIEVAL_CONFIG) $(MEAP_STUDY_ARGS)
 
 study-meap: $(R)/studies/meap/report.md  ## MEAP evidence: ntp vs meap over SEEDS (pre-train, retrieval + SFT, attention, valid loss)
 

@@ -73,6 +73,13 @@ class Evaluation:
         """The config as a dict (what the store fingerprints, minus ``unfingerprinted``)."""
         return dataclasses.asdict(self.cfg)
 
+    def finalize(self, records: list[dict]) -> list[dict]:
+        """Called by a study with every stored record of this evaluation (all models and seeds)
+        before they are aggregated; returns the records to aggregate. Default: unchanged. (The
+        ``finetune`` evaluation selects one grid point per model here under ``grid_selection:
+        per_model``.)"""
+        return records
+
 
 _REGISTRY: dict[str, type[Evaluation]] = {}
 MODULES = ("evaluate.probes", "evaluate.ngram_recovery", "evaluate.attention", "evaluate.finetune_tasks",

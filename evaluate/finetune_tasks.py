@@ -109,4 +109,36 @@ class FinetuneTasks(Evaluation):
                 out[f"{tc.name}@{c}"] = v["test"]
                 out[f"{tc.name}@{c}_drop"] = v["drop"]
                 out[f"{tc.name}@{c}_realised_rate"] = v["realised_rate"]
+            out[f"{tc.name}_grid"] = r["grid"]  # every grid point's dev and test (per-model selection)
+        return out
+
+    def finalize(self, records: list[dict]) -> list[dict]:
+        """Under the suite's ``grid_selection: per_model`` (``configs/finetune/lowres-study.yaml``):
+        one (lr, epochs) point per model and task, the best **mean dev** over that model's seeds
+        (:func:`finetune.stats.select_per_model`; test never decides), and each seed's test score
+        read there. The records are copies: ``TASK`` becomes that test score, ``TASK_dev`` the dev
+        score there, ``TASK_chosen`` the point (with ``"selection": "per_model"``). Records stored
+        without a grid (older results) keep their own dev-best point. ``per_seed`` (default):
+        unchanged, each seed's dev-best point."""
+        if getattr(self.suite, "grid_selection", "per_seed") != "per_model":
+            return records
+        import copy
+
+        from finetune.stats import select_per_model
+
+        out = [copy.deepcopy(r) for r in records]
+        by_model: dict = {}
+        for r in out:
+            by_model.setdefault(r.get("group") or r["model"], []).append(r)
+        for recs in by_model.values():
+            for tc in self.task_cfgs:
+                key = f"{tc.name}_grid"
+                have = [r for r in recs if r["results"].get(key)]
+                if not have:
+                    continue
+                sel = select_per_model([{"seed": r["seed"], "grid": r["results"][key]} for r in have])
+                for r, dev, test in zip(have, sel.dev, sel.test):
+                    r["results"][tc.name] = test
+                    r["results"][f"{tc.name}_dev"] = dev
+                    r["results"][f"{tc.name}_chosen"] = {"lr": sel.lr, "epochs": sel.epochs, "selection": "per_model"}
         return out

@@ -7,8 +7,10 @@ Decoders are ``LlamaForCausalLM``. All load back with ``AutoModelForMaskedLM`` /
 ``AutoModelForCausalLM`` (and ``AutoModel`` for the body) and no custom code. The vocabulary size
 comes from the tokenizer, padded to a multiple of 64 (tensor-core friendly shapes).
 
-Objectives reach the body and the MLM head through :func:`encoder_body` and :func:`mlm_head`, so
-they work with every ``arch``. Choices of ours (docs/regime.md): the ModernBERT encoder attends
+Objectives reach the body and the MLM head through :func:`encoder_body`, :func:`run_body` (explicit
+position ids, 4-D masks, segment ids only where the arch has them), :func:`input_embeddings`,
+:func:`mlm_head` (= :func:`mlm_decoder` of :func:`mlm_transform`) and build extra encoders with
+:func:`build_body`, so every encoder objective works with every ``arch``. Choices of ours (docs/regime.md): the ModernBERT encoder attends
 globally in every layer (ModernBERT's alternating 128-token local windows are an efficiency device
 for long inputs; ``model.modernbert_local_every`` > 1 brings them back), and RoBERTa-PreLN gets
 ``max_position_embeddings + pad_id + 1`` position slots because RoBERTa numbers positions from
@@ -160,9 +162,99 @@ def mlm_head(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 def encoder_layer_parameters(model: torch.nn.Module) -> int:
     """Parameters of the transformer layers (no embeddings, no head): the FLOP model's ``N_body``."""
-    body = encoder_body(model)
-    layers = body.encoder if hasattr(body, "encoder") else body.layers
-    return count_parameters(layers)
+    return count_parameters(body_layers(encoder_body(model)))
+
+
+def body_layers(body: torch.nn.Module) -> torch.nn.Module:
+    """The transformer layers of an encoder body of any ``arch`` (``BertModel.encoder``,
+    ``ModernBertModel.layers``)."""
+    return body.encoder if hasattr(body, "encoder") else body.layers
+
+
+def input_embeddings(model: torch.nn.Module) -> torch.nn.Embedding:
+    """The token-embedding table of a ``*ForMaskedLM`` or a body of any ``arch``."""
+    return model.get_input_embeddings()
+
+
+def run_body(body: torch.nn.Module, *, input_ids: Optional[torch.Tensor] = None,
+             inputs_embeds: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+             position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Last hidden states [B, T, H] of an encoder body of any ``arch``, with optional explicit
+    ``position_ids`` (0-based, as BERT numbers them) and a 2-D or prepared 4-D ``attention_mask``.
+
+    Per arch: ``bert`` gets all-zero ``token_type_ids`` (one segment); ``roberta_prelayernorm``
+    too, and its explicit position ids are shifted by ``pad_token_id + 1`` (RoBERTa numbers
+    positions from there); ``modernbert`` has no token-type embeddings and reads positions through
+    RoPE (relative: only position *differences* matter, so e.g. ERNIE-Gram's gapped original
+    positions keep their meaning).
+    """
+    kw: dict = {"attention_mask": attention_mask}
+    if inputs_embeds is not None:
+        kw["inputs_embeds"] = inputs_embeds
+        shape, dev = inputs_embeds.shape[:2], inputs_embeds.device
+    else:
+        kw["input_ids"] = input_ids
+        shape, dev = input_ids.shape, input_ids.device
+    mt = body.config.model_type
+    if mt != "modernbert":
+        kw["token_type_ids"] = torch.zeros(shape, dtype=torch.long, device=dev)
+    if position_ids is not None:
+        if mt == "roberta-prelayernorm":
+            position_ids = position_ids + int(body.config.pad_token_id) + 1
+        kw["position_ids"] = position_ids
+    return body(**kw).last_hidden_state
+
+
+def mlm_transform(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The MLM head's hidden transform (dense + activation + LayerNorm) of a ``*ForMaskedLM`` of any
+    ``arch``; :func:`mlm_decoder` of it is :func:`mlm_head`."""
+    if hasattr(model, "cls"):  # BertForMaskedLM
+        return model.cls.predictions.transform(hidden)
+    if hasattr(model, "lm_head"):  # RobertaPreLayerNormForMaskedLM: dense -> gelu -> layer_norm -> decoder
+        import torch.nn.functional as F
+
+        h = model.lm_head
+        return h.layer_norm(F.gelu(h.dense(hidden)))
+    return model.head(hidden)  # ModernBertForMaskedLM
+
+
+def mlm_decoder(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The MLM head's vocabulary projection (tied to the token embeddings, with its bias)."""
+    if hasattr(model, "cls"):
+        return model.cls.predictions.decoder(hidden)
+    if hasattr(model, "lm_head"):
+        return model.lm_head.decoder(hidden)
+    return model.decoder(hidden)
+
+
+def new_transform(config) -> torch.nn.Module:
+    """A fresh MLM-style hidden transform (dense + GELU + LayerNorm) for ``config``'s width; the
+    BERT class for ``bert`` (the state-dict names of earlier exports), a plain stack otherwise."""
+    if config.model_type == "bert":
+        from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
+
+        return BertPredictionHeadTransform(config)
+    eps = getattr(config, "layer_norm_eps", None) or getattr(config, "norm_eps", 1e-12)
+    h = config.hidden_size
+    return torch.nn.Sequential(torch.nn.Linear(h, h), torch.nn.GELU(), torch.nn.LayerNorm(h, eps=eps))
+
+
+def norm_eps(config) -> float:
+    """LayerNorm epsilon of an encoder config of any ``arch`` (ModernBERT calls it ``norm_eps``)."""
+    v = getattr(config, "layer_norm_eps", None)
+    return float(v if v is not None else getattr(config, "norm_eps", 1e-12))
+
+
+def build_body(cfg: ModelConfig, vocab_size: int, pad_id: int = 0, **extra) -> torch.nn.Module:
+    """An encoder body (embeddings + layers, no pooler, no head) of ``cfg.arch``: what an objective
+    uses for an extra encoder (e.g. ERNIE-Gram's generator)."""
+    from transformers import AutoModel
+
+    conf = encoder_config(cfg, vocab_size, pad_id, **extra)
+    conf._attn_implementation = cfg.attn_implementation
+    if cfg.arch == "modernbert":
+        return AutoModel.from_config(conf)
+    return AutoModel.from_config(conf, add_pooling_layer=False)
 
 
 def build_decoder(cfg: ModelConfig, vocab_size: int, pad_id: int = 0, bos_id: int | None = None,

@@ -187,8 +187,8 @@ def test_generator_sampling_inverse_cdf():
     assert sample_inverse_cdf(logits, torch.tensor([0.01, 0.01]), 1e-4).tolist()[0] == 2
 
 
-def build(**opts):
-    return build_objective("ernie_gram", opts, ctx())
+def build(arch: str = "bert", **opts):
+    return build_objective("ernie_gram", opts, ctx(arch=arch))
 
 
 @pytest.mark.parametrize("opts", [
@@ -198,9 +198,13 @@ def build(**opts):
     {"explicit": False, "generator": False},
     {"positions": "renumbered", "ngram_transform": "separate", "queries": "all"},
 ])
-def test_forward_backward_every_ablation(opts):
+@pytest.mark.parametrize("arch", ["bert", "roberta_prelayernorm", "modernbert"])
+def test_forward_backward_every_ablation(opts, arch):
     torch.manual_seed(0)
-    obj = build(**opts)
+    obj = build(arch, **opts)
+    if opts.get("generator", True):  # the generator is a body of the same arch
+        assert type(obj.gen).__name__ == {"bert": "BertModel", "roberta_prelayernorm": "RobertaPreLayerNormModel",
+                                          "modernbert": "ModernBertModel"}[arch]
     g = torch.Generator().manual_seed(1)
     b = obj.collate(random_batch(), g)
     out = obj(b)

@@ -15,10 +15,11 @@ are masked in the char view, with the same 80/10/10 action).
 
 ``al_mvp`` (aligned), two readings (``reading``):
 
-* ``a`` (**default**): an SGT-input BERT (stock ``BertForMaskedLM`` over the SGT vocabulary). A
+* ``a`` (**default**): an SGT-input encoder (the stock ``*ForMaskedLM`` of ``model.arch`` over the
+  SGT vocabulary: ``BertForMaskedLM``; ``ModernBertForMaskedLM`` in the regime). A
   masked SGT token is predicted in the SGT vocabulary *and* each of its characters in the char
   vocabulary by a character decoder: ``char_head(h_token + offset_embedding[k])`` for the k-th
-  char token inside it. Exports a stock ``BertForMaskedLM`` (no custom code) plus
+  char token inside it (a BERT-style head for every arch). Exports that stock model (no custom code) plus
   ``char_decoder.safetensors``; the adapter ``al_mvp_char`` is the stock ``hf`` path whose
   per-character offset embedding starts from the pre-trained one, so span fine-tuning starts from
   a pre-trained character decoder.
@@ -51,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.flops import encoder_mlm_flops_per_token
-from pretrain.models import build_encoder, count_parameters
+from pretrain.models import body_layers, build_encoder, count_parameters, encoder_body, mlm_head, norm_eps
 from pretrain.objectives.base import Objective, ObjectiveContext, register
 from pretrain.objectives.multiview import (
     VIEW_PREFIXES, MaskingOptions, MultiVocabExportMixin, ce_sum_count, check_kind, check_positions,
@@ -145,7 +146,7 @@ class AlMvp(MultiVocabExportMixin, Objective):
         if cfg.reading == "a":
             self.model = build_encoder(ctx.model, cv.padded_size, pad_id=cv.pad_id)
             h = self.model.config.hidden_size
-            self.char_decoder = CharDecoder(h, fv.padded_size, cfg.max_offset, self.model.config.layer_norm_eps,
+            self.char_decoder = CharDecoder(h, fv.padded_size, cfg.max_offset, norm_eps(self.model.config),
                                             self.model.config.initializer_range)
         else:
             from pretrain.remote.modeling_multivocab import AmbertConfig, AmbertForMaskedLM
@@ -213,9 +214,9 @@ class AlMvp(MultiVocabExportMixin, Objective):
     # ---- model
     def _terms(self, batch):
         if self.cfg.reading == "a":
-            h = self.model.bert(input_ids=batch["coarse_input_ids"],
+            h = encoder_body(self.model)(input_ids=batch["coarse_input_ids"],
                                 attention_mask=batch.get("coarse_attention_mask")).last_hidden_state
-            cl = self.model.cls(gather_flat(h, batch["coarse_pos"]))
+            cl = mlm_head(self.model, gather_flat(h, batch["coarse_pos"]))
             hs = h.reshape(-1, h.shape[-1]).index_select(0, batch["char_src"])
             fl = self.char_decoder(hs, batch["char_off"])
             return fl, batch["char_labels"], cl, None
@@ -292,7 +293,7 @@ class AlMvp(MultiVocabExportMixin, Objective):
 
     def flops_per_token(self) -> float:
         layers, hidden, _, _ = self.ctx.model.dims()
-        enc = self.model.bert.encoder if self.cfg.reading == "a" else self.model.ambert.bert.encoder
+        enc = body_layers(encoder_body(self.model) if self.cfg.reading == "a" else self.model.ambert.bert)
         one = encoder_mlm_flops_per_token(count_parameters(enc), layers, hidden, self.ctx.seq_len,
                                           self.coarse_vocab.padded_size, self._pred_frac)
         return one if self.cfg.reading == "a" else 2.0 * one

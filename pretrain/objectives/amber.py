@@ -7,8 +7,10 @@ Two views of the same window, aligned by characters (``methods.md`` §3):
   ``coarse_kind: sgt`` uses the SGT stream instead (then say so when comparing with MVP, whose
   AMBERT baseline has a word view).
 
-One BERT encoder whose Transformer layers are **shared** by both views, with **separate token
-embeddings** (``pretrain/remote/modeling_multivocab.py``: ``AmbertForMaskedLM``). Loss = MLM on
+One encoder (of ``model.arch``: BERT, RoBERTa-PreLN or ModernBERT, recorded as the export's
+``encoder_arch``) whose Transformer layers are **shared** by both views, with **separate token
+embeddings** (``pretrain/remote/modeling_multivocab.py``: ``AmbertForMaskedLM``). ModernBERT has no
+segment embeddings: segment ids are not passed to it. Loss = MLM on
 the fine view + MLM on the coarse view, equal weights (``fine_weight``/``coarse_weight``, both 1).
 Masking: ``mask_prob`` (15 %) of the coarse tokens are selected (the engine's
 :func:`pretrain.objectives.mlm.whole_word_mask` on the coarse stream; with the word view every
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 
 from pretrain.flops import encoder_mlm_flops_per_token
-from pretrain.models import count_parameters
+from pretrain.models import body_layers, count_parameters
 from pretrain.objectives.base import Objective, ObjectiveContext, register
 from pretrain.objectives.multiview import (
     MaskingOptions, MultiVocabExportMixin, check_kind, flat_targets, gather_flat,
@@ -124,7 +126,7 @@ class Ambert(MultiVocabExportMixin, Objective):
     def flops_per_token(self) -> float:
         # two passes through the shared layers per window (fine + coarse), counted per fine token
         layers, hidden, _, _ = self.ctx.model.dims()
-        n_body = count_parameters(self.model.ambert.bert.encoder)
+        n_body = count_parameters(body_layers(self.model.ambert.bert))
         one = encoder_mlm_flops_per_token(n_body, layers, hidden, self.ctx.seq_len, self.fine_vocab.padded_size,
                                           self._pred_frac)
         return 2.0 * one

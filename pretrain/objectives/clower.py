@@ -26,8 +26,11 @@ representation towards a word-level representation of the same word:
   words per batch take part (a uniform sample; the similarity matrix is ``max_words``^2).
 * ``loss = L_mlm + weight * L_cl``.
 
-What ships is exactly the ``mlm`` baseline's ``BertForMaskedLM``: the word table and the
-projection heads are dropped, nothing changes at fine-tuning or inference.
+What ships is exactly the ``mlm`` baseline's model (the ``*ForMaskedLM`` of ``model.arch``:
+``BertForMaskedLM``, ``ModernBertForMaskedLM`` in the regime): the word table and the projection
+heads are dropped, nothing changes at fine-tuning or inference. The encoder passes (and
+``word_view: encoder``'s weight-shared pass over the word sequence) go through
+:func:`pretrain.models.run_body`, so every arch works; ModernBERT gets no segment ids (it has none).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import UserError
+from pretrain.models import encoder_body, mlm_head, run_body
 from pretrain.objectives.base import ObjectiveContext, register
 from pretrain.objectives.mlm import MaskedLM
 
@@ -116,14 +120,14 @@ def projection(kind: str, hidden: int, dim: int) -> nn.Module:
 
 @register
 class Clower(MaskedLM):
-    """Whole-word MLM + word/char contrastive term; exports the plain char BERT."""
+    """Whole-word MLM + word/char contrastive term; exports the plain char encoder (the mlm model)."""
 
     name = "clower"
     model_type = "encoder"
     extra_streams = (WORD_KIND,)
     card_note = ("CLOWER-style (Chen et al., 2022) word/character contrastive learning added to "
                  "whole-word MLM; a reconstruction from the abstract (word view, temperature and "
-                 "weights are documented choices, not the paper's values). Ships a plain char BERT.")
+                 "weights are documented choices, not the paper's values). Ships a plain char encoder (the mlm model).")
 
     @dataclass
     class Config(MaskedLM.Config):
@@ -246,16 +250,16 @@ class Clower(MaskedLM):
         if self.cfg.word_view == "table":
             return self.word_table(batch["cl_word_ids"])
         w = batch["word_input_ids"]
-        h = self.model.bert(inputs_embeds=self.word_table(w), attention_mask=batch["word_attention_mask"],
-                            token_type_ids=torch.zeros_like(w))[0]
+        h = run_body(encoder_body(self.model), inputs_embeds=self.word_table(w), attention_mask=batch["word_attention_mask"])
         return h.reshape(-1, h.shape[-1]).index_select(0, batch["cl_word_pos"])
 
     def _terms(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = self.model.bert(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))[0]
+        body = encoder_body(self.model)
+        h = body(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))[0]
         flat = h.reshape(-1, h.shape[-1])
-        logits = self.model.cls(flat.index_select(0, batch["mlm_positions"]))
+        logits = mlm_head(self.model, flat.index_select(0, batch["mlm_positions"]))
         if "clean_input_ids" in batch:
-            hc = self.model.bert(input_ids=batch["clean_input_ids"], attention_mask=batch.get("attention_mask"))[0]
+            hc = body(input_ids=batch["clean_input_ids"], attention_mask=batch.get("attention_mask"))[0]
             flat = hc.reshape(-1, hc.shape[-1])
         n = batch["cl_word_ids"].shape[0]
         c = self.char_proj(pool(flat, batch["cl_tok_pos"], batch["cl_tok_word"], n, self.cfg.pooling))

@@ -1,8 +1,13 @@
 """ERNIE-Gram: explicitly n-gram masked language modelling (Xiao et al., NAACL 2021).
 
-What ships is a stock ``BertForMaskedLM`` over the fine-grained vocabulary (the ``char`` kind by
+What ships is the stock ``*ForMaskedLM`` of ``model.arch`` (``BertForMaskedLM``;
+``ModernBertForMaskedLM`` in the regime) over the fine-grained vocabulary (the ``char`` kind by
 default); the n-gram classifier, the generator and the RTD head exist only during pre-training
-(``methods.md`` §5, ``docs/ernie_gram.md``). Reconstruction choices that the sources leave open
+(``methods.md`` §5, ``docs/ernie_gram.md``). Every encoder pass goes through
+:func:`pretrain.models.run_body`: explicit position ids reach BERT's learned table, RoBERTa-PreLN's
+(shifted by ``pad_id + 1``, its numbering) and ModernBERT's rotary embedding (relative positions:
+the gap after a collapsed n-gram keeps its meaning); ModernBERT has no segment embeddings, so the
+all-zero segment ids are not passed to it. The generator is a narrower body of the same arch. Reconstruction choices that the sources leave open
 are options of :class:`ErnieGram.Config`, each documented there.
 
 The three parts, each switchable (the ablation ladder is three configs):
@@ -23,8 +28,8 @@ The three parts, each switchable (the ablation ladder is three configs):
    vocabulary changes; ``query_tokens: mask`` gives every query the ``[MASK]`` embedding. A 4-D additive attention mask makes the main sequence attend
    within itself and every query attend to the main sequence and to itself only
    (:func:`allowed_attention`); the queries are classified over ``V_F`` with the BERT MLM head.
-   ``transformers`` 5's ``BertModel`` accepts the prepared 4-D float mask as-is with SDPA and
-   eager attention (checked in ``tests/test_ernie_gram.py``).
+   ``transformers`` 5's encoders (BERT, RoBERTa-PreLN, ModernBERT) accept the prepared 4-D float
+   mask as-is with SDPA and eager attention (checked in ``tests/test_ernie_gram.py``).
 3. **Enhanced n-gram relation modelling** (``generator``). A small BERT (width
    ``generator_width`` of the main model, ``generator_layers`` layers) reads the collapsed
    sequence, its input embeddings are the main model's token / n-gram embeddings (shared
@@ -61,7 +66,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import UserError
-from pretrain.models import build_encoder
+from pretrain.models import (
+    body_layers, build_body, build_encoder, encoder_body, input_embeddings, mlm_decoder, mlm_head, mlm_transform,
+    new_transform, run_body,
+)
 from pretrain.objectives.base import Objective, ObjectiveContext, register
 
 IGNORE = -100
@@ -266,7 +274,7 @@ class ErnieGram(Objective):
     model_type = "encoder"
     card_note = ("ERNIE-Gram-style explicitly n-gram MLM (Xiao et al., 2021); lexicon size, n, "
                  "generator size and loss weights are documented choices (the paper's values "
-                 "were not available). Ships a plain BERT.")
+                 "were not available). Ships a plain encoder (the mlm model).")
 
     @dataclass
     class Config:
@@ -333,17 +341,14 @@ class ErnieGram(Objective):
         self.model = build_encoder(ctx.model, self.fine_size, pad_id=self.pad_id)
         c = self.model.config
         hidden = c.hidden_size
-        own = None
-        if cfg.ngram_transform == "separate":
-            from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
-            own = BertPredictionHeadTransform(c)
+        own = new_transform(c) if cfg.ngram_transform == "separate" else None
         self.ngram_head = NgramHead(self.n_ngrams, hidden, c.initializer_range, own)
         if cfg.comprehensive and cfg.query_tokens == "indexed":
             # [M1], [M2], ...: pre-training-only inputs (dropped at export), start as [MASK]
             self.query_emb = nn.Embedding(cfg.query_index_size, hidden)
             with torch.no_grad():
                 self.query_emb.weight.copy_(
-                    self.model.bert.embeddings.word_embeddings.weight[self.mask_id].expand(cfg.query_index_size, -1))
+                    input_embeddings(self.model).weight[self.mask_id].expand(cfg.query_index_size, -1))
         # joint ids the generator never predicts: [PAD]/[CLS]/[SEP]/[MASK] (never masked, so never a
         # label) and the padding rows of the vocabulary; [UNK] stays (a masked unknown token is a label)
         invalid = torch.zeros(self.fine_size + self.n_ngrams, dtype=torch.bool)
@@ -351,22 +356,21 @@ class ErnieGram(Objective):
         invalid[sorted({v.pad_id, v.cls_id, v.sep_id, v.mask_id, *v.special_ids} - {v.unk_id})] = True
         self.register_buffer("invalid_bias", torch.zeros(invalid.shape).masked_fill(invalid, -1e4), persistent=False)
         if cfg.generator:
-            from transformers import BertConfig, BertModel
+            import dataclasses
 
-            heads = max(1, round(c.num_attention_heads * cfg.generator_width))
+            from pretrain.models import norm_eps
+
+            layers, _, main_heads, _ = ctx.model.dims()
+            heads = max(1, round(main_heads * cfg.generator_width))
             g_hidden = max(heads, int(round(hidden * cfg.generator_width / heads)) * heads)
-            gconf = BertConfig(
-                vocab_size=8, hidden_size=g_hidden, num_hidden_layers=cfg.generator_layers or c.num_hidden_layers,
-                num_attention_heads=heads, intermediate_size=4 * g_hidden,
-                max_position_embeddings=c.max_position_embeddings, hidden_dropout_prob=c.hidden_dropout_prob,
-                attention_probs_dropout_prob=c.attention_probs_dropout_prob, type_vocab_size=2,
-            )
-            gconf._attn_implementation = c._attn_implementation
-            self.gen = BertModel(gconf, add_pooling_layer=False)
+            # the generator is an encoder body of the main model's arch (model.arch), narrower
+            gmodel = dataclasses.replace(ctx.model, num_layers=cfg.generator_layers or layers, hidden_size=g_hidden,
+                                         num_heads=heads, intermediate_size=4 * g_hidden)
+            self.gen = build_body(gmodel, 8, pad_id=0)
             # the generator reads the main model's (shared) embeddings through ``gen_in``
-            self.gen.embeddings.word_embeddings = None
+            self.gen.set_input_embeddings(None)
             self.gen_in = nn.Linear(hidden, g_hidden, bias=False)
-            self.gen_out = nn.Sequential(nn.Linear(g_hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=c.layer_norm_eps))
+            self.gen_out = nn.Sequential(nn.Linear(g_hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=norm_eps(c)))
             self.rtd_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
     # ---- collate ---------------------------------------------------------------------------
@@ -395,7 +399,7 @@ class ErnieGram(Objective):
     def embed_joint(self, joint_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of joint-vocabulary ids (fine tokens or n-grams)."""
         is_ng = joint_ids >= self.fine_size
-        fine = self.model.bert.embeddings.word_embeddings(torch.where(is_ng, torch.zeros_like(joint_ids), joint_ids))
+        fine = input_embeddings(self.model)(torch.where(is_ng, torch.zeros_like(joint_ids), joint_ids))
         if not bool(is_ng.any()):
             return fine
         ng = self.ngram_head.emb((joint_ids - self.fine_size).clamp(min=0))
@@ -405,23 +409,21 @@ class ErnieGram(Objective):
         """Input embeddings [B, Q, H] of the comprehensive-prediction queries (``query_tokens``)."""
         if self.cfg.query_tokens == "indexed":
             return self.query_emb(b["query_offset"].clamp(max=self.cfg.query_index_size - 1))
-        return self.model.bert.embeddings.word_embeddings(torch.full_like(b["query_pos"], self.mask_id))
+        return input_embeddings(self.model)(torch.full_like(b["query_pos"], self.mask_id))
 
     def joint_logits(self, h: torch.Tensor, transform: bool = True) -> torch.Tensor:
         """Logits over ``<V_F, V_N>`` for hidden states ``h`` [N, H]."""
         if transform:
-            t = self.ngram_head.transform or self.model.cls.predictions.transform
-            h = t(h)
-        fine = self.model.cls.predictions.decoder(h)  # tied to the token embeddings
+            h = self.ngram_head.transform(h) if self.ngram_head.transform is not None else mlm_transform(self.model, h)
+        fine = mlm_decoder(self.model, h)  # tied to the token embeddings
         ngram = F.linear(h, self.ngram_head.emb.weight, self.ngram_head.bias)
         return torch.cat([fine, ngram], dim=-1)
 
     def _generator(self, b: dict[str, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
         """Log-probabilities [N, V_F + V_N] of the generator at the masked slots (specials and
         vocabulary padding excluded)."""
-        emb = self.gen_in(self.model.bert.embeddings.word_embeddings(b["main_ids"]))
-        h = self.gen(inputs_embeds=emb, position_ids=b["main_pos"], attention_mask=b["main_valid"].long(),
-                     token_type_ids=torch.zeros_like(b["main_ids"])).last_hidden_state
+        emb = self.gen_in(input_embeddings(self.model)(b["main_ids"]))
+        h = run_body(self.gen, inputs_embeds=emb, position_ids=b["main_pos"], attention_mask=b["main_valid"].long())
         logits = self.joint_logits(self.gen_out(h[slots]), transform=False).float()
         return torch.log_softmax(logits + self.invalid_bias, dim=-1)
 
@@ -454,8 +456,7 @@ class ErnieGram(Objective):
         else:
             pos = b["main_pos"]
         attn = additive_mask(allowed_attention(b["main_valid"], q_valid), embeds.dtype)
-        h = self.model.bert(inputs_embeds=embeds, position_ids=pos, attention_mask=attn,
-                            token_type_ids=torch.zeros(pos.shape, dtype=torch.long, device=pos.device)).last_hidden_state
+        h = run_body(encoder_body(self.model), inputs_embeds=embeds, position_ids=pos, attention_mask=attn)
         main_h = h[:, :Tc]
         if cfg.explicit:
             c_logits = self.joint_logits(main_h[slots])
@@ -464,7 +465,7 @@ class ErnieGram(Objective):
             total = total + cfg.coarse_weight * c_loss
         if cfg.comprehensive:
             q_h = h[:, Tc:][q_valid]
-            f_logits = self.model.cls(q_h)
+            f_logits = mlm_head(self.model, q_h)
             f_loss = F.cross_entropy(f_logits.float(), b["query_labels"][q_valid]) if f_logits.numel() else f_logits.sum()
             terms["fine"] = f_loss
             total = total + cfg.fine_weight * f_loss
@@ -522,27 +523,25 @@ class ErnieGram(Objective):
             embeds = self.embed_joint(joint_in)
             out["sampled"] = torch.where(slots, joint_in, torch.full_like(joint_in, -1))
         else:
-            embeds = self.model.bert.embeddings.word_embeddings(main_ids)
+            embeds = input_embeddings(self.model)(main_ids)
         pos = b["main_pos"]
         if q_valid.shape[1]:
             embeds = torch.cat([embeds, self.query_embeds(b)], dim=1)
             pos = torch.cat([pos, b["query_pos"]], dim=1)
         attn = additive_mask(allowed_attention(b["main_valid"], q_valid), embeds.dtype)
-        h = self.model.bert(inputs_embeds=embeds, position_ids=pos, attention_mask=attn,
-                            token_type_ids=torch.zeros(pos.shape, dtype=torch.long, device=pos.device)).last_hidden_state
+        h = run_body(encoder_body(self.model), inputs_embeds=embeds, position_ids=pos, attention_mask=attn)
         coarse = torch.full_like(main_ids, -1)
         if self.cfg.explicit:
             coarse[slots] = self.joint_logits(h[:, :Tc][slots]).argmax(-1)
         fine = torch.full_like(b["query_pos"], -1)
         if q_valid.shape[1]:
-            fine[q_valid] = self.model.cls(h[:, Tc:][q_valid]).argmax(-1)
+            fine[q_valid] = mlm_head(self.model, h[:, Tc:][q_valid]).argmax(-1)
         return {"coarse": coarse, "fine": fine, **out}
 
     def encode_main(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         """Hidden states of the collapsed main sequence with ``[MASK]`` at the slots (no queries)."""
         attn = b["main_valid"].long()
-        return self.model.bert(input_ids=b["main_ids"], position_ids=b["main_pos"], attention_mask=attn,
-                               token_type_ids=torch.zeros_like(b["main_ids"])).last_hidden_state
+        return run_body(encoder_body(self.model), input_ids=b["main_ids"], position_ids=b["main_pos"], attention_mask=attn)
 
     def export(self):
         return self.model
@@ -556,7 +555,7 @@ class ErnieGram(Objective):
         return self.cfg.mask_prob * max(1, heads)
 
     def flops_per_token(self) -> float:
-        n = sum(p.numel() for n_, p in self.model.bert.named_parameters() if "embeddings" not in n_)
+        n = sum(p.numel() for p in body_layers(encoder_body(self.model)).parameters())
         base = 6.0 * n  # forward + backward of the encoder body per token
         if self.cfg.comprehensive:
             base *= 1.0 + self.cfg.mask_prob  # ~ the appended queries

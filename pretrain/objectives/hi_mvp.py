@@ -22,6 +22,10 @@ uses, so that path is pre-trained; ``lower`` reads the lower-layer states only (
 reading of §2.2). Export: ``HiMvpForMaskedLM`` with its modelling code (trust_remote_code),
 adapter ``hi_mvp``: every character gets the fused state of its char token (+ the offset embedding).
 
+Both levels are encoders of ``model.arch`` (``encoder_arch`` in the export's config; with ModernBERT
+the lower level takes the first ``lower_layers`` entries of its per-layer attention types, the upper
+level the rest; no segment embeddings there). The heads stay BERT-style for every arch.
+
 The two-view helpers (alignment, consistent masking, export plumbing) are in ``multiview.py``;
 ``al_mvp.py`` is the aligned variant.
 """
@@ -33,7 +37,7 @@ from typing import Literal, Optional
 
 import torch
 
-from pretrain.models import count_parameters
+from pretrain.models import body_layers, count_parameters
 from pretrain.objectives.base import Objective, ObjectiveContext, register
 from pretrain.objectives.multiview import (
     MaskingOptions, MultiVocabExportMixin, check_kind, flat_targets, gather_flat, mask_or_none, multivocab_config,
@@ -139,8 +143,8 @@ class HiMvp(MultiVocabExportMixin, Objective):
         # per char token: lower layers at char length, upper layers at SGT length
         L, hidden, _, _ = self.ctx.model.dims()
         lo = self.model.config.lower_layers
-        body = count_parameters(self.model.hi_mvp.char_encoder.encoder) + count_parameters(
-            self.model.hi_mvp.coarse_encoder.encoder)
+        body = count_parameters(body_layers(self.model.hi_mvp.char_encoder)) + count_parameters(
+            body_layers(self.model.hi_mvp.coarse_encoder))
         per_layer = body / L
         T = self.ctx.seq_len
         r = self._coarse_ratio

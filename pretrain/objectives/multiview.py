@@ -289,9 +289,19 @@ def vocab_needs_remote_code(vocab_path: str) -> bool:
 
 
 def multivocab_config(cls, ctx: ObjectiveContext, fine: VocabInfo, coarse: VocabInfo, **extra):
-    """An ``AmbertConfig``/``HiMvpConfig`` sized by the run's model preset."""
+    """An ``AmbertConfig``/``HiMvpConfig`` sized by the run's model preset; its inner encoders are of
+    ``model.arch`` (``encoder_arch``; for an arch other than ``bert`` the encoder's own config goes
+    in ``encoder_config``, built by :func:`pretrain.models.encoder_config` over the fine vocabulary).
+    The MLM heads stay BERT-style (dense + GELU + LayerNorm + tied projection) for every arch."""
+    from pretrain.models import encoder_config
+
     l, h, a, f = ctx.model.dims()
     m = ctx.model
+    arch = getattr(m, "arch", "bert")
+    if arch != "bert":
+        enc = encoder_config(m, fine.padded_size, pad_id=fine.pad_id).to_dict()
+        extra = {"encoder_arch": arch, "encoder_config": {k: v for k, v in enc.items()
+                                                          if k not in ("transformers_version", "model_type")}, **extra}
     conf = cls(vocab_size=fine.padded_size, hidden_size=h, num_hidden_layers=l, num_attention_heads=a,
                intermediate_size=f, max_position_embeddings=m.max_position_embeddings,
                hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.dropout, pad_token_id=fine.pad_id,

@@ -55,6 +55,11 @@ class AmbertConfig(BertConfig):
     coarse_pad_token_id: int = 0
     fine_kind: str = "char"
     coarse_kind: str = "word"
+    # the encoder's architecture (model.arch of the pre-training run): "bert" (the BERT fields of
+    # this config), or "roberta_prelayernorm" / "modernbert" with that model's own config in
+    # ``encoder_config`` (a dict, as its ``to_dict()``)
+    encoder_arch: str = "bert"
+    encoder_config: Optional[dict] = None
 
 
 @strict
@@ -70,17 +75,63 @@ class HiMvpConfig(BertConfig):
     char_head_on: str = "fused"  # "fused" | "lower": which char states the char MLM head reads
     fine_kind: str = "char"
     coarse_kind: str = "sgt"
+    encoder_arch: str = "bert"  # as AmbertConfig: the architecture of both levels' encoders
+    encoder_config: Optional[dict] = None
 
 
-def _sub_config(config: BertConfig, **changes) -> BertConfig:
-    d = {k: getattr(config, k) for k in (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-        "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-        "type_vocab_size", "initializer_range", "layer_norm_eps", "pad_token_id")}
-    d.update(changes)
-    sub = BertConfig(**d)
+ENCODER_ARCHS = ("bert", "roberta_prelayernorm", "modernbert")
+
+
+def _sub_config(config: BertConfig, layers: Optional[slice] = None, **changes):
+    """The config of one inner encoder: ``encoder_arch``'s config with ``changes``; ``layers`` picks
+    those of the full stack's layers (ModernBERT's per-layer ``layer_types``)."""
+    arch = getattr(config, "encoder_arch", "bert") or "bert"
+    if arch not in ENCODER_ARCHS:
+        raise ValueError(f"encoder_arch must be one of {', '.join(ENCODER_ARCHS)}, got {arch!r}")
+    if arch == "bert":
+        d = {k: getattr(config, k) for k in (
+            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+            "type_vocab_size", "initializer_range", "layer_norm_eps", "pad_token_id")}
+        d.update(changes)
+        sub = BertConfig(**d)
+    else:
+        from transformers import ModernBertConfig, RobertaPreLayerNormConfig
+
+        cls = ModernBertConfig if arch == "modernbert" else RobertaPreLayerNormConfig
+        d = {k: v for k, v in dict(config.encoder_config or {}).items()
+             if k not in ("model_type", "transformers_version", "architectures", "auto_map", "_name_or_path")}
+        if layers is not None and d.get("layer_types"):
+            d["layer_types"] = list(d["layer_types"])[layers]
+        if arch == "roberta_prelayernorm" and "pad_token_id" in changes:
+            # RoBERTa's position embeddings are numbered from pad_token_id + 1
+            d["max_position_embeddings"] = (int(d.get("max_position_embeddings", 514)) - int(d.get("pad_token_id", 0))
+                                            + int(changes["pad_token_id"]))
+        d.update(changes)
+        sub = cls(**d)
     sub._attn_implementation = getattr(config, "_attn_implementation", None) or "sdpa"
     return sub
+
+
+def _body(sub) -> nn.Module:
+    """An encoder body (no pooler) for a sub config of any arch."""
+    if sub.model_type == "bert":
+        return BertModel(sub, add_pooling_layer=False)
+    if sub.model_type == "modernbert":
+        from transformers import ModernBertModel
+
+        return ModernBertModel(sub)
+    from transformers import RobertaPreLayerNormModel
+
+    return RobertaPreLayerNormModel(sub, add_pooling_layer=False)
+
+
+def _run(body: nn.Module, token_type_ids=None, **kwargs):
+    """``body(**kwargs)``; ``token_type_ids`` only for the archs that have segment embeddings
+    (ModernBERT has none: a two-segment input is not distinguished there)."""
+    if token_type_ids is not None and body.config.model_type != "modernbert":
+        kwargs["token_type_ids"] = token_type_ids
+    return body(**kwargs)
 
 
 # ------------------------------------------------------------------ outputs
@@ -191,25 +242,25 @@ class AmbertModel(AmbertPreTrainedModel):
         super().__init__(config)
         # no pooler: every parameter takes part in the pre-training loss (DDP without
         # find_unused_parameters); the pooled output is the [CLS] state
-        self.bert = BertModel(_sub_config(config), add_pooling_layer=False)
+        self.bert = _body(_sub_config(config))  # "bert" for every arch (the state-dict names)
         self.coarse_word_embeddings = nn.Embedding(
             config.coarse_vocab_size, config.hidden_size, padding_idx=config.coarse_pad_token_id)
         self.post_init()
 
     def get_input_embeddings(self):
-        return self.bert.embeddings.word_embeddings
+        return self.bert.get_input_embeddings()
 
     def set_input_embeddings(self, value):
-        self.bert.embeddings.word_embeddings = value
+        self.bert.set_input_embeddings(value)
 
     def encode_coarse(self, coarse_input_ids, coarse_attention_mask=None, coarse_token_type_ids=None):
-        out = self.bert(inputs_embeds=self.coarse_word_embeddings(coarse_input_ids),
-                        attention_mask=coarse_attention_mask, token_type_ids=coarse_token_type_ids)
+        out = _run(self.bert, coarse_token_type_ids, inputs_embeds=self.coarse_word_embeddings(coarse_input_ids),
+                   attention_mask=coarse_attention_mask)
         return out.last_hidden_state, out.last_hidden_state[:, 0]
 
     def forward(self, input_ids=None, attention_mask=None, coarse_input_ids=None, coarse_attention_mask=None,
                 token_type_ids=None, coarse_token_type_ids=None, **kwargs) -> TwoViewOutput:
-        fine = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        fine = _run(self.bert, token_type_ids, input_ids=input_ids, attention_mask=attention_mask)
         coarse_h = coarse_p = None
         if coarse_input_ids is not None:
             coarse_h, coarse_p = self.encode_coarse(coarse_input_ids, coarse_attention_mask, coarse_token_type_ids)
@@ -228,7 +279,7 @@ class AmbertForMaskedLM(AmbertPreTrainedModel):
         self.post_init()
 
     def fine_logits(self, hidden):
-        return self.fine_head(hidden, self.ambert.bert.embeddings.word_embeddings.weight)
+        return self.fine_head(hidden, self.ambert.bert.get_input_embeddings().weight)
 
     def coarse_logits(self, hidden):
         return self.coarse_head(hidden, self.ambert.coarse_word_embeddings.weight)
@@ -271,36 +322,36 @@ class HiMvpModel(HiMvpPreTrainedModel):
                              f"of a {config.num_hidden_layers}-layer model")
         if config.pooling not in ("mean", "first"):
             raise ValueError(f"pooling must be 'mean' or 'first', got {config.pooling!r}")
-        self.char_encoder = BertModel(_sub_config(config, num_hidden_layers=config.lower_layers),
-                                      add_pooling_layer=False)
+        lo = config.lower_layers
+        self.char_encoder = _body(_sub_config(config, slice(0, lo), num_hidden_layers=lo))
         # the upper level takes pooled char states as inputs_embeds: its token table is a frozen
         # 1-row stub, and there is no pooler, so every trained parameter takes part in the loss
-        self.coarse_encoder = BertModel(_sub_config(config, num_hidden_layers=n_upper, vocab_size=1,
-                                                    pad_token_id=0), add_pooling_layer=False)
-        self.coarse_encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+        self.coarse_encoder = _body(_sub_config(config, slice(lo, None), num_hidden_layers=n_upper, vocab_size=1,
+                                                pad_token_id=0))
+        self.coarse_encoder.get_input_embeddings().weight.requires_grad_(False)
         self.empty_group = nn.Parameter(torch.zeros(config.hidden_size))  # a coarse token no char maps to
         self.fuse = nn.Linear(config.hidden_size, config.hidden_size)
         self.fuse_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
     def get_input_embeddings(self):
-        return self.char_encoder.embeddings.word_embeddings
+        return self.char_encoder.get_input_embeddings()
 
     def set_input_embeddings(self, value):
-        self.char_encoder.embeddings.word_embeddings = value
+        self.char_encoder.set_input_embeddings(value)
 
     def forward(self, input_ids=None, attention_mask=None, coarse_index=None, coarse_attention_mask=None,
                 token_type_ids=None, coarse_token_type_ids=None, **kwargs) -> HiMvpOutput:
         if coarse_index is None or coarse_attention_mask is None:
             raise ValueError("HiMvpModel needs coarse_index [B, T] and coarse_attention_mask [B, S]")
-        lower = self.char_encoder(input_ids=input_ids, attention_mask=attention_mask,
-                                  token_type_ids=token_type_ids).last_hidden_state
+        lower = _run(self.char_encoder, token_type_ids, input_ids=input_ids,
+                     attention_mask=attention_mask).last_hidden_state
         S = coarse_attention_mask.shape[1]
         idx = coarse_index.masked_fill(attention_mask == 0, -1) if attention_mask is not None else coarse_index
         pooled, counts = pool_groups(lower, idx, S, self.config.pooling)
         pooled = pooled + (counts == 0).unsqueeze(-1).to(pooled.dtype) * self.empty_group
-        up = self.coarse_encoder(inputs_embeds=pooled, attention_mask=coarse_attention_mask,
-                                 token_type_ids=coarse_token_type_ids)
+        up = _run(self.coarse_encoder, coarse_token_type_ids, inputs_embeds=pooled,
+                  attention_mask=coarse_attention_mask)
         upper = up.last_hidden_state
         fused = self.fuse_norm(lower + self.fuse(broadcast_groups(upper, idx)))
         return HiMvpOutput(last_hidden_state=upper, pooler_output=upper[:, 0],
@@ -318,7 +369,7 @@ class HiMvpForMaskedLM(HiMvpPreTrainedModel):
         self.post_init()
 
     def char_logits(self, hidden):
-        return self.char_head(hidden, self.hi_mvp.char_encoder.embeddings.word_embeddings.weight)
+        return self.char_head(hidden, self.hi_mvp.char_encoder.get_input_embeddings().weight)
 
     def coarse_logits(self, hidden):
         return self.coarse_head(hidden)
