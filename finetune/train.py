@@ -70,15 +70,16 @@ def precision(cfg: FinetuneConfig, device: torch.device) -> str:
     """``"bf16"`` or ``"no"``: ``cfg.mixed_precision`` with ``auto`` resolved for ``device``.
 
     ``auto`` follows :func:`pretrain.config.resolve_mixed_precision` (bf16 on a GPU with bf16; on a
-    CPU as ``pretrain.config.CPU_AUTO_BF16`` says, fp32 for now); an ``accelerate launch`` setting
-    does not apply to fine-tuning.
+    CPU as ``pretrain.config.FINETUNE_CPU_AUTO_BF16`` says: fp32 until a fine-tuning parity run);
+    an ``accelerate launch`` setting does not apply to fine-tuning.
     """
-    from pretrain.config import resolve_mixed_precision
+    from pretrain import config as pc
 
     cuda = device.type == "cuda" and torch.cuda.is_bf16_supported()
     if device.type == "cuda" and cfg.mixed_precision == "bf16" and not cuda:
         return "no"
-    return resolve_mixed_precision(cfg.mixed_precision, cuda=cuda, env={}) or "no"
+    return pc.resolve_mixed_precision(cfg.mixed_precision, cuda=cuda, env={},
+                                      cpu_policy=pc.FINETUNE_CPU_AUTO_BF16) or "no"
 
 
 def autocast(device: torch.device, mp: str):

@@ -97,10 +97,15 @@ def test_resolve_mixed_precision_auto():
     plain = cpu_bf16_features(CPUINFO_NO_BF16)
     both = {"amx_bf16": True, "avx512_bf16": True}
     only_amx = {"amx_bf16": True, "avx512_bf16": False}
-    # default policy: the loss-parity gate is not passed, so a CPU stays fp32 whatever it has
-    assert not any(CPU_AUTO_BF16.values())
-    for feats in (amx, zen4, plain):
-        assert resolve_mixed_precision("auto", cuda=False, cpu_features=feats, env={}) == "no"
+    # default pre-training policy: the loss-parity gate is passed, so a CPU with a bf16 instruction set
+    # gets bf16 and one without stays fp32; the fine-tuning policy is still off
+    from pretrain.config import FINETUNE_CPU_AUTO_BF16
+
+    assert all(CPU_AUTO_BF16.values()) and not any(FINETUNE_CPU_AUTO_BF16.values())
+    for feats, want in ((amx, "bf16"), (zen4, "bf16"), (plain, "no")):
+        assert resolve_mixed_precision("auto", cuda=False, cpu_features=feats, env={}) == want
+        assert resolve_mixed_precision("auto", cuda=False, cpu_features=feats, env={},
+                                       cpu_policy=FINETUNE_CPU_AUTO_BF16) == "no"
     # a policy that enables an instruction set picks bf16 exactly where the CPU has it
     assert resolve_mixed_precision("auto", cuda=False, cpu_features=zen4, env={}, cpu_policy=both) == "bf16"
     assert resolve_mixed_precision("auto", cuda=False, cpu_features=zen4, env={}, cpu_policy=only_amx) == "no"
@@ -127,14 +132,16 @@ def test_trainer_and_finetune_resolve_auto(monkeypatch):
     monkeypatch.setattr(accelerate, "Accelerator", lambda **kw: kw)
     cpu = torch.device("cpu")
     monkeypatch.setattr(pc, "cpu_bf16_features", lambda: cpu_bf16_features(CPUINFO_AMX))
-    assert precision(FinetuneConfig(mixed_precision="auto"), cpu) == "no"  # default policy: fp32 on a CPU
+    assert precision(FinetuneConfig(mixed_precision="auto"), cpu) == "no"  # fine-tuning policy: fp32 on a CPU
     assert precision(FinetuneConfig(mixed_precision="bf16"), cpu) == "bf16"
+    if not torch.cuda.is_available():  # pre-training policy: bf16 on a CPU that has it
+        assert make_accelerator(TrainConfig(mixed_precision="auto"), 1)["mixed_precision"] == "bf16"
+    monkeypatch.setitem(pc.CPU_AUTO_BF16, "amx_bf16", False)
+    monkeypatch.setitem(pc.CPU_AUTO_BF16, "avx512_bf16", False)
     if not torch.cuda.is_available():
         assert make_accelerator(TrainConfig(mixed_precision="auto"), 1)["mixed_precision"] == "no"
-    monkeypatch.setitem(pc.CPU_AUTO_BF16, "amx_bf16", True)
+    monkeypatch.setitem(pc.FINETUNE_CPU_AUTO_BF16, "amx_bf16", True)
     assert precision(FinetuneConfig(mixed_precision="auto"), cpu) == "bf16"
-    if not torch.cuda.is_available():
-        assert make_accelerator(TrainConfig(mixed_precision="auto"), 1)["mixed_precision"] == "bf16"
     monkeypatch.setattr(pc, "cpu_bf16_features", lambda: cpu_bf16_features(CPUINFO_NO_BF16))
     assert precision(FinetuneConfig(mixed_precision="auto"), cpu) == "no"
     assert precision(FinetuneConfig(mixed_precision="no"), cpu) == "no"
