@@ -122,15 +122,27 @@ def kind_options(cfg: FinetuneConfig, tcfg: TaskConfig, encoder) -> KindOptions:
                        agreement_weight=cfg.agreement_weight)
 
 
+def freeze(encoder: nn.Module) -> None:
+    """A linear probe's encoder: no gradients, always in eval mode (no dropout), so only the head learns."""
+    encoder.requires_grad_(False)
+    encoder.eval()
+
+
 def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: TaskConfig, cfg: FinetuneConfig,
-                     lr: float, epochs: int, seed: int, feats: dict[str, list[dict]] | None = None) -> dict:
-    """Train one (lr, epochs) point with ``seed``; return dev/test metrics of the best dev state."""
+                     lr: float, epochs: int, seed: int, feats: dict[str, list[dict]] | None = None,
+                     freeze_encoder: bool = False) -> dict:
+    """Train one (lr, epochs) point with ``seed``; return dev/test metrics of the best dev state.
+
+    ``freeze_encoder``: a linear probe -- the same loop, but only the task head is trained on the
+    frozen encoder's states."""
     device = pick_device(cfg.device)
     mp = precision(cfg, device)
     set_seed(seed)
     encoder = load_encoder(model_dir, random_init=random_init, **cfg.encoder_options())
     kind = get_kind(task.kind)(task, encoder.hidden_size, kind_options(cfg, tcfg, encoder))
     model = Finetuner(encoder, kind).to(device)
+    if freeze_encoder:
+        freeze(encoder)
     if feats is None:
         feats = {s: kind.features(getattr(task, s), s) for s in ("train", "dev", "test")}
     train = feats["train"]
@@ -151,6 +163,8 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
         order = torch.randperm(len(train), generator=gen).tolist()
         for step, chunk in enumerate(_batches(train, bs, order), 1):
             model.train()
+            if freeze_encoder:
+                encoder.eval()
             ts = time.time()
             out = _train_step(model, opt, sched, kind.collate(chunk), cfg.grad_clip, mp)
             train_time += time.time() - ts
@@ -174,23 +188,27 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
     return {"lr": lr, "epochs": epochs, "seed": seed, "best_epoch": best_where, "dev": best, "dev_metrics": curve[-1]["dev"] if curve else {},
             "test": test[main], "test_metrics": test, "curve": curve, "train_examples": len(train),
             "train_examples_per_s": n_seen / max(train_time, 1e-9), "eval_examples_per_s": len(feats["test"]) / max(test_time, 1e-9),
-            "seconds": time.time() - t0, "chars_cut_by_token_budget": int(cut), "precision": mp}
+            "seconds": time.time() - t0, "chars_cut_by_token_budget": int(cut), "precision": mp,
+            "freeze_encoder": freeze_encoder}
 
 
-def settings_fingerprint(tcfg: TaskConfig, cfg: FinetuneConfig, random_init: bool) -> str:
+def settings_fingerprint(tcfg: TaskConfig, cfg: FinetuneConfig, random_init: bool, freeze_encoder: bool = False) -> str:
     keys = {"task": asdict(tcfg), "random_init": random_init, **{k: getattr(cfg, k) for k in (
         "lrs", "epochs", "batch_size", "eval_batch_size", "warmup", "weight_decay", "grad_clip", "dropout",
         "evals_per_epoch", "alignment", "view_heads", "agreement_weight")}}
     mp = precision(cfg, pick_device(cfg.device))
     if mp != "no":  # only then: fp32 results of earlier versions keep their fingerprints
         keys["precision"] = mp
+    if freeze_encoder:  # likewise: fine-tuned results keep theirs
+        keys["freeze_encoder"] = True
     return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def run_seed(out_dir: Path, model_name: str, model_dir: str, random_init: bool, task: TaskData, tcfg: TaskConfig,
-             cfg: FinetuneConfig, seed: int) -> dict:
-    """All grid points of one seed (each resumable), then ``result.json`` with the dev-best choice."""
-    fp = settings_fingerprint(tcfg, cfg, random_init)
+             cfg: FinetuneConfig, seed: int, freeze_encoder: bool = False) -> dict:
+    """All grid points of one seed (each resumable), then ``result.json`` with the dev-best choice.
+    ``freeze_encoder``: a linear probe (:func:`train_grid_point`)."""
+    fp = settings_fingerprint(tcfg, cfg, random_init, freeze_encoder)
     res_path = out_dir / "result.json"
     if res_path.is_file():
         done = RunResult.load(res_path)
@@ -206,7 +224,7 @@ def run_seed(out_dir: Path, model_name: str, model_dir: str, random_init: bool, 
             if gp.is_file() and read_json(gp).get("fingerprint") == fp:
                 grid.append(read_json(gp))
                 continue
-            r = train_grid_point(model_dir, random_init, task, tcfg, cfg, lr, ep, seed)
+            r = train_grid_point(model_dir, random_init, task, tcfg, cfg, lr, ep, seed, freeze_encoder=freeze_encoder)
             r["fingerprint"] = fp
             atomic_write_json(gp, r)
             log.info("%s / %s / seed %d / lr %g ep %d: dev %s %.2f, test %.2f (%.0f s)", model_name, task.name, seed,
@@ -219,5 +237,7 @@ def run_seed(out_dir: Path, model_name: str, model_dir: str, random_init: bool, 
               "chosen": {"lr": chosen["lr"], "epochs": chosen["epochs"], "best_epoch": chosen["best_epoch"]},
               "grid": [{k: g[k] for k in ("lr", "epochs", "dev", "test", "best_epoch", "seconds")} for g in grid],
               "fingerprint": fp}
+    if freeze_encoder:
+        result["freeze_encoder"] = True
     RunResult.from_dict(result).save(out_dir)  # result.json
     return result
