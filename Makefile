@@ -140,6 +140,14 @@ ngram-eval: $(R)/pretrain/mlm/export/model.safetensors $(R)/pretrain/ernie_gram_
 study:  ## a study (models x seeds x evaluations) -> runs/RUN/studies/NAME/report.md: make study STUDY=configs/studies/NAME.yaml
 	$(PY) -m evaluate study $(STUDY)
 
+# scaling study (issue 21 step 1, docs/regime.md): pre-training matrix (tokens x size x masking x corpus)
+# + low-resource fine-tuning against random init; resumable. SCALING=configs/scaling/mini.yaml: 2 points
+SCALING         ?= configs/scaling/scaling.yaml
+SCALING_ARGS    ?=
+.PHONY: study-scaling
+study-scaling: setup  ## scaling study -> runs/scaling/study/report.md (SCALING=configs/scaling/NAME.yaml, SCALING_ARGS=--jobs N)
+	$(PY) bench/scaling.py $(SCALING) $(SCALING_ARGS)
+
 evidence-clower-ernie: $(R)/shards/.done  ## CLOWER and ERNIE-Gram over SEEDS: pre-train, probes, n-gram eval, fine-tune
 	$(PY) bench/evidence_clower_ernie.py --run $(RUN) --seeds $(SEEDS)
 
