@@ -176,8 +176,23 @@ def sh(cmd: list[str], dry: bool, log: Path | None = None) -> None:
         raise UserError(f"step failed with exit code {rc}{where}: {' '.join(cmd[1:6])} ...")
 
 
+def check_inputs(cfg: ScalingConfig) -> None:
+    """Before any work: every used corpus config loads and its Debian-package sources are installed
+    (``UserError`` with the ``apt-get install`` command otherwise)."""
+    from corpora.builtin import DEBIAN, locate
+    from corpora.config import CorpusConfig
+    from pipeline.config import load_config
+
+    for name in dict.fromkeys(corpus_of(cfg, v) for v in cfg.variants):
+        ccfg = load_config(CorpusConfig, ROOT / cfg.corpora[name], cfg.corpus_overrides)
+        for src in ccfg.sources:
+            if src.type == "builtin" and src.builtin in DEBIAN:
+                locate(src.builtin, src.path or None)
+
+
 def run_study(cfg: ScalingConfig, dry: bool = False, jobs: int | None = None) -> list[Run]:
     root = ROOT / cfg.runs_root if not Path(cfg.runs_root).is_absolute() else Path(cfg.runs_root)
+    check_inputs(cfg)
     runs = plan(cfg)
     locks = {c: threading.Lock() for c in cfg.corpora}
     logs = root / cfg.prefix / "logs"

@@ -337,11 +337,15 @@ def deb_files(name: str, root: str | Path = "/") -> list[Path]:
 
 
 def read_debian(name: str, counters: SourceCounters, root: str | Path = "/") -> Iterator[RawDoc | Quarantine]:
-    """Documents of a Debian source (``DEBIAN``), in sorted file order."""
+    """Documents of a Debian source (``DEBIAN``), in sorted file order; a missing package is a
+    ``UserError`` at the call, before any document is read."""
+    return _read_debian(name, deb_files(name, root), counters, Path(root))
+
+
+def _read_debian(name: str, files: list[Path], counters: SourceCounters, root: Path) -> Iterator[RawDoc | Quarantine]:
     src = DEBIAN[name]
-    root = Path(root)
     parse = PARSERS[src.parse]
-    for path in deb_files(name, root):
+    for path in files:
         rel = path.relative_to(root).as_posix()
         raw = path.read_bytes()
         counters.files += 1

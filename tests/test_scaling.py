@@ -110,3 +110,15 @@ def test_report_from_stage_outputs(tmp_path):
     assert "| `a` | demo | 100 | 0.41 | 10.0 | - | 7.000 | 62.50 / 55.50 | +7.00 (p=" in md
     for png in ("curves.png", "scaling.png"):
         assert (tmp_path / "scaling/study" / png).stat().st_size > 0
+
+
+def test_missing_debian_package_stops_the_study_before_any_work(tmp_path):
+    from pipeline.errors import UserError
+
+    sc = _driver()
+    corpus = tmp_path / "c.yaml"
+    corpus.write_text(f"sources:\n  - {{type: builtin, builtin: fortunes_zh, path: {tmp_path / 'empty'}}}\n")
+    cfg = sc.ScalingConfig(runs_root=str(tmp_path / "runs"), corpora={"plus": str(corpus)}, variants=[sc.Variant("a")])
+    with pytest.raises(UserError, match="apt-get install fortunes-zh"):
+        sc.run_study(cfg, dry=True)
+    assert not (tmp_path / "runs").exists()
