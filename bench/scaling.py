@@ -368,12 +368,16 @@ def plots(res: dict, runs: list[Run], root: Path, out: Path) -> list[Path]:
         axes[0].plot(xs, [100 * (r["valid_accuracy"] or float("nan")) for r in rs], marker="o", lw=1, label=v)
         for ax, t in zip(axes[1:], tasks):
             ax.plot(xs, [r["tasks"].get(t, {}).get("gain", float("nan")) for r in rs], marker="o", lw=1, label=v)
-    axes[0].set_xscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     axes[0].set_xlabel("pre-training tokens (M)")
     axes[0].set_ylabel("valid masked accuracy (%)")
     for ax, t in zip(axes[1:], tasks):
         ax.axhline(0, color="grey", lw=0.8, ls=":")
-        ax.set_xscale("log")
         ax.set_xlabel("pre-training tokens (M)")
         ax.set_ylabel(f"{t}: gain over random init")
     axes[0].legend(fontsize=6)
