@@ -205,9 +205,11 @@ def settings_fingerprint(tcfg: TaskConfig, cfg: FinetuneConfig, random_init: boo
 
 
 def run_seed(out_dir: Path, model_name: str, model_dir: str, random_init: bool, task: TaskData, tcfg: TaskConfig,
-             cfg: FinetuneConfig, seed: int, freeze_encoder: bool = False) -> dict:
+             cfg: FinetuneConfig, seed: int, freeze_encoder: bool | None = None) -> dict:
     """All grid points of one seed (each resumable), then ``result.json`` with the dev-best choice.
-    ``freeze_encoder``: a linear probe (:func:`train_grid_point`)."""
+    ``freeze_encoder``: a linear probe (:func:`train_grid_point`); None: ``cfg.freeze_encoder``."""
+    if freeze_encoder is None:
+        freeze_encoder = cfg.freeze_encoder
     fp = settings_fingerprint(tcfg, cfg, random_init, freeze_encoder)
     res_path = out_dir / "result.json"
     if res_path.is_file():

@@ -350,3 +350,15 @@ def test_probe_rows_are_their_own_rows(setup, tmp_path, capsys):
     assert seed["fingerprint"] != plain["fingerprint"]
     rc, _, err = _cli(["--config", str(cfg), "--models", f"base={model}", "probe_rows=true", "freeze_encoder=true"], capsys)
     assert rc == 2 and "set one" in err
+
+
+def test_run_seed_takes_freeze_encoder_from_the_suite(setup, tmp_path):
+    """The evaluate stage's finetune evaluation passes only the suite: its freeze_encoder option must hold."""
+    from finetune.train import run_seed
+
+    root, model, tasks = setup
+    tc, task = tasks["sequence_labeling"]
+    cfg = FinetuneConfig(batch_size=4, eval_batch_size=8, device="cpu", lrs=[1e-3], epochs=[1], freeze_encoder=True)
+    r = run_seed(tmp_path / "probe", "m", str(model), False, task, tc, cfg, seed=1)
+    assert r["freeze_encoder"] is True
+    assert json.loads(next((tmp_path / "probe" / "grid").iterdir()).read_text())["freeze_encoder"] is True
