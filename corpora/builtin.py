@@ -180,7 +180,7 @@ _TROFF_ESCAPES = [
     (re.compile(r"\\[ ~0]"), " "),
 ]
 # requests whose arguments are text (section titles, fonts, paragraph tags); others are dropped
-_TROFF_TEXT_REQ = {"SH", "SS", "B", "I", "BI", "BR", "IB", "IR", "RB", "RI", "SM", "SB", "IP", "HP", "UR", "MT"}
+_TROFF_TEXT_REQ = {"SH", "SS", "B", "I", "BI", "BR", "IB", "IR", "RB", "RI", "SM", "SB", "IP", "UR", "MT"}
 _TROFF_BREAK_REQ = {"SH", "SS", "PP", "P", "LP", "TP", "IP", "HP", "sp", "br", "RS", "RE", "TH", "nf", "fi", "EX", "EE"}
 
 
@@ -193,7 +193,7 @@ def troff_text(src: str) -> list[str]:
         if in_def:
             in_def = line.strip() != ".."
             continue
-        if line.startswith((".\\\"", "'\\\"", '.\\"')) or line.strip() in (".", "'"):
+        if line.startswith((".\\\"", "'\\\"")) or line.strip() in (".", "'"):  # comments, empty requests
             continue
         if line.startswith((".", "'")):
             req, _, arg = line[1:].strip().partition(" ")
@@ -206,7 +206,7 @@ def troff_text(src: str) -> list[str]:
                 paras.append([])
             if req not in _TROFF_TEXT_REQ:
                 continue
-            if req in ("IP", "HP"):
+            if req == "IP":  # .IP tag [indent]: the tag is text, the indent is not
                 arg = shlex_first(arg)
             heading = req in ("SH", "SS")
             line = arg.replace('"', "")

@@ -176,3 +176,8 @@ def test_real_package(name):
     for bad in ("\\fB", "\\fP", "\n.TH ", "\n.SH ", "<div", "<span", 'class="', "\x1b["):
         assert text.count(bad) < 5, (bad, text.count(bad))
     assert max(len(d.text) for d in docs) < 100_000
+
+
+def test_troff_paragraph_requests_carry_no_text():
+    page = '.HP 4\n扩展的说明。\n.IP "\\(bu" 2\n第一项\n.IP 选项 8\n第二项\n'
+    assert troff_text(page) == ["扩展的说明。", "第一项", "选项第二项"]
