@@ -123,7 +123,7 @@ def _lines(path: Path, label: str, task: str | None, counters: SourceCounters) -
 
 
 # ------------------------------------------------------------------------- Debian package text
-CHUNK_CHARS = 2000  # a long text is cut at paragraph ends into documents of about this size
+CHUNK_CHARS = 800  # a long text is cut at paragraph ends into documents of about this size (docs/corpora.md)
 
 
 @dataclass(frozen=True)
