@@ -209,6 +209,7 @@ def run_study(cfg: ScalingConfig, dry: bool = False, jobs: int | None = None) ->
                     continue
                 sh(cmd, dry, None if dry else logs / f"corpus-{corpus}.log")
                 if not dry and marker.name == ".done":
+                    marker.parent.mkdir(parents=True, exist_ok=True)
                     marker.touch()
 
     def variant(name: str) -> None:

@@ -122,3 +122,36 @@ def test_missing_debian_package_stops_the_study_before_any_work(tmp_path):
     with pytest.raises(UserError, match="apt-get install fortunes-zh"):
         sc.run_study(cfg, dry=True)
     assert not (tmp_path / "runs").exists()
+
+
+def test_parallel_variants_prepare_each_corpus_once_and_keep_their_order(tmp_path, monkeypatch):
+    sc = _driver()
+    corpus = tmp_path / "c.yaml"
+    corpus.write_text("sources:\n  - {type: builtin, builtin: english}\n")
+    cfg = sc.ScalingConfig(runs_root=str(tmp_path / "runs"), corpora={"demo": str(corpus)}, points=[10, 20],
+                           variants=[sc.Variant("a"), sc.Variant("b"), sc.Variant("c")])
+    calls = []
+
+    def fake_sh(cmd, dry, log=None):
+        calls.append(cmd)
+        if "pretrain" in cmd:  # what the trainer leaves behind
+            name = next(c for c in cmd if c.startswith("name=")).split("=", 1)[1]
+            export = tmp_path / "runs" / "scaling-demo" / "pretrain" / name / "export"
+            export.mkdir(parents=True)
+            (export / "model.safetensors").write_bytes(b"")
+        if cmd[2] == "corpora":
+            (tmp_path / "runs/scaling-demo/corpus").mkdir(parents=True)
+            (tmp_path / "runs/scaling-demo/corpus/stats.json").write_text("{}")
+
+    monkeypatch.setattr(sc, "sh", fake_sh)
+    sc.run_study(cfg, jobs=3)
+    stages = [c[2] + (" " + c[3] if c[2] == "tokenization" else "") for c in calls]
+    assert stages[:3] == ["corpora", "tokenization vocab", "tokenization shards"]  # once, before any training
+    assert stages.count("corpora") == 1 and stages.count("pretrain") == 6 and stages.count("finetune") == 6
+    for v in "abc":
+        mine = [c[2] + ":" + next(x for x in c if x.startswith(("name=", f"{v}-s"))) for c in calls
+                if any(x.startswith((f"name={v}-s", f"{v}-s")) for x in c)]
+        assert [m.split(":")[0] for m in mine] == ["pretrain", "finetune", "pretrain", "finetune"]
+    calls.clear()
+    sc.run_study(cfg, jobs=3)  # everything exported: only the fine-tuning commands (they skip finished seeds)
+    assert [c[2] for c in calls] == ["finetune"] * 6
