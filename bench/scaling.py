@@ -426,9 +426,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=None, help="variants at a time (default: the config's jobs)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
+    ap.add_argument("--only", nargs="+", metavar="VARIANT", help="run (and report) only these variants")
     a = ap.parse_args(argv)
     try:
         cfg = load(a.config, a.overrides)
+        if a.only:
+            unknown = sorted(set(a.only) - {v.name for v in cfg.variants})
+            if unknown:
+                raise UserError(f"--only: unknown variant(s) {', '.join(unknown)}; the config has "
+                                f"{', '.join(v.name for v in cfg.variants)}")
+            cfg.variants = [v for v in cfg.variants if v.name in a.only]
         runs = plan(cfg) if a.report_only else run_study(cfg, dry=a.dry_run, jobs=a.jobs)
         if not a.dry_run:
             report(cfg, runs)
