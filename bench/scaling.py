@@ -176,6 +176,28 @@ def sh(cmd: list[str], dry: bool, log: Path | None = None) -> None:
         raise UserError(f"step failed with exit code {rc}{where}: {' '.join(cmd[1:6])} ...")
 
 
+def finetune_done(cfg: ScalingConfig, r: Run, root: Path) -> bool:
+    """True when every seed of every task of ``r`` (and its twin) has a ``result.json`` with the
+    current settings' fingerprint (``finetune.train.settings_fingerprint``): the fine-tuning command
+    would only skip them, after loading the task data."""
+    from finetune.config import FinetuneConfig
+    from finetune.schema import RunResult
+    from finetune.train import settings_fingerprint
+    from pipeline.config import load_config
+
+    fcfg = load_config(FinetuneConfig, ROOT / cfg.finetune, list(cfg.finetune_overrides))
+    ft = root / r.ft_run / "finetune"
+    models = [(r.name, False)] + ([(f"{r.name}-random", True)] if r.twin else [])
+    for model, random_init in models:
+        for tc in fcfg.tasks:
+            fp = settings_fingerprint(tc, fcfg, random_init)
+            for seed in fcfg.seeds:
+                f = ft / model / tc.name / f"seed-{seed}" / "result.json"
+                if not f.is_file() or RunResult.load(f).fingerprint != fp:
+                    return False
+    return True
+
+
 def check_inputs(cfg: ScalingConfig) -> None:
     """Before any work: every used corpus config loads and its Debian-package sources are installed
     (``UserError`` with the ``apt-get install`` command otherwise)."""
@@ -218,7 +240,8 @@ def run_study(cfg: ScalingConfig, dry: bool = False, jobs: int | None = None) ->
         for r in mine:
             if not (r.export(root) / "model.safetensors").is_file():
                 sh(r.pretrain_cmd, dry, None if dry else logs / f"{r.name}.log")
-            sh(r.finetune_cmd, dry, None if dry else logs / f"{r.name}.finetune.log")
+            if dry or not finetune_done(cfg, r, root):
+                sh(r.finetune_cmd, dry, None if dry else logs / f"{r.name}.finetune.log")
 
     order = list(dict.fromkeys(r.variant for r in runs))
     n = jobs or cfg.jobs

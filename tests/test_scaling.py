@@ -153,5 +153,26 @@ def test_parallel_variants_prepare_each_corpus_once_and_keep_their_order(tmp_pat
                 if any(x.startswith((f"name={v}-s", f"{v}-s")) for x in c)]
         assert [m.split(":")[0] for m in mine] == ["pretrain", "finetune", "pretrain", "finetune"]
     calls.clear()
-    sc.run_study(cfg, jobs=3)  # everything exported: only the fine-tuning commands (they skip finished seeds)
+    sc.run_study(cfg, jobs=3)  # everything exported, no seed finished: only the fine-tuning commands
+    assert [c[2] for c in calls] == ["finetune"] * 6
+
+    # finished seeds with the current settings (written as run_seed writes them): nothing is started
+    from finetune.config import FinetuneConfig
+    from finetune.schema import RunResult
+    from finetune.train import settings_fingerprint
+    from pipeline.config import load_config
+
+    fcfg = load_config(FinetuneConfig, REPO / cfg.finetune, cfg.finetune_overrides)
+    for r in sc.plan(cfg):
+        for model, random_init in [(r.name, False)] + ([(r.name + "-random", True)] if r.twin else []):
+            for tc in fcfg.tasks:
+                for seed in fcfg.seeds:
+                    RunResult(model=model, task=tc.name, kind="k", metric="m", seed=seed, dev=1.0, test=1.0,
+                              fingerprint=settings_fingerprint(tc, fcfg, random_init)).save(
+                        tmp_path / "runs" / r.ft_run / "finetune" / model / tc.name / f"seed-{seed}")
+    calls.clear()
+    sc.run_study(cfg, jobs=3)
+    assert calls == []
+    cfg.finetune_overrides = ["epochs=[2]"]  # changed settings: the fine-tuning runs again
+    sc.run_study(cfg, jobs=1)
     assert [c[2] for c in calls] == ["finetune"] * 6
