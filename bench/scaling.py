@@ -11,8 +11,9 @@ warm-up and decay, so a point is what a run of that length gives, not a mid-run 
 fine-tuned with the study's fine-tuning config; the variant's random-init twin is fine-tuned once
 (with its first point: random weights do not depend on the steps). Everything resumes: finished
 corpora, vocabularies, shards and exports are skipped, an interrupted pre-training resumes from its
-checkpoint, fine-tuning skips finished seeds. ``--jobs N`` runs N variants at a time, one torch
-thread each.
+checkpoint, a fine-tuning command is not started when every seed it would run is finished with the
+current settings (and skips finished seeds itself otherwise). ``--jobs N`` runs N variants at a
+time, one torch thread each; ``--only V ...`` runs a subset.
 
 Layout: corpus, vocabularies, shards and pre-training of corpus C in ``runs/PREFIX-C/``, pre-training
 ``runs/PREFIX-C/pretrain/VARIANT-sSTEPS/``, fine-tuning of a variant in
