@@ -1,9 +1,9 @@
 """The scaling study driver (bench/scaling.py): configs, plan, and the report from stage outputs.
 
-Fixtures are written by the stages' own writers (the trainer's ``Metrics``, ``RunResult.save``, the
-shard writer's format through ``pretrain.baseline``'s reader is not needed: the unigram column is
-``-`` without shards). The end-to-end miniature (configs/scaling/mini.yaml) is run by hand
-(docs/regime.md), not here: it builds a corpus and trains.
+Fixtures are written by the stages' own writers (the trainer's ``Metrics``, ``RunResult.save``;
+without shards the unigram column is ``-``); the stage commands are replaced by a recorder where the
+driver's order and resume logic are tested. The end-to-end miniature (configs/scaling/mini.yaml,
+about 10 minutes) is run by hand (docs/regime.md), not here: it builds a corpus and trains.
 """
 
 import importlib.util
