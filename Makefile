@@ -190,6 +190,14 @@ study-meap: $(R)/studies/meap/report.md  ## MEAP evidence: ntp vs meap over SEED
 
 evidence-meap: study-meap  ## the MEAP evidence (same as study-meap)
 
+# scaling study (issue 21 step 1, docs/regime.md): pre-training matrix (tokens x size x masking x corpus)
+# + low-resource fine-tuning against random init; resumable. SCALING=configs/scaling/mini.yaml: 2 points
+SCALING         ?= configs/scaling/scaling.yaml
+SCALING_ARGS    ?=
+.PHONY: study-scaling
+study-scaling: setup  ## scaling study -> runs/scaling/study/report.md (SCALING=configs/scaling/NAME.yaml, SCALING_ARGS=--jobs N)
+	$(PY) bench/scaling.py $(SCALING) $(SCALING_ARGS)
+
 clean-run:  ## delete runs/RUN/
 	rm -rf $(R)
 

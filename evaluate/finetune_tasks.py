@@ -25,7 +25,8 @@ from evaluate.base import EvalContext, Evaluation, register
 from pipeline.errors import UserError
 
 # keys of the suite's config that only pick models, runs or machines (not what a result depends on)
-NOT_SETTINGS = ("run", "runs_root", "seeds", "random_init_twins", "baseline", "device", "threads", "trust_remote_code")
+NOT_SETTINGS = ("run", "runs_root", "seeds", "random_init_twins", "baseline", "device", "threads", "trust_remote_code",
+                "probe_rows")
 
 
 @register
@@ -72,6 +73,8 @@ class FinetuneTasks(Evaluation):
         from dataclasses import asdict
 
         suite = {k: v for k, v in asdict(self.suite).items() if k not in NOT_SETTINGS}
+        if not suite.get("freeze_encoder"):  # fine-tuned (not probed): stored results keep their fingerprints
+            suite.pop("freeze_encoder", None)
         # a task without robustness conditions leaves ``perturb`` out: stored results keep their fingerprints
         suite["tasks"] = [{k: v for k, v in asdict(t).items() if not (k == "perturb" and v is None)} for t in self.task_cfgs]
         return {"suite": suite}

@@ -88,9 +88,12 @@ def main(argv=None) -> int:
         check_folder(d, cfg.trust_remote_code)  # pickles, code the user did not opt into: before any work
         if meta.get("model_type") == "decoder" and (meta.get("finetune_adapter") or "hf") == "hf":
             log.info("%s is a decoder: pooled state = last token (causal), character states are left-context only", name)
-        models.append({"name": name, "dir": d, "random_init": False})
-        if cfg.random_init_twins:
-            models.append({"name": f"{name}-random", "dir": d, "random_init": True})
+        settings = [False, True] if cfg.probe_rows else [cfg.freeze_encoder]  # freeze_encoder per row
+        for frozen in settings:
+            row = f"{name}-probe" if frozen else name
+            models.append({"name": row, "dir": d, "random_init": False, "freeze_encoder": frozen})
+            if cfg.random_init_twins:
+                models.append({"name": f"{row}-random", "dir": d, "random_init": True, "freeze_encoder": frozen})
     names = [m["name"] for m in models]
     if len(set(names)) != len(names):
         raise UserError(f"two models share a name ({', '.join(names)}); name them with NAME=DIR")
@@ -129,7 +132,8 @@ def main(argv=None) -> int:
                     if p.is_file():
                         seed_results.append(RunResult.load(p).to_dict())
                     continue
-                seed_results.append(run_seed(d, m["name"], m["dir"], m["random_init"], data, tc, cfg, seed))
+                seed_results.append(run_seed(d, m["name"], m["dir"], m["random_init"], data, tc, cfg, seed,
+                                             freeze_encoder=m["freeze_encoder"]))
             vals = [r["test"] for r in seed_results]
             if seed_results:
                 grids[m["name"]] = [(g["lr"], g["epochs"]) for r in seed_results for g in r["grid"]]

@@ -28,6 +28,11 @@ class FinetuneConfig:
     # point with the best mean dev over the seeds (finetune.stats.select_per_model). Test never selects.
     grid_selection: Literal["per_seed", "per_model"] = "per_seed"
     random_init_twins: bool = True  # also fine-tune a randomly initialised twin of every model (the floor)
+    # linear probe (finetune.train.freeze): train only the task head on the frozen encoder's states, in the
+    # same loop. freeze_encoder: every model is probed instead of fine-tuned; probe_rows: a probe of every
+    # model (and twin) next to its fine-tuning. Probe rows are named NAME-probe (twin NAME-probe-random).
+    freeze_encoder: bool = False
+    probe_rows: bool = False
     baseline: Optional[str] = None  # model name the report's deltas are taken against (default: the first)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Optional[int] = None   # torch CPU threads (None: torch's default)
@@ -63,5 +68,7 @@ class FinetuneConfig:
             raise ValueError("batch sizes and evals_per_epoch must be >= 1")
         if self.agreement_weight < 0:
             raise ValueError("agreement_weight must be >= 0")
+        if self.freeze_encoder and self.probe_rows:
+            raise ValueError("freeze_encoder already probes every model; probe_rows adds probes to fine-tuned rows: set one")
         if not 0 <= self.warmup < 1:
             raise ValueError("warmup must be in [0, 1)")

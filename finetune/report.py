@@ -40,6 +40,8 @@ def build_results(models: list[dict], tasks: dict[str, dict], seeds: list[int], 
     for m in models:
         res = {t: summarize(results[(m["name"], t)]) for t in tasks if results.get((m["name"], t))}
         out["models"][m["name"]] = {"dir": m["dir"], "random_init": m["random_init"], "results": res}
+        if m.get("freeze_encoder"):  # a linear probe row (finetune.train.freeze)
+            out["models"][m["name"]]["freeze_encoder"] = True
     return out
 
 
@@ -100,7 +102,7 @@ def table_rows(res: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for name, m in res["models"].items():
         avg, std = _avg(m, tasks)
-        label = name + (" (random init)" if m["random_init"] else "")
+        label = name + (" (random init)" if m["random_init"] else "") + (" (frozen encoder)" if m.get("freeze_encoder") else "")
         if name == res["baseline"]:
             delta = "baseline"
         elif math.isnan(avg) or math.isnan(b_avg):

@@ -123,7 +123,7 @@ def _optimizer(model: nn.Module, lr: float, wd: float):
 
 def fit(model: Finetuner, train: list, *, lr: float, batch_size: int, steps: int, weight_decay: float,
         warmup: float, grad_clip: float, mp: str = "no", seed: int = 0, eval_at: set[int] | None = None,
-        on_eval=None, desc: str = "fit") -> dict:
+        on_eval=None, desc: str = "fit", frozen: nn.Module | None = None) -> dict:
     """The one fine-tuning loop, for every task kind: ``steps`` optimiser steps over ``train`` (the
     kind's features, batched by ``model.kind.collate``), epoch after epoch in an order drawn from
     ``seed`` (the last batch of an epoch may be short; the loop stops after ``steps`` even inside an
@@ -131,7 +131,8 @@ def fit(model: Finetuner, train: list, *, lr: float, batch_size: int, steps: int
     ``warmup`` of the steps then linear decay to 0, gradient clipping at ``grad_clip``.
     ``on_eval(epoch, mean train loss since the last call)`` runs after the steps of an epoch that are
     in ``eval_at`` (1-based step numbers within the epoch). Returns ``{"steps", "examples",
-    "train_seconds", "final_loss"}`` (``final_loss``: the mean of the last 10 steps' losses)."""
+    "train_seconds", "final_loss"}`` (``final_loss``: the mean of the last 10 steps' losses).
+    ``frozen``: a module kept in eval mode throughout (a linear probe's encoder: no dropout)."""
     opt = _optimizer(model, lr, weight_decay)
     warm = int(warmup * steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -146,6 +147,8 @@ def fit(model: Finetuner, train: list, *, lr: float, batch_size: int, steps: int
             if done == steps:
                 break
             model.train()
+            if frozen is not None:
+                frozen.eval()
             ts = time.time()
             out = _train_step(model, opt, sched, model.kind.collate(chunk), grad_clip, mp)
             train_time += time.time() - ts
@@ -171,11 +174,20 @@ def kind_options(cfg: FinetuneConfig, tcfg: TaskConfig, encoder) -> KindOptions:
                        agreement_weight=cfg.agreement_weight)
 
 
+def freeze(encoder: nn.Module) -> None:
+    """A linear probe's encoder: no gradients, always in eval mode (no dropout), so only the head learns."""
+    encoder.requires_grad_(False)
+    encoder.eval()
+
+
 def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: TaskConfig, cfg: FinetuneConfig,
                      lr: float, epochs: int, seed: int, feats: dict[str, list[dict]] | None = None,
-                     conditions: dict[str, list[dict]] | None = None) -> dict:
+                     conditions: dict[str, list[dict]] | None = None, freeze_encoder: bool = False) -> dict:
     """Train one (lr, epochs) point with ``seed``; return dev/test metrics of the best dev state
-    (and its main metric on each extra test set of ``conditions``: name -> examples)."""
+    (and its main metric on each extra test set of ``conditions``: name -> examples).
+
+    ``freeze_encoder``: a linear probe -- the same loop, but only the task head is trained on the
+    frozen encoder's states."""
     device = pick_device(cfg.device)
     mp = precision(cfg, device)
     set_seed(seed)
@@ -183,6 +195,8 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
     encoder = kind_cls.load_backbone(model_dir, random_init, cfg)  # a TextEncoder, or a decoder_sft's causal LM
     kind = kind_cls(task, getattr(encoder, "hidden_size", 0), kind_options(cfg, tcfg, encoder))
     model = Finetuner(encoder, kind).to(device)
+    if freeze_encoder:
+        freeze(encoder)
     if feats is None:
         feats = {s: kind.features(getattr(task, s), s) for s in ("train", "dev", "test")}
     train = feats["train"]
@@ -203,7 +217,8 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
     t0 = time.time()
     fitted = fit(model, train, lr=lr, batch_size=bs, steps=steps_per_epoch * epochs, weight_decay=cfg.weight_decay,
                  warmup=cfg.warmup, grad_clip=cfg.grad_clip, mp=mp, seed=seed, eval_at=eval_at, on_eval=on_eval,
-                 desc=f"{task.name} lr={lr:g} ep={epochs} seed={seed}")
+                 desc=f"{task.name} lr={lr:g} ep={epochs} seed={seed}",
+                 frozen=encoder if freeze_encoder else None)
     n_seen, train_time = fitted["examples"], fitted["train_seconds"]
     model.load_state_dict(best_state)
     te = time.time()
@@ -215,10 +230,11 @@ def train_grid_point(model_dir: str, random_init: bool, task: TaskData, tcfg: Ta
     return {"lr": lr, "epochs": epochs, "seed": seed, "best_epoch": best_where, "dev": best, "dev_metrics": curve[-1]["dev"] if curve else {},
             "test": test[main], "test_metrics": test, "test_conditions": cond, "curve": curve, "train_examples": len(train),
             "train_examples_per_s": n_seen / max(train_time, 1e-9), "eval_examples_per_s": len(feats["test"]) / max(test_time, 1e-9),
-            "seconds": time.time() - t0, "chars_cut_by_token_budget": int(cut), "precision": mp}
+            "seconds": time.time() - t0, "chars_cut_by_token_budget": int(cut), "precision": mp,
+            "freeze_encoder": freeze_encoder}
 
 
-def settings_fingerprint(tcfg: TaskConfig, cfg: FinetuneConfig, random_init: bool) -> str:
+def settings_fingerprint(tcfg: TaskConfig, cfg: FinetuneConfig, random_init: bool, freeze_encoder: bool = False) -> str:
     task = asdict(tcfg)
     if task.get("perturb") is None:  # no conditions: results of earlier versions keep their fingerprints
         task.pop("perturb", None)
@@ -228,6 +244,8 @@ def settings_fingerprint(tcfg: TaskConfig, cfg: FinetuneConfig, random_init: boo
     mp = precision(cfg, pick_device(cfg.device))
     if mp != "no":  # only then: fp32 results of earlier versions keep their fingerprints
         keys["precision"] = mp
+    if freeze_encoder:  # likewise: fine-tuned results keep theirs
+        keys["freeze_encoder"] = True
     return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -239,9 +257,12 @@ def condition_scores(point: dict, realised: dict[str, float]) -> dict[str, dict]
 
 
 def run_seed(out_dir: Path, model_name: str, model_dir: str, random_init: bool, task: TaskData, tcfg: TaskConfig,
-             cfg: FinetuneConfig, seed: int) -> dict:
-    """All grid points of one seed (each resumable), then ``result.json`` with the dev-best choice."""
-    fp = settings_fingerprint(tcfg, cfg, random_init)
+             cfg: FinetuneConfig, seed: int, freeze_encoder: bool | None = None) -> dict:
+    """All grid points of one seed (each resumable), then ``result.json`` with the dev-best choice.
+    ``freeze_encoder``: a linear probe (:func:`train_grid_point`); None: ``cfg.freeze_encoder``."""
+    if freeze_encoder is None:
+        freeze_encoder = cfg.freeze_encoder
+    fp = settings_fingerprint(tcfg, cfg, random_init, freeze_encoder)
     res_path = out_dir / "result.json"
     if res_path.is_file():
         done = RunResult.load(res_path)
@@ -258,7 +279,8 @@ def run_seed(out_dir: Path, model_name: str, model_dir: str, random_init: bool, 
             if gp.is_file() and read_json(gp).get("fingerprint") == fp:
                 grid.append(read_json(gp))
                 continue
-            r = train_grid_point(model_dir, random_init, task, tcfg, cfg, lr, ep, seed, conditions=perturbed)
+            r = train_grid_point(model_dir, random_init, task, tcfg, cfg, lr, ep, seed, conditions=perturbed,
+                                 freeze_encoder=freeze_encoder)
             r["fingerprint"] = fp
             atomic_write_json(gp, r)
             log.info("%s / %s / seed %d / lr %g ep %d: dev %s %.2f, test %.2f (%.0f s)", model_name, task.name, seed,
@@ -274,5 +296,7 @@ def run_seed(out_dir: Path, model_name: str, model_dir: str, random_init: bool, 
               "fingerprint": fp}
     if perturbed:
         result["conditions"] = condition_scores(chosen, realised)
+    if freeze_encoder:
+        result["freeze_encoder"] = True
     RunResult.from_dict(result).save(out_dir)  # result.json
     return result

@@ -320,3 +320,65 @@ def test_ambert_classification_loss_on_a_hand_built_batch():
     assert len(k1.view_heads) == 0
     assert torch.allclose(k1(TwoView(), batch)["loss"], F.cross_entropy(k1.head(torch.cat([fine, coarse], -1)), y))
     assert "loss" not in k(TwoView(), {"text": ["a"] * 4, "text_b": None})
+
+
+def test_frozen_encoder_trains_only_the_head(setup, monkeypatch):
+    """A linear probe goes through the same loop: the encoder's weights stay those of the export, the head's change."""
+    import torch
+
+    import finetune.train as ft
+    from finetune.encoders import load_encoder
+
+    root, model, tasks = setup
+    tc, task = tasks["sequence_labeling"]
+    seen = {}
+
+    class Spy(ft.Finetuner):
+        def __init__(self, encoder, kind):
+            super().__init__(encoder, kind)
+            seen["model"] = self
+            seen["head0"] = {k: v.detach().clone() for k, v in kind.state_dict().items()}
+
+    monkeypatch.setattr(ft, "Finetuner", Spy)
+    cfg = FinetuneConfig(batch_size=4, eval_batch_size=8, device="cpu", dropout=0.0)
+    ft.set_seed(1)  # as train_grid_point does: weights the export lacks (the pooler) are drawn from it
+    ref = {k: v.detach().clone() for k, v in load_encoder(str(model)).state_dict().items()}
+    for frozen in (True, False):
+        r = train_grid_point(str(model), False, task, tc, cfg, lr=1e-2, epochs=2, seed=1, freeze_encoder=frozen)
+        assert r["freeze_encoder"] is frozen
+        enc = seen["model"].encoder.state_dict()
+        same_encoder = all(torch.equal(enc[k], ref[k]) for k in ref)
+        head = seen["model"].kind.state_dict()
+        assert any(not torch.equal(head[k], seen["head0"][k]) for k in head)  # the head learnt in both settings
+        assert same_encoder is frozen  # frozen: bit-identical encoder; fine-tuned: it moved
+
+
+def test_probe_rows_are_their_own_rows(setup, tmp_path, capsys):
+    root, model, _ = setup
+    cfg = _suite_config(tmp_path, root, epochs="[1]", seeds="[1]")
+    rc, out_, err = _cli(["--config", str(cfg), "--models", f"base={model}", "probe_rows=true"], capsys)
+    assert rc == 0, err
+    out = tmp_path / "runs" / "t" / "finetune"
+    res = json.loads((out / "report" / "results.json").read_text(encoding="utf-8"))
+    assert list(res["models"]) == ["base", "base-random", "base-probe", "base-probe-random"]
+    assert [res["models"][m].get("freeze_encoder", False) for m in res["models"]] == [False, False, True, True]
+    assert "base-probe (frozen encoder)" in out_ and "base-probe-random (random init) (frozen encoder)" in out_
+    assert set(res["significance"]["base-probe"]["chnsenticorp"]) >= {"vs_random"}
+    seed = json.loads((out / "base-probe" / "chnsenticorp" / "seed-1" / "result.json").read_text(encoding="utf-8"))
+    plain = json.loads((out / "base" / "chnsenticorp" / "seed-1" / "result.json").read_text(encoding="utf-8"))
+    assert seed["freeze_encoder"] is True and "freeze_encoder" not in plain
+    assert seed["fingerprint"] != plain["fingerprint"]
+    rc, _, err = _cli(["--config", str(cfg), "--models", f"base={model}", "probe_rows=true", "freeze_encoder=true"], capsys)
+    assert rc == 2 and "set one" in err
+
+
+def test_run_seed_takes_freeze_encoder_from_the_suite(setup, tmp_path):
+    """The evaluate stage's finetune evaluation passes only the suite: its freeze_encoder option must hold."""
+    from finetune.train import run_seed
+
+    root, model, tasks = setup
+    tc, task = tasks["sequence_labeling"]
+    cfg = FinetuneConfig(batch_size=4, eval_batch_size=8, device="cpu", lrs=[1e-3], epochs=[1], freeze_encoder=True)
+    r = run_seed(tmp_path / "probe", "m", str(model), False, task, tc, cfg, seed=1)
+    assert r["freeze_encoder"] is True
+    assert json.loads(next((tmp_path / "probe" / "grid").iterdir()).read_text())["freeze_encoder"] is True
