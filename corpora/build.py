@@ -49,7 +49,7 @@ from corpora.filters import build_filters
 from corpora.langid import describe as langid_describe
 from corpora.schema import CorpusStats
 from corpora.steps import (EXACT_CONFIG, CandidateWriter, CorpusReader, CorpusWriter, Finalize,
-                           FirstInOrderCluster, LanguageId, Normalizer, OnRankZero, QualityFilter, TaskState,
+                           FirstInOrderCluster, LanguageId, Normalizer, OnRankZero, QualityFilters, TaskState,
                            near_config, quiet_datatrove, split_of)
 
 log = get_logger("corpora")
@@ -118,9 +118,8 @@ def corpus_stages(cfg: CorpusConfig, work: Path) -> list[tuple[str, list, int]]:
 
     w = str(work)
     a = TaskState(cfg, w, "a")
-    nfilters = len(build_filters(cfg.filters))
-    stages = [("read", [_quiet, CorpusReader(cfg, a), Normalizer(cfg, a), LanguageId(cfg),
-                        *[QualityFilter(cfg, a, i) for i in range(nfilters)], CandidateWriter(cfg, a)], cfg.tasks)]
+    stages = [("read", [_quiet, CorpusReader(cfg, a), Normalizer(cfg, a), LanguageId(cfg), QualityFilters(cfg, a),
+                        CandidateWriter(cfg, a)], cfg.tasks)]
     d = cfg.dedup
     if d.exact or d.near:
         buckets, clusters, btasks = [_quiet], [_quiet], 1

@@ -297,12 +297,12 @@ class LanguageId(PipelineStep):
 
 
 class ExclusionWriter:
-    """A datatrove exclusion writer (``with writer: writer.write(doc, rank)``) that writes the
-    rejected document, with its filter and reason, to ``rejected/<name>.jsonl.zst`` and counts it."""
+    """A datatrove exclusion writer (``with writer: writer.write(doc, rank)``) that writes each
+    rejected document, with the filter and reason the filter put in its metadata, to
+    ``rejected/<filter>.jsonl.zst`` and counts it by source and filter."""
 
-    def __init__(self, state: TaskState, name: str):
+    def __init__(self, state: TaskState):
         self.state = state
-        self.name = name
 
     def __enter__(self):
         return self
@@ -312,30 +312,36 @@ class ExclusionWriter:
 
     def write(self, doc: Document, rank: int = 0, **kw) -> None:
         md = doc.metadata
-        reason = md.get("filter_reason", "")
-        _inc(self.state.src(md["source"])["rejected"], self.name)
-        self.state.reject(self.name, {"id": doc.id, "source": md["source"], "lang": md["lang"], "where": md["where"],
-                                      "filter": self.name, "reason": reason, "text": doc.text},
-                          self.name, f"{md['where']}: {reason}")
+        name, reason = md["filter"], md["filter_reason"]
+        _inc(self.state.src(md["source"])["rejected"], name)
+        self.state.reject(name, {"id": doc.id, "source": md["source"], "lang": md["lang"], "where": md["where"],
+                                 "filter": name, "reason": reason, "text": doc.text},
+                          name, f"{md['where']}: {reason}")
 
 
-class QualityFilter(BaseFilter):
-    """One of ``corpora.filters`` as a datatrove filter; the first filter that rejects wins."""
+class QualityFilters(BaseFilter):
+    """``corpora.filters`` (in ``FILTER_NAMES`` order, the first that rejects wins) as one datatrove
+    filter, with an exclusion writer that keeps the filter and the reason of every rejection."""
 
-    type = "🔻 - FILTER"
+    name = "🔻 quality filters"
 
-    def __init__(self, cfg: CorpusConfig, state: TaskState, index: int):
-        f = build_filters(cfg.filters)[index]
-        super().__init__(exclusion_writer=ExclusionWriter(state, f.name))
-        self.name = f"🔻 {f.name}"
-        self.check = f
+    def __init__(self, cfg: CorpusConfig, state: TaskState):
+        super().__init__(exclusion_writer=ExclusionWriter(state))
+        self.filters = build_filters(cfg.filters)
 
     def filter(self, doc: Document) -> bool:
-        reason = self.check.check(doc.text, doc.metadata["lang"])
-        if reason is None:
-            return True
-        doc.metadata["filter_reason"] = reason  # not returned: datatrove would keep a stat per reason
-        return False
+        text, lang = doc.text, doc.metadata["lang"]
+        for f in self.filters:
+            reason = f.check(text, lang)
+            if reason is not None:
+                # not returned as (False, reason): datatrove would keep one stat per distinct reason
+                doc.metadata["filter"], doc.metadata["filter_reason"] = f.name, reason
+                self.stat_update(f"dropped_{f.name}")
+                return False
+        return True
+
+    def update_doc_stats(self, document: Document) -> None:
+        return None  # datatrove's per-document length stats: not used here
 
 
 # ------------------------------------------------------------------------ candidates + sigs
