@@ -237,6 +237,7 @@ def finalize(cfg: CorpusConfig, seconds: float) -> dict:
     """Merge the tasks' outputs into ``corpus/`` (published atomically) and remove the work folder."""
     out = Path(cfg.runs_root) / cfg.run / "corpus"
     work = work_dir(cfg)
+    _raise_task_errors(work)  # (Slurm: the stages ran without this process watching)
     names = [s.display_name() for s in cfg.sources]
     per_source = {n: {} for n in names}
     first: dict[str, str] = {}
