@@ -133,6 +133,10 @@ def test_rejected_files_name_filter_and_reason(built):
         assert all(r["filter"] == name and r["reason"] for r in recs)
     reader = list(iter_rejected(corpus, "reader"))
     assert {r["kind"] for r in reader} == {"malformed_json", "invalid_utf8"}
+    # the first document of a near-duplicate cluster in input order is kept; dup_of names it
+    kept = {d["id"]: d["text"] for s in ("train", "valid") for d in iter_corpus(corpus, s)}
+    near = [r for r in iter_rejected(corpus, "near_dup") if "一万亿圆" in r["text"]]
+    assert len(near) == 1 and kept[near[0]["dup_of"]] == LONG
     assert all(":" in r["where"] for r in reader)
 
 
