@@ -179,6 +179,8 @@ class CorpusConfig:
     def validate(self) -> None:
         if not self.sources:
             raise ValueError("'sources' is empty: list at least one source")
+        if len(self.sources) > 127:  # corpora.steps orders documents by (source << 56 | ...) in an int64
+            raise ValueError(f"at most 127 sources, got {len(self.sources)}: use a glob or a folder per source")
         if self.workers < 0 or self.tasks < 1 or self.shard_docs < 1 or self.chunk_docs < 1:
             raise ValueError("workers must be >= 0 and tasks, shard_docs and chunk_docs >= 1")
         self.effective_executor().validate()

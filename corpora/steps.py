@@ -23,6 +23,7 @@ a whole, which keeps the sharing, and :meth:`TaskState.start` resets it at the s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -54,7 +55,7 @@ from corpora.io import RejectedWriter, _compressor, iter_shard, write_shard
 from corpora.labelled import Malformed
 from corpora.langid import detect
 from corpora.normalize import normalize_text
-from corpora.readers import Quarantine, SourceCounters, read_source
+from corpora.readers import Quarantine, SourceCounters, read_source, resolve_files
 from corpora.sentences import sentence_spans
 
 log = get_logger("corpora")
@@ -203,37 +204,66 @@ class CorpusReader(PipelineStep):
         _TASKS_STARTED += 1
         fail_after = int(os.environ.get("CORPORA_FAIL_AFTER_TASKS", "0") or 0)
         cfg = self.cfg
-        g = 0
+        c = 0  # documents of chunk-mode sources so far: chunk c // chunk_docs is task (c // chunk_docs) % tasks
+
+        def quarantine(name: str, item: Quarantine) -> None:
+            _inc(st.src(name)["quarantined"], item.kind)
+            st.reject("reader", {"source": name, "where": item.where, "filter": "reader",
+                                 "kind": item.kind, "reason": item.reason, "text": item.preview},
+                      f"reader:{item.kind}", f"{item.where}: {item.reason}")
+            if item.kind in ("binary_file", "wrong_encoding", "truncated_file", "corrupt_file"):
+                log.warning("source '%s': quarantined %s (%s)", name, item.where, item.reason)
+
+        def doc(name: str, item, key: int) -> Document:
+            st.src(name)["input_docs"] += 1
+            parts, where = item
+            return Document(text="", id=str(key), metadata={"parts": parts, "source": name, "where": where, "g": key})
+
         try:
-            for src in cfg.sources:
+            for si, src in enumerate(cfg.sources):
                 name = src.display_name()
                 counts = st.src(name)
                 counters = SourceCounters()
-                for item in source_items(src, name, cfg, counters):
-                    mine = (g // cfg.chunk_docs) % world_size == rank
-                    if isinstance(item, Quarantine):
-                        if mine:
-                            _inc(counts["quarantined"], item.kind)
-                            st.reject("reader", {"source": name, "where": item.where, "filter": "reader",
-                                                 "kind": item.kind, "reason": item.reason, "text": item.preview},
-                                      f"reader:{item.kind}", f"{item.where}: {item.reason}")
-                            if item.kind in ("binary_file", "wrong_encoding", "truncated_file", "corrupt_file"):
-                                log.warning("source '%s': quarantined %s (%s)", name, item.where, item.reason)
-                        continue
-                    if mine:
-                        counts["input_docs"] += 1
-                        parts, where = item
-                        yield Document(text="", id=str(g), metadata={"parts": parts, "source": name,
-                                                                     "where": where, "g": g})
-                        if fail_after and _TASKS_STARTED > fail_after:
-                            _kill(f"CORPORA_FAIL_AFTER_TASKS={fail_after}")
-                    g += 1
-                if rank == 0:  # every task reads every file: one of them counts the files
+                if file_sharded(src):  # file i is read by task i % tasks only
+                    for fi, f in enumerate(resolve_files(src, name)):
+                        if fi % world_size != rank:
+                            continue
+                        sub = dataclasses.replace(src, path=str(f), glob="")
+                        for n, item in enumerate(source_items(sub, name, cfg, counters)):
+                            if isinstance(item, Quarantine):
+                                quarantine(name, item)
+                                continue
+                            yield doc(name, item, (si << 56) | (fi << 32) | n)
+                            if fail_after and _TASKS_STARTED > fail_after:
+                                _kill(f"CORPORA_FAIL_AFTER_TASKS={fail_after}")
                     counts["files"], counts["empty_files"] = counters.files, counters.empty_files
-                    if counters.empty_files:
-                        log.warning("source '%s': %d empty file(s)", name, counters.empty_files)
+                else:  # every task reads the source and processes its chunks
+                    n = 0
+                    for item in source_items(src, name, cfg, counters):
+                        mine = (c // cfg.chunk_docs) % world_size == rank
+                        if isinstance(item, Quarantine):
+                            if mine:
+                                quarantine(name, item)
+                            continue
+                        if mine:
+                            yield doc(name, item, (si << 56) | n)
+                            if fail_after and _TASKS_STARTED > fail_after:
+                                _kill(f"CORPORA_FAIL_AFTER_TASKS={fail_after}")
+                        c += 1
+                        n += 1
+                    if rank == 0:  # every task reads these files: one of them counts them
+                        counts["files"], counts["empty_files"] = counters.files, counters.empty_files
+                if counters.empty_files:
+                    log.warning("source '%s': %d empty file(s)", name, counters.empty_files)
         except UserError as e:
             st.error(str(e))
+
+
+def file_sharded(src: SourceConfig) -> bool:
+    """Files of a text / jsonl / parquet source without stride, group or cap are split between
+    tasks file by file (each task reads only its files); other sources are read by every task,
+    which processes its chunks of documents."""
+    return src.type in ("text", "jsonl", "parquet") and src.stride == 1 and src.group == 1 and not src.max_docs
 
 
 class Normalizer(PipelineStep):

@@ -84,3 +84,32 @@ def test_ray_executor_writes_the_same_bytes_as_the_local_one(tmp_path, monkeypat
         ray.shutdown()
     assert stats["timing"]["executor"] == "ray"
     assert _bytes(tmp_path / "runs" / "local" / "corpus") == _bytes(tmp_path / "runs" / "ray" / "corpus")
+
+
+def test_files_of_a_source_are_split_between_tasks(tmp_path):
+    d = tmp_path / "many"
+    d.mkdir()
+    for i in range(5):  # five files, one with a bad line, and a duplicate across files
+        lines = [t for t in TEXTS[i * 12:(i + 1) * 12]] + [TEXTS[0]]
+        (d / f"part-{i}.txt").write_bytes(("\n".join(lines) + "\n").encode() + (b"bad \xff line\n" if i == 3 else b""))
+
+    def cfg(run, *over):
+        p = tmp_path / f"{run}.yaml"
+        p.write_text(yaml.safe_dump({"run": run, "runs_root": str(tmp_path / "runs"), "shard_docs": 10,
+                                     "sources": [{"type": "text", "path": str(d)}]}), encoding="utf-8")
+        return load_config(CorpusConfig, p, list(over))
+
+    s1 = build(cfg("f1", "tasks=1"))
+    s3 = build(cfg("f3", "tasks=3"))
+    assert s1["by_source"] == s3["by_source"]
+    m = s3["by_source"]["many"]
+    assert m["files"] == 5 and m["quarantined"] == {"invalid_utf8": 1} and m["exact_duplicates"] == 5
+    c1, c3 = (tmp_path / "runs" / r / "corpus" for r in ("f1", "f3"))
+    assert sorted(d["id"] for d in iter_corpus(c1, "train")) == sorted(d["id"] for d in iter_corpus(c3, "train"))
+    # the copy kept is the first in (file, line) order, whichever task read it
+    from corpora.io import iter_rejected
+
+    where = {d["text"]: d["meta"]["where"] for s in ("train", "valid") for d in iter_corpus(c3, s)}
+    assert where[TEXTS[0]].endswith("part-0.txt:1")
+    assert {r["where"].rsplit("/", 1)[1] for r in iter_rejected(c3, "exact_dup") if r["text"] == TEXTS[0]} == \
+        {f"part-{i}.txt:13" for i in range(5)}
