@@ -224,8 +224,9 @@ class CorpusReader(PipelineStep):
                 name = src.display_name()
                 counts = st.src(name)
                 counters = SourceCounters()
-                if file_sharded(src):  # file i is read by task i % tasks only
-                    for fi, f in enumerate(resolve_files(src, name)):
+                files = resolve_files(src, name) if file_sharded(src) else []
+                if len(files) >= world_size:  # file i is read by task i % tasks only
+                    for fi, f in enumerate(files):
                         if fi % world_size != rank:
                             continue
                         sub = dataclasses.replace(src, path=str(f), glob="")
@@ -261,8 +262,8 @@ class CorpusReader(PipelineStep):
 
 def file_sharded(src: SourceConfig) -> bool:
     """Files of a text / jsonl / parquet source without stride, group or cap are split between
-    tasks file by file (each task reads only its files); other sources are read by every task,
-    which processes its chunks of documents."""
+    tasks file by file (each task reads only its files) when there are at least as many files as
+    tasks; other sources are read by every task, which processes its chunks of documents."""
     return src.type in ("text", "jsonl", "parquet") and src.stride == 1 and src.group == 1 and not src.max_docs
 
 
