@@ -208,11 +208,14 @@ def _build(cfg: CorpusConfig) -> dict:
         log.info("submitted %d Slurm job arrays; the corpus appears at %s when the last one ends "
                  "(logs: %s)", len(executors), out, work / "logs")
         return {}
+    stage_cpu = {}
     for name, ex, tasks in executors:
+        c0 = time.process_time()
         with _task_progress(work / "logs" / name, tasks, name):
             ex.run()
+        stage_cpu[name] = round(time.process_time() - c0, 3)  # this process only (all of it with 1 local worker)
         _raise_task_errors(work)
-    return finalize(cfg, seconds=time.perf_counter() - t0)
+    return finalize(cfg, seconds=time.perf_counter() - t0, stage_cpu=stage_cpu)
 
 
 # ------------------------------------------------------------------------------------ finalize
@@ -233,7 +236,7 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def finalize(cfg: CorpusConfig, seconds: float) -> dict:
+def finalize(cfg: CorpusConfig, seconds: float, stage_cpu: dict | None = None) -> dict:
     """Merge the tasks' outputs into ``corpus/`` (published atomically) and remove the work folder."""
     out = Path(cfg.runs_root) / cfg.run / "corpus"
     work = work_dir(cfg)
@@ -250,6 +253,7 @@ def finalize(cfg: CorpusConfig, seconds: float) -> dict:
             for k, v in led["first"].items():
                 first.setdefault(k, v)
             candidates += led["extra"].get("candidates", 0)
+    c0 = time.process_time()
     with atomic_dir(out) as tmp:
         save_config(cfg, tmp / "config.yaml")
         split_docs, shard_count = {}, {}
@@ -278,6 +282,8 @@ def finalize(cfg: CorpusConfig, seconds: float) -> dict:
         os.chmod(tmp, 0o755)  # mkdtemp makes the folder private
         stats = _make_stats(cfg, per_source, shard_count, split_docs, candidates, seconds)
         stats["langid"] = langid_describe(cfg.langid)  # method, model and its licence note
+        if stage_cpu is not None:  # CPU seconds of the building process per stage (+ finalize)
+            stats["timing"]["stage_cpu_seconds"] = {**stage_cpu, "finalize": round(time.process_time() - c0, 3)}
         if stats["totals"]["kept_docs"] == 0:
             print_summary(stats)
             shutil.rmtree(work, ignore_errors=True)  # complete and deterministic: nothing to resume
