@@ -15,6 +15,8 @@ config keys (YAML file, or key.sub=value on the command line; unknown keys are e
   executor.workers        tasks run at once (local processes, Ray); workers=N is a shortcut; output identical for any value
   executor.slurm.{partition,time,cpus_per_task,mem_per_cpu_gb,qos,venv_path,env_command,sbatch_args,slurm_logs_folder}
   executor.ray.{address,cpus_per_task,mem_per_cpu_gb}
+  executor.start_method   local: fork (Linux default) | forkserver | spawn
+  executor.skip_completed resume: skip tasks that have datatrove's completion marker (default true)
   tasks                   the work is split in this many tasks (the unit of resume; the output depends on it)
   chunk_docs              consecutive input documents per chunk; chunk k goes to task k % tasks
   shard_docs              documents per output part file (per task)
