@@ -9,9 +9,10 @@ Modules, in the order of the step list (``docs/corpora.md`` explains each):
 * ``heldout``    — which labelled texts are fine-tuning dev/test (shared with the fine-tuning suite)
 * ``langid``     — script-based language id: zh / yue / en / other
 * ``filters``    — quality filters (language, length, letters, repetition, garbage)
-* ``dedup``      — exact (sha1) and near (MinHash LSH) deduplication
+* ``dedup``      — the shingles of near-dedup (and the older in-RAM MinHash LSH index)
+* ``steps``      — the per-document steps, dedup stages and writer as datatrove pipeline steps
 * ``sentences``  — sentence spans for Chinese and Western punctuation
-* ``build``      — the step list, workers, train/valid split, shards, stats, summary
+* ``build``      — the stages on a datatrove executor (local/Slurm/Ray), resume, finalize: stats, summary
 * ``io``         — shard reading/writing (``iter_corpus``, ``list_shards``) for later stages
 
 Importing ``corpora`` imports nothing heavy; ``corpora.normalize.normalize_text`` is cheap to import.

@@ -11,8 +11,15 @@ from pipeline.errors import main_guard
 KEYS_HELP = """\
 config keys (YAML file, or key.sub=value on the command line; unknown keys are errors):
   run, runs_root          output folder {runs_root}/{run}/corpus/ (default runs/demo/corpus)
-  workers                 processes for the per-document steps; the output is identical for any value
-  chunk_docs, shard_docs  documents per work unit / per output shard
+  executor.kind           local (default, no service) | slurm | ray  (datatrove executors, pipeline.executors)
+  executor.workers        tasks run at once (local processes, Ray); workers=N is a shortcut; output identical for any value
+  executor.slurm.{partition,time,cpus_per_task,mem_per_cpu_gb,qos,venv_path,env_command,sbatch_args,slurm_logs_folder}
+  executor.ray.{address,cpus_per_task,mem_per_cpu_gb}
+  executor.start_method   local: fork (Linux default) | forkserver | spawn
+  executor.skip_completed resume: skip tasks that have datatrove's completion marker (default true)
+  tasks                   the work is split in this many tasks (the unit of resume; the output depends on it)
+  chunk_docs              consecutive input documents per chunk; chunk k goes to task k % tasks
+  shard_docs              documents per output part file (per task)
   max_line_bytes          longer lines (or documents) are quarantined, read in bounded pieces
   write_rejected_text     characters of each rejected document kept in rejected/ (0 = none)
   exclude_heldout         drop fine-tuning dev/test text of labelled built-ins (corpora.heldout)
@@ -35,6 +42,7 @@ config keys (YAML file, or key.sub=value on the command line; unknown keys are e
   dedup.{exact,near,threshold,num_perm,char_ngram,word_ngram,seed,lsh_index}
   split.{valid_fraction,salt}
 Example: python -m corpora build --config configs/corpus/default.yaml run=demo workers=2
+A killed or failed build resumes where it stopped when run again (completed tasks are skipped).
 One build per run at a time: a second one exits 2 naming the first one's pid (runs/RUN/.locks/).
 A build that keeps no document exits 2 with the rejections and quarantines by reason.
 See docs/corpora.md for what each step does and how to add a source.

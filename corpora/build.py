@@ -1,175 +1,65 @@
-"""``python -m corpora build``: the corpus step list, datatrove style.
+"""``python -m corpora build``: the corpus stage on datatrove's executors (local, Slurm, Ray).
 
-    read (parent, in order) -> [normalise -> held-out drop -> language id -> quality filters ->
-    id + MinHash signature -> sentence split] (workers, chunks in order) -> exact + near dedup
-    (parent, input order) -> hashed train/valid split -> sharded writer -> stats.json + summary
+    A  read -> [normalise -> held-out drop -> language id -> quality filters] -> candidates,
+       MinHash + exact signatures                         (``tasks`` tasks; corpora.steps)
+    B  duplicate pairs per signature bucket (datatrove's MinhashDedupBuckets)  (b tasks)
+    C  clusters, first document in input order kept        (1 task)
+    W  exact/near duplicates out -> hashed train/valid split -> part files     (``tasks`` tasks)
+    F  finalize (this process, or a last one-task Slurm job): shards renamed in (task, part)
+       order, rejected/ concatenated, config.yaml, summary.txt, stats.json; published atomically
 
-Determinism: sources are read one after another in a fixed order; documents are grouped into
-chunks of ``chunk_docs`` and processed by ``workers`` processes, whose results are consumed in
-submission order; every keep/drop decision that depends on other documents (dedup) is made in the
-parent in input order. The output is therefore byte-identical for any number of workers.
+Every stage runs on the executor of ``executor:`` (``pipeline.executors``): ``local`` (default,
+``workers`` processes, no service), ``slurm`` (an sbatch array per stage, chained by job
+dependencies; the command returns once submitted) or ``ray``. Each stage's datatrove logs and
+completion markers live under ``runs/RUN/.corpus-work/logs/<stage>/``.
 
-Streaming: at most ``2 * workers + 1`` chunks are in flight and one shard per split is buffered,
-so memory does not grow with the corpus apart from the dedup index.
+Determinism: the output depends on the config (including ``tasks`` and ``chunk_docs``), never on
+``workers``, the executor kind or the order tasks finish in: every task reads and writes only its
+own files, and the finalize step merges them in task order.
 
-Restart: the whole corpus folder is built under a temporary name next to ``corpus/`` and renamed
-into place when complete (``pipeline.runs.atomic_dir``); ``stats.json`` is its last file. An
-interrupted build leaves only the temporary folder, which the next build deletes before it starts
-again from scratch (the default corpus takes seconds; resuming would also need the dedup index
-saved with each shard). A previous complete ``corpus/`` stays intact until the new one replaces it.
-Test hook: ``CORPORA_FAIL_AFTER_SHARDS=N`` kills the process (SIGKILL) right after the N-th shard.
+Resume: the work folder ``runs/RUN/.corpus-work/`` survives a kill (SIGKILL, a lost node, Ctrl-C)
+or a failed task; the next build with the same config and inputs skips every completed task
+(datatrove's completion markers) and reruns the others, which overwrite what they had written, so
+the result is identical to an uninterrupted build. A changed config or input file (size, mtime)
+discards the work folder. The work folder is removed once ``corpus/`` is published.
+Test hooks: ``CORPORA_FAIL_AFTER_TASKS=N`` kills the process (SIGKILL) while the (N+1)-th
+stage-A task of the process runs; ``CORPORA_FAIL_AFTER_SHARDS=N`` right after its N-th part file.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import json
 import os
 import shutil
-import signal
+import threading
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from pipeline.config import config_to_dict, save_config
 from pipeline.errors import UserError
+from pipeline.executors import build_executor, completed_tasks
 from pipeline.lock import stage_lock
 from pipeline.log import get_logger, print_table, progress
 from pipeline.runs import atomic_dir, atomic_write_text
 
-from corpora import heldout
-from corpora.builtin import LICENCES, PREP
-from corpora.labelled import Malformed
-from corpora.config import CorpusConfig, NormalizeConfig, SourceConfig
-from corpora.dedup import Deduplicator, signature
-from corpora.filters import apply_filters, build_filters
-from corpora.io import RejectedWriter, write_shard
+from corpora.config import CorpusConfig
+from corpora.filters import build_filters
 from corpora.langid import describe as langid_describe
-from corpora.langid import detect
-from corpora.normalize import normalize_text
-from corpora.readers import Quarantine, SourceCounters, read_source
 from corpora.schema import CorpusStats
-from corpora.sentences import sentence_spans
+from corpora.steps import (EXACT_CONFIG, CandidateWriter, CorpusReader, CorpusWriter, Finalize,
+                           FirstInOrderCluster, LanguageId, Normalizer, OnRankZero, QualityFilters, TaskState,
+                           near_config, quiet_datatrove, split_of)
 
 log = get_logger("corpora")
 FORMAT_VERSION = 1
+WORK = ".corpus-work"
+__all__ = ["build", "finalize", "split_of", "corpus_executors", "plan"]
 
 
-# ------------------------------------------------------------------------- per-document steps
-class DocProcessor:
-    """The per-document steps, run in a worker (or in the parent when ``workers == 1``)."""
-
-    def __init__(self, cfg: CorpusConfig):
-        self.cfg = cfg
-        self.filters = build_filters(cfg.filters)
-        self.default_norm = cfg.normalize == NormalizeConfig()
-
-    def __call__(self, parts: list[tuple[str, str | None, str | None]]) -> dict:
-        """``parts``: [(raw text, held-out task or None, prep step or None)] joined into one document."""
-        cfg = self.cfg
-        out: dict = {"heldout": 0, "in_bytes": 0}
-        texts = []
-        for raw, task, prep in parts:
-            if prep:
-                try:
-                    raw = PREP[prep](raw)
-                except Malformed as e:  # corpora.labelled's rule: the record is quarantined, with a count
-                    out["malformed"] = out.get("malformed", 0) + 1
-                    out.setdefault("malformed_reason", (str(e.args[0]), raw[:80]))
-                    continue
-            out["in_bytes"] += len(raw.encode("utf-8"))
-            key = normalize_text(raw)  # the held-out key: default normalisation, always
-            if task and cfg.exclude_heldout and heldout.is_heldout(task, key):
-                out["heldout"] += 1
-                continue
-            texts.append(key if self.default_norm else normalize_text(raw, cfg.normalize))
-        if not texts:
-            return out  # every part was fine-tuning dev/test text
-        text = "\n".join(t for t in texts if t)
-        lang = detect(text, cfg.langid)
-        out.update(text=text, lang=lang, id=hashlib.sha1(text.encode("utf-8")).hexdigest()[:16])
-        rej = apply_filters(self.filters, text, lang)
-        if rej is not None:
-            out["rejected"] = rej
-            return out
-        out["sig"] = signature(text, lang, cfg.dedup) if cfg.dedup.near else None
-        out["sentences"] = sentence_spans(text)
-        return out
-
-
-_WORKER: DocProcessor | None = None
-
-
-def _init_worker(cfg: CorpusConfig) -> None:
-    global _WORKER
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    _WORKER = DocProcessor(cfg)
-
-
-def _process_chunk(chunk: list[list[tuple[str, str | None, str | None]]]) -> list[dict]:
-    assert _WORKER is not None
-    return [_WORKER(parts) for parts in chunk]
-
-
-def _map_ordered(cfg: CorpusConfig, chunks: Iterable[list]) -> Iterator[list[dict]]:
-    """Results of ``_process_chunk`` in input order, with a bounded number of chunks in flight."""
-    if cfg.workers == 1:
-        proc = DocProcessor(cfg)
-        for chunk in chunks:
-            yield [proc(parts) for parts in chunk]
-        return
-    import multiprocessing as mp
-
-    with mp.get_context("fork").Pool(cfg.workers, initializer=_init_worker, initargs=(cfg,)) as pool:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_process_chunk, (chunk,)))
-            if len(pending) > 2 * cfg.workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-
-
-# ------------------------------------------------------------------------------------ reading
-def _source_docs(src: SourceConfig, name: str, cfg: CorpusConfig, counters: SourceCounters,
-                 on_quarantine) -> Iterator[tuple[list[tuple[str, str | None, str | None]], str]]:
-    """(parts, where) per document of one source, after stride / group / max_docs."""
-    group: list[tuple[str, str | None, str | None]] = []
-    where = ""
-    n_out = 0
-    i = -1
-    for item in read_source(src, name, cfg.max_line_bytes, counters):
-        if isinstance(item, Quarantine):
-            on_quarantine(item)
-            continue
-        i += 1
-        if i % src.stride:
-            continue
-        if not group:
-            where = item.where
-        group.append((item.text, item.heldout_task, item.prep))
-        if len(group) == src.group:
-            yield group, where
-            group = []
-            n_out += 1
-            if src.max_docs and n_out >= src.max_docs:
-                return
-    if group:
-        yield group, where
-
-
-def split_of(doc_id: str, cfg: CorpusConfig) -> str:
-    """train / valid by hashing the id: adding documents never moves an existing one."""
-    h = hashlib.sha1(f"{cfg.split.salt}:{doc_id}".encode("utf-8")).digest()
-    return "valid" if int.from_bytes(h[:8], "big") / 2**64 < cfg.split.valid_fraction else "train"
-
-
-def _new_source_stats(src: SourceConfig) -> dict:
-    lic = src.licence or (LICENCES.get(src.builtin, "") if src.type == "builtin" else "") or "unspecified"
-    return {"type": src.type + (f":{src.builtin}" if src.type == "builtin" else ""), "licence": lic,
-            "files": 0, "empty_files": 0, "input_docs": 0, "input_bytes": 0, "heldout_excluded": 0,
-            "quarantined": Counter(), "rejected": Counter(), "exact_duplicates": 0, "near_duplicates": 0,
-            "kept_docs": 0, "kept_chars": 0, "by_lang": defaultdict(lambda: {"docs": 0, "chars": 0})}
+def work_dir(cfg: CorpusConfig) -> Path:
+    return Path(cfg.runs_root) / cfg.run / WORK
 
 
 def _cleanup_stale(out: Path) -> None:
@@ -179,13 +69,127 @@ def _cleanup_stale(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _fingerprint(cfg: CorpusConfig) -> dict:
+    """What the work folder was made from: the config (not how it runs) and the input files."""
+    from corpora.readers import resolve_files
+
+    conf = config_to_dict(cfg)
+    for k in ("executor", "workers"):
+        conf.pop(k, None)
+    files = []
+    for src in cfg.sources:
+        if src.type in ("text", "jsonl", "parquet"):
+            for f in resolve_files(src, src.display_name()):  # UserError (path not found) here, in the parent
+                st = f.stat()
+                files.append([str(f), st.st_size, st.st_mtime_ns])
+    return json.loads(json.dumps({"format_version": FORMAT_VERSION, "config": conf, "inputs": files}))
+
+
+def _prepare_work(cfg: CorpusConfig) -> Path:
+    work = work_dir(cfg)
+    fp = _fingerprint(cfg)
+    f = work / "fingerprint.json"
+    if work.exists():
+        try:
+            same = json.loads(f.read_text(encoding="utf-8")) == fp
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            log.info("the config or the inputs changed since the interrupted build: starting over")
+            shutil.rmtree(work)
+        else:
+            done = {p.name: len(completed_tasks(p)) for p in sorted((work / "logs").glob("*")) if p.is_dir()}
+            log.info("resuming the interrupted build in %s (completed tasks: %s)", work,
+                     ", ".join(f"{k} {v}" for k, v in done.items()) or "none")
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(f, json.dumps(fp, ensure_ascii=False))
+    return work
+
+
+def _quiet(data=None, rank: int = 0, world_size: int = 1):
+    """First step of every stage: datatrove's console logging off in the task's process."""
+    quiet_datatrove()
+    return data
+
+
+def corpus_stages(cfg: CorpusConfig, work: Path) -> list[tuple[str, list, int]]:
+    """(name, datatrove pipeline, tasks) of each stage, in order."""
+    from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
+
+    w = str(work)
+    a = TaskState(cfg, w, "a")
+    stages = [("read", [_quiet, CorpusReader(cfg, a), Normalizer(cfg, a), LanguageId(cfg), QualityFilters(cfg, a),
+                        CandidateWriter(cfg, a)], cfg.tasks)]
+    d = cfg.dedup
+    if d.exact or d.near:
+        buckets, clusters, btasks = [_quiet], [_quiet], 1
+        if d.near:
+            nc = near_config(cfg)
+            btasks = nc.num_buckets
+            buckets.append(MinhashDedupBuckets(input_folder=f"{w}/sigs/near", output_folder=f"{w}/dups/near", config=nc))
+            clusters.append(FirstInOrderCluster(f"{w}/dups/near", f"{w}/dedup/near", w, nc))
+        if d.exact:
+            be = MinhashDedupBuckets(input_folder=f"{w}/sigs/exact", output_folder=f"{w}/dups/exact", config=EXACT_CONFIG)
+            buckets.append(OnRankZero(be) if d.near else be)
+            clusters.append(FirstInOrderCluster(f"{w}/dups/exact", f"{w}/dedup/exact", w, EXACT_CONFIG))
+        stages += [("buckets", buckets, btasks), ("clusters", clusters, 1)]
+    stages.append(("write", [_quiet, CorpusWriter(cfg, TaskState(cfg, w, "w"))], cfg.tasks))
+    return stages
+
+
+def corpus_executors(cfg: CorpusConfig, work: Path | None = None) -> list:
+    """The datatrove executors of the stages (chained by ``depends``; Slurm adds the finalize job)."""
+    work = work or work_dir(cfg)
+    ex_cfg = cfg.effective_executor()
+    stages = corpus_stages(cfg, work)
+    if ex_cfg.kind == "slurm":
+        stages.append(("finalize", [_quiet, Finalize(cfg)], 1))
+    out = []
+    prev = None
+    for name, pipe, tasks in stages:
+        prev = build_executor(ex_cfg, pipe, work / "logs" / name, tasks=tasks, job_name=f"corpus-{cfg.run}-{name}",
+                              depends=prev if ex_cfg.kind == "slurm" else None)
+        out.append((name, prev, tasks))
+    return out
+
+
+@contextlib.contextmanager
+def _task_progress(logdir: Path, total: int, desc: str):
+    """A bar of completed tasks (total, rate, ETA), polled from datatrove's completion markers."""
+    bar = progress(total=total, desc=f"corpus {desc}", unit="task", initial=len(completed_tasks(logdir)))
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(0.5):
+            bar.n = len(completed_tasks(logdir))
+            bar.refresh()
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+        bar.n = len(completed_tasks(logdir))
+        bar.close()
+
+
+def _raise_task_errors(work: Path) -> None:
+    errs = sorted((work / "errors").glob("*.txt")) if (work / "errors").is_dir() else []
+    if errs:
+        msg = errs[0].read_text(encoding="utf-8")
+        shutil.rmtree(work, ignore_errors=True)  # bad input: nothing worth resuming
+        raise UserError(msg)
+
+
 def build(cfg: CorpusConfig) -> dict:
-    """Build ``{runs_root}/{run}/corpus/`` and return the stats.
+    """Build ``{runs_root}/{run}/corpus/`` and return the stats (Slurm: submit and return {}).
 
     Holds the run folder's ``corpus`` lock (``pipeline.lock``): a second build of the same run
-    stops with a ``UserError`` naming the first one's pid instead of deleting its temporary folder.
-    A build that keeps no document is a ``UserError`` listing the rejections and quarantines by
-    reason (with the first example of each); the previous corpus, if any, stays in place."""
+    stops with a ``UserError`` naming the first one's pid. A build that keeps no document is a
+    ``UserError`` listing the rejections and quarantines by reason (with the first example of
+    each); the previous corpus, if any, stays in place."""
     run_folder = Path(cfg.runs_root) / cfg.run
     with stage_lock(run_folder, "corpus"):
         return _build(cfg)
@@ -195,129 +199,98 @@ def _build(cfg: CorpusConfig) -> dict:
     out = Path(cfg.runs_root) / cfg.run / "corpus"
     out.parent.mkdir(parents=True, exist_ok=True)
     _cleanup_stale(out)
-    fail_after = int(os.environ.get("CORPORA_FAIL_AFTER_SHARDS", "0") or 0)
+    quiet_datatrove()
     t0 = time.perf_counter()
-    cpu0 = time.process_time()
-    names = [s.display_name() for s in cfg.sources]
-    per_source = {n: _new_source_stats(s) for n, s in zip(names, cfg.sources)}
-    counters = {n: SourceCounters() for n in names}
+    work = _prepare_work(cfg)
+    executors = corpus_executors(cfg, work)
+    if cfg.effective_executor().kind == "slurm":
+        executors[-1][1].run()  # submits every stage, chained by job dependencies
+        log.info("submitted %d Slurm job arrays; the corpus appears at %s when the last one ends "
+                 "(logs: %s)", len(executors), out, work / "logs")
+        return {}
+    stage_cpu = {}
+    for name, ex, tasks in executors:
+        c0 = time.process_time()
+        with _task_progress(work / "logs" / name, tasks, name):
+            ex.run()
+        stage_cpu[name] = round(time.process_time() - c0, 3)  # this process only (all of it with 1 local worker)
+        _raise_task_errors(work)
+    return finalize(cfg, seconds=time.perf_counter() - t0, stage_cpu=stage_cpu)
 
+
+# ------------------------------------------------------------------------------------ finalize
+def _merge_counts(into: dict, add: dict) -> None:
+    for k, v in add.items():
+        if isinstance(v, int) and not isinstance(v, bool):
+            into[k] = into.get(k, 0) + v
+        elif isinstance(v, dict):
+            _merge_counts(into.setdefault(k, {}), v)
+        else:
+            into.setdefault(k, v)
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or no hard links
+        shutil.copyfile(src, dst)
+
+
+def finalize(cfg: CorpusConfig, seconds: float, stage_cpu: dict | None = None) -> dict:
+    """Merge the tasks' outputs into ``corpus/`` (published atomically) and remove the work folder."""
+    out = Path(cfg.runs_root) / cfg.run / "corpus"
+    work = work_dir(cfg)
+    _raise_task_errors(work)  # (Slurm: the stages ran without this process watching)
+    names = [s.display_name() for s in cfg.sources]
+    per_source = {n: {} for n in names}
+    first: dict[str, str] = {}
+    candidates = 0
+    for stage in ("a", "w"):
+        for rank in range(cfg.tasks):
+            led = json.loads((work / "ledger" / stage / f"{rank:05d}.json").read_text(encoding="utf-8"))
+            for n in names:
+                _merge_counts(per_source[n], led["sources"][n])
+            for k, v in led["first"].items():
+                first.setdefault(k, v)
+            candidates += led["extra"].get("candidates", 0)
+    c0 = time.process_time()
     with atomic_dir(out) as tmp:
         save_config(cfg, tmp / "config.yaml")
-        rejected = RejectedWriter(tmp / "rejected", keep_chars=cfg.write_rejected_text)
-        dedup = Deduplicator(cfg.dedup)
-        buffers: dict[str, list[dict]] = {"train": [], "valid": []}
-        shard_index = {"train": 0, "valid": 0}
-        split_docs = {"train": 0, "valid": 0}
-        shards_written = 0
-        first_example: dict[str, str] = {}  # reason -> "where: detail" of its first occurrence
-        # doc_meta is parallel to the stream of documents sent to the workers
-        doc_meta: deque = deque()
-
-        def flush(split: str) -> None:
-            nonlocal shards_written
-            buf = buffers[split]
-            if not buf:
-                return
-            write_shard(tmp / split / f"shard-{shard_index[split]:05d}.jsonl.zst", buf)
-            shard_index[split] += 1
-            buffers[split] = []
-            shards_written += 1
-            if fail_after and shards_written >= fail_after:
-                log.error("CORPORA_FAIL_AFTER_SHARDS=%d: killing the build (test hook)", fail_after)
-                os.kill(os.getpid(), signal.SIGKILL)
-
-        def all_docs() -> Iterator[list[tuple[str, str | None, str | None]]]:
-            for src, name in zip(cfg.sources, names):
-                st = per_source[name]
-
-                def on_quarantine(q: Quarantine, name=name, st=st) -> None:
-                    st["quarantined"][q.kind] += 1
-                    first_example.setdefault(f"reader:{q.kind}", f"{q.where}: {q.reason}")
-                    rejected.write("reader", {"source": name, "where": q.where, "filter": "reader",
-                                              "kind": q.kind, "reason": q.reason, "text": q.preview})
-                    if q.kind in ("binary_file", "wrong_encoding", "truncated_file", "corrupt_file"):
-                        log.warning("source '%s': quarantined %s (%s)", name, q.where, q.reason)
-
-                log.info("reading source '%s' (%s)", name, st["type"])
-                for parts, where in _source_docs(src, name, cfg, counters[name], on_quarantine):
-                    st["input_docs"] += 1
-                    doc_meta.append((name, where))
-                    yield parts
-                c = counters[name]
-                st["files"], st["empty_files"] = c.files, c.empty_files
-                if c.empty_files:
-                    log.warning("source '%s': %d empty file(s)", name, c.empty_files)
-                if st["input_docs"] == 0:
-                    log.warning("source '%s' produced no documents", name)
-
-        def chunks() -> Iterator[list]:
-            chunk: list = []
-            for parts in all_docs():
-                chunk.append(parts)
-                if len(chunk) == cfg.chunk_docs:
-                    yield chunk
-                    chunk = []
-            if chunk:
-                yield chunk
-
-        bar = progress(desc="corpus", unit="doc")
-        for results in _map_ordered(cfg, chunks()):
-            for r in results:
-                name, where = doc_meta.popleft()
-                st = per_source[name]
-                st["input_bytes"] += r["in_bytes"]
-                st["heldout_excluded"] += r["heldout"]
-                if r.get("malformed"):
-                    st["quarantined"]["malformed_record"] += r["malformed"]
-                    reason, preview = r["malformed_reason"]
-                    first_example.setdefault("reader:malformed_record", f"{where}: {reason}")
-                    rejected.write("reader", {"source": name, "where": where, "filter": "reader",
-                                              "kind": "malformed_record", "reason": reason, "text": preview})
-                if "text" not in r:
-                    continue
-                base = {"id": r["id"], "source": name, "lang": r["lang"], "where": where}
-                if "rejected" in r:
-                    fname, reason = r["rejected"]
-                    st["rejected"][fname] += 1
-                    first_example.setdefault(fname, f"{where}: {reason}")
-                    rejected.write(fname, {**base, "filter": fname, "reason": reason, "text": r["text"]})
-                    continue
-                dup = dedup.check(r["id"], r["sig"]) if (cfg.dedup.exact or cfg.dedup.near) else None
-                if dup is not None:
-                    kind, of = dup
-                    st["exact_duplicates" if kind == "exact_dup" else "near_duplicates"] += 1
-                    rejected.write(kind, {**base, "filter": kind, "reason": f"duplicate of {of}",
-                                          "dup_of": of, "text": r["text"]})
-                    continue
-                n = len(r["text"])
-                st["kept_docs"] += 1
-                st["kept_chars"] += n
-                st["by_lang"][r["lang"]]["docs"] += 1
-                st["by_lang"][r["lang"]]["chars"] += n
-                split = split_of(r["id"], cfg)
-                split_docs[split] += 1
-                buffers[split].append({"id": r["id"], "text": r["text"], "lang": r["lang"], "source": name,
-                                       "meta": {"sentences": r["sentences"], "where": where}})
-                if len(buffers[split]) >= cfg.shard_docs:
-                    flush(split)
-            bar.update(len(results))
-        bar.close()
+        split_docs, shard_count = {}, {}
         for split in ("train", "valid"):
-            flush(split)
-            (tmp / split).mkdir(exist_ok=True)
-        rejected.close()
+            (tmp / split).mkdir()
+            parts = sorted((work / "parts" / split).glob("*.jsonl.zst")) if (work / "parts" / split).is_dir() else []
+            for i, p in enumerate(parts):
+                _link(p, tmp / split / f"shard-{i:05d}.jsonl.zst")
+            shard_count[split] = len(parts)
+            split_docs[split] = 0
+        for rank in range(cfg.tasks):
+            led = json.loads((work / "ledger" / "w" / f"{rank:05d}.json").read_text(encoding="utf-8"))
+            for split, v in led["extra"]["splits"].items():
+                split_docs[split] += v["docs"]
+        rej = sorted({p.name for p in (work / "rejected").glob("*/*/*.jsonl.zst")})
+        if rej:
+            (tmp / "rejected").mkdir()
+        for name in rej:  # zstd frames concatenate: one file per reason, tasks in order
+            with open(tmp / "rejected" / name, "wb") as fo:
+                for stage in ("a", "w"):
+                    for rank in range(cfg.tasks):
+                        p = work / "rejected" / stage / f"{rank:05d}" / name
+                        if p.exists():
+                            with open(p, "rb") as fi:
+                                shutil.copyfileobj(fi, fo, 1 << 20)
         os.chmod(tmp, 0o755)  # mkdtemp makes the folder private
-        seconds = time.perf_counter() - t0
-        stats = _make_stats(cfg, per_source, shard_index, split_docs, dedup, seconds)
-        # CPU time of this (parent) process: reading, dedup decisions, writing; the serial part
-        stats["timing"]["parent_cpu_seconds"] = round(time.process_time() - cpu0, 3)
+        stats = _make_stats(cfg, per_source, shard_count, split_docs, candidates, seconds)
         stats["langid"] = langid_describe(cfg.langid)  # method, model and its licence note
+        if stage_cpu is not None:  # CPU seconds of the building process per stage (+ finalize)
+            stats["timing"]["stage_cpu_seconds"] = {**stage_cpu, "finalize": round(time.process_time() - c0, 3)}
         if stats["totals"]["kept_docs"] == 0:
             print_summary(stats)
-            raise UserError(_nothing_kept_message(stats, out, first_example))
+            shutil.rmtree(work, ignore_errors=True)  # complete and deterministic: nothing to resume
+            raise UserError(_nothing_kept_message(stats, out, first))
         atomic_write_text(tmp / "summary.txt", summary_text(stats) + "\n")
         CorpusStats.from_dict(stats).save(tmp)  # stats.json, last file: marks the corpus complete
+    shutil.rmtree(work, ignore_errors=True)
     print_summary(stats)
     log.info("corpus written to %s in %.1f s", out, seconds)
     return stats
@@ -349,7 +322,7 @@ def reasons_by_kind(stats: dict) -> list[tuple[str, int]]:
 
 # ------------------------------------------------------------------------------ stats, summary
 def _make_stats(cfg: CorpusConfig, per_source: dict, shard_index: dict, split_docs: dict,
-                dedup: Deduplicator, seconds: float) -> dict:
+                candidates: int, seconds: float) -> dict:
     by_source = {}
     by_lang: dict = defaultdict(lambda: {"docs": 0, "chars": 0})
     rejected: Counter = Counter()
@@ -370,6 +343,7 @@ def _make_stats(cfg: CorpusConfig, per_source: dict, shard_index: dict, split_do
                   "kept_docs", "kept_chars"):
             tot[k] += st[k]
     mb = tot["input_bytes"] / 1e6
+    ex = cfg.effective_executor()
     return {
         "format_version": FORMAT_VERSION,
         "run": cfg.run,
@@ -384,10 +358,10 @@ def _make_stats(cfg: CorpusConfig, per_source: dict, shard_index: dict, split_do
         "duplicates": {"exact": tot["exact_duplicates"], "near": tot["near_duplicates"]},
         "heldout_excluded": {n: st["heldout_excluded"] for n, st in per_source.items()},
         "licences": {n: st["licence"] for n, st in per_source.items()},
-        "dedup_index_docs": len(dedup.exact) if cfg.dedup.exact else getattr(dedup, "n", 0),
+        "dedup_index_docs": candidates if (cfg.dedup.exact or cfg.dedup.near) else 0,
         "config": config_to_dict(cfg),
         # run-dependent figures live only under "timing" (everything else is identical for any workers)
-        "timing": {"seconds": round(seconds, 3), "workers": cfg.workers,
+        "timing": {"seconds": round(seconds, 3), "workers": ex.workers, "tasks": cfg.tasks, "executor": ex.kind,
                    "docs_per_s": round(tot["input_docs"] / max(seconds, 1e-9), 1),
                    "mb_per_s": round(mb / max(seconds, 1e-9), 3)},
     }
@@ -452,11 +426,13 @@ def plan(cfg: CorpusConfig) -> None:
             files = resolve_files(src, name)
             where = f"{len(files)} file(s), {sum(f.stat().st_size for f in files) / 1e6:.1f} MB"
         rows.append([name, src.type, where, src.max_docs or "all", src.stride, src.group])
-    print_table(f"Plan: {Path(cfg.runs_root) / cfg.run / 'corpus'} with {cfg.workers} worker(s)",
+    ex = cfg.effective_executor()
+    print_table(f"Plan: {Path(cfg.runs_root) / cfg.run / 'corpus'}: {cfg.tasks} task(s) on the {ex.kind} executor, "
+                f"{ex.workers} at once",
                 ["source", "type", "input", "max_docs", "stride", "group"], rows)
     steps = ["read", "normalize" + (" (+t2s)" if cfg.normalize.t2s else ""), "heldout" if cfg.exclude_heldout else "",
              "langid", "filters: " + ",".join(f.name for f in build_filters(cfg.filters)),
              "exact dedup" if cfg.dedup.exact else "", f"near dedup (MinHash {cfg.dedup.num_perm}, "
-             f"t={cfg.dedup.threshold})" if cfg.dedup.near else "", "sentences",
+             f"t={cfg.dedup.threshold}, datatrove on disk)" if cfg.dedup.near else "", "sentences",
              f"split (valid {cfg.split.valid_fraction})", f"shards of {cfg.shard_docs}"]
     print("steps: " + " -> ".join(s for s in steps if s))

@@ -38,18 +38,24 @@ def _template(num_perm: int, seed: int):
     return MinHash(num_perm=num_perm, seed=seed, scheme=SCHEME)
 
 
-def shingles(text: str, lang: str, cfg: DedupConfig) -> list[bytes]:
+def shingle_strings(text: str, lang: str, cfg: DedupConfig) -> list[str]:
+    """The shingles of a document: ``char_ngram`` characters (whitespace removed) of CJK-script
+    text, ``word_ngram`` lower-cased words otherwise (a text shorter than n is one shingle)."""
     if lang in ("zh", "yue") or len(_CJK_RE.findall(text[:1000])) > 0.3 * min(len(text), 1000):
         s = "".join(text.split())
         n = cfg.char_ngram
         if len(s) <= n:
-            return [s.encode("utf-8")]
-        return [s[i:i + n].encode("utf-8") for i in range(len(s) - n + 1)]
+            return [s]
+        return [s[i:i + n] for i in range(len(s) - n + 1)]
     words = [w.lower() for w in _WORD_RE.findall(text)] or [text]
     n = cfg.word_ngram
     if len(words) <= n:
-        return [" ".join(words).encode("utf-8")]
-    return [" ".join(words[i:i + n]).encode("utf-8") for i in range(len(words) - n + 1)]
+        return [" ".join(words)]
+    return [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def shingles(text: str, lang: str, cfg: DedupConfig) -> list[bytes]:
+    return [s.encode("utf-8") for s in shingle_strings(text, lang, cfg)]
 
 
 def signature(text: str, lang: str, cfg: DedupConfig) -> bytes:

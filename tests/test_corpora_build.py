@@ -133,6 +133,10 @@ def test_rejected_files_name_filter_and_reason(built):
         assert all(r["filter"] == name and r["reason"] for r in recs)
     reader = list(iter_rejected(corpus, "reader"))
     assert {r["kind"] for r in reader} == {"malformed_json", "invalid_utf8"}
+    # the first document of a near-duplicate cluster in input order is kept; dup_of names it
+    kept = {d["id"]: d["text"] for s in ("train", "valid") for d in iter_corpus(corpus, s)}
+    near = [r for r in iter_rejected(corpus, "near_dup") if "一万亿圆" in r["text"]]
+    assert len(near) == 1 and kept[near[0]["dup_of"]] == LONG
     assert all(":" in r["where"] for r in reader)
 
 
@@ -179,29 +183,62 @@ def test_split_never_moves_when_documents_are_added(built):
 def _cli(args, env=None, cwd=REPO):
     e = dict(os.environ, PIPELINE_PROGRESS="0")
     e.update(env or {})
+    # own session: the kill hooks take the build's helper processes (multiprocessing manager) along
     return subprocess.run([sys.executable, "-m", "corpora", *args], cwd=cwd, env=e, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, start_new_session=True)
 
 
-def test_restart_after_a_kill_midway(tmp_path):
+def _bytes(corpus: Path) -> dict:
+    """Every output file's bytes; stats.json without its run-dependent keys."""
+    out = {str(p.relative_to(corpus)): p.read_bytes() for p in sorted(corpus.rglob("*"))
+           if p.is_file() and p.name not in ("stats.json", "summary.txt", "config.yaml")}
+    stats = json.loads((corpus / "stats.json").read_text())
+    for k in ("timing", "run"):
+        stats.pop(k)
+    stats["config"].pop("run")
+    out["stats"] = stats
+    return out
+
+
+@pytest.mark.parametrize("hook", [("CORPORA_FAIL_AFTER_TASKS", "2", "read"), ("CORPORA_FAIL_AFTER_SHARDS", "2", "write")])
+def test_a_killed_build_resumes_by_task_with_identical_output(tmp_path, hook):
+    from pipeline.executors import completed_tasks
+
+    var, n, stage = hook
     _write_inputs(tmp_path / "in")
     cfg = _config(tmp_path, "k")
     corpus = tmp_path / "runs" / "k" / "corpus"
-    r = _cli(["build", "--config", str(cfg)], env={"CORPORA_FAIL_AFTER_SHARDS": "2"})
+    work = tmp_path / "runs" / "k" / ".corpus-work"
+    r = _cli(["build", "--config", str(cfg)], env={var: n})
     assert r.returncode == -9, r.stderr
     assert not corpus.exists()  # nothing half-built is ever at the final path
-    leftovers = [p for p in corpus.parent.iterdir() if p.name.startswith(".corpus.")]
-    assert leftovers and list(leftovers[0].rglob("shard-*.jsonl.zst"))
+    done = completed_tasks(work / "logs" / stage)
+    if stage == "read":
+        assert done == {0, 1}  # two tasks finished before the kill, the third was running
+    else:
+        assert completed_tasks(work / "logs" / "read") == {0, 1, 2, 3} and len(done) < 4
     r = _cli(["build", "--config", str(cfg)])
     assert r.returncode == 0, r.stderr
-    assert (corpus / "stats.json").is_file()
-    assert sorted(p.name for p in corpus.parent.iterdir()) == [".locks", "corpus"]  # leftovers removed
+    assert "resuming the interrupted build" in r.stderr
+    assert sorted(p.name for p in corpus.parent.iterdir()) == [".locks", "corpus"]  # work folder removed
     _build(tmp_path, run="clean")
-    a = _snapshot(corpus)
-    assert a == _snapshot(tmp_path / "runs" / "clean" / "corpus")
+    a = _bytes(corpus)
+    assert a == _bytes(tmp_path / "runs" / "clean" / "corpus")
     # a killed rebuild leaves the previous complete corpus untouched
     r = _cli(["build", "--config", str(cfg)], env={"CORPORA_FAIL_AFTER_SHARDS": "1"})
-    assert r.returncode == -9 and (corpus / "stats.json").is_file() and _snapshot(corpus) == a
+    assert r.returncode == -9 and (corpus / "stats.json").is_file() and _bytes(corpus) == a
+
+
+def test_a_changed_config_does_not_resume_stale_work(tmp_path):
+    _write_inputs(tmp_path / "in")
+    cfg = _config(tmp_path, "c")
+    r = _cli(["build", "--config", str(cfg)], env={"CORPORA_FAIL_AFTER_TASKS": "1"})
+    assert r.returncode == -9
+    r = _cli(["build", "--config", str(cfg), "filters.min_chars=20"])
+    assert r.returncode == 0, r.stderr
+    assert "resuming" not in r.stderr and "starting over" in r.stderr
+    _build(tmp_path, run="c2", overrides=["filters.min_chars=20"])
+    assert _bytes(tmp_path / "runs" / "c" / "corpus") == _bytes(tmp_path / "runs" / "c2" / "corpus")
 
 
 def test_cli_help_and_user_errors(tmp_path):

@@ -281,17 +281,21 @@ def test_main_guard_full_disk_and_permission_are_one_line(tmp_path, capsys):
 def test_corpus_build_on_a_full_disk_exits_2_and_leaves_no_temporary(tmp_path, monkeypatch, capsys):
     import errno
 
-    import corpora.build
+    import corpora.steps
     from corpora.__main__ import main
 
     def no_space(path, records, level=3):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(corpora.build, "write_shard", no_space)
+    monkeypatch.setattr(corpora.steps, "write_shard", no_space)  # the writer task (in-process: 1 worker)
     good = tmp_path / "good.txt"
     good.write_text("\n".join(LINES[:20]) + "\n", encoding="utf-8")
     p, _ = _cfg(tmp_path, "f", [{"type": "text", "path": str(good)}])
     assert main(["build", "--config", str(p)]) == 2
     err = capsys.readouterr().err
-    assert "error: no space left on device: " in err and "shard-00000.jsonl.zst" in err and "Traceback" not in err
-    assert sorted(q.name for q in (tmp_path / "runs" / "f").iterdir()) == [".locks"]
+    assert "error: no space left on device: " in err and "00000-00000.jsonl.zst" in err and "Traceback" not in err
+    # no corpus and no temporary folder; the work folder stays, so the next build resumes by task
+    assert sorted(q.name for q in (tmp_path / "runs" / "f").iterdir()) == [".corpus-work", ".locks"]
+    monkeypatch.undo()
+    assert main(["build", "--config", str(p)]) == 0
+    assert sorted(q.name for q in (tmp_path / "runs" / "f").iterdir()) == [".locks", "corpus"]
