@@ -39,7 +39,7 @@ config keys (YAML file, or key.sub=value on the command line; unknown keys are e
   filters.{keep_langs,min_chars,max_chars,min_letter_share,max_dup_line_frac,top_ngram,top_ngram_max,
            dup_ngram,dup_ngram_max,repetition_min_units,max_replacement_share,max_mojibake,
            max_gbk_mojibake_share,max_symbol_run,max_symbol_share,cjk_ngram_scale,disabled}
-  dedup.{exact,near,threshold,num_perm,char_ngram,word_ngram,seed,lsh_index}
+  dedup.{exact,near,threshold,num_perm,char_ngram,word_ngram,seed}
   split.{valid_fraction,salt}
 Example: python -m corpora build --config configs/corpus/default.yaml run=demo workers=2
 A killed or failed build resumes where it stopped when run again (completed tasks are skipped).

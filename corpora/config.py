@@ -154,7 +154,6 @@ class DedupConfig:
     seed: int = 1
     # LSH index: "compact" (bands of datasketch's optimal (b, r), ~4x less memory) or "datasketch"
     # (datasketch.MinHashLSH itself); both give the same decisions
-    lsh_index: Literal["compact", "datasketch"] = "compact"
 
 
 @dataclass

@@ -3,7 +3,7 @@
 import pytest
 
 from corpora.config import CorpusConfig, DedupConfig, FiltersConfig, NormalizeConfig, SourceConfig
-from corpora.dedup import Deduplicator, shingles, signature
+from corpora.dedup import shingles
 from corpora.filters import FILTER_NAMES, apply_filters, build_filters
 from corpora.langid import detect
 from corpora.normalize import normalize_text
@@ -134,36 +134,6 @@ def test_cjk_shingles_are_character_ngrams():
     assert shingles("the cat sat on", "en", DedupConfig(word_ngram=2))[0] == b"the cat"
 
 
-def _check(d, text, lang="zh"):
-    import hashlib
-
-    cfg = d.cfg
-    return d.check(hashlib.sha1(text.encode()).hexdigest()[:16], signature(text, lang, cfg))
-
-
-def test_exact_and_near_dedup():
-    d = Deduplicator(DedupConfig())
-    base = ZH + ("国务院有关部门负责人表示，此举将释放长期资金约一万亿元，降低金融机构资金成本。"
-                 "分析人士认为，这一政策有利于稳定市场预期，增强银行服务小微企业和民营企业的能力，"
-                 "同时也向市场传递了货币政策保持稳健、灵活适度的信号，预计后续还会有配套措施陆续出台。")
-    assert _check(d, base) is None
-    assert _check(d, base)[0] == "exact_dup"
-    near = base.replace("一万亿元", "一万亿圆")   # one character changed
-    kind, of = _check(d, near)
-    assert kind == "near_dup" and len(of) == 16
-    assert _check(d, "完全不同的另一篇文章，讲的是春节期间各地的交通运输情况和旅客出行安排。") is None
-    en = EN + (" Then it runs back into the forest and hides behind a big old tree until night."
-               " In the morning the farmer counts his chickens again and finds that one is missing,"
-               " so he walks along the fence looking for the hole the fox must have used to get in.")
-    assert _check(d, en, "en") is None
-    assert _check(d, en.replace("big old", "large old"), "en")[0] == "near_dup"
-
-
-def test_dedup_can_be_turned_off():
-    d = Deduplicator(DedupConfig(exact=False, near=False))
-    assert _check(d, ZH) is None and _check(d, ZH) is None
-
-
 # -------------------------------------------------------------------------------------- split
 def test_split_is_a_stable_hash_of_the_id():
     from corpora.build import split_of
@@ -177,20 +147,3 @@ def test_split_is_a_stable_hash_of_the_id():
     assert 0.15 < share < 0.25
 
 
-def test_compact_lsh_decides_like_datasketch_lsh():
-    import random
-
-    rnd = random.Random(0)
-    base = [ZH + "".join(rnd.choice("天地玄黄宇宙洪荒日月盈昃辰宿列张寒来暑往秋收冬藏") for _ in range(150)) for _ in range(30)]
-    docs = []
-    for t in base:
-        docs.append(t)
-        i = rnd.randrange(len(t) - 3)
-        docs.append(t[:i] + "变" + t[i + 1:])                # near duplicate
-        docs.append(t[: len(t) // 2] + "另外半篇" * 5)       # half shared: not a near duplicate at 0.8
-    results = {}
-    for backend in ("compact", "datasketch"):
-        d = Deduplicator(DedupConfig(lsh_index=backend))
-        results[backend] = [_check(d, t) for t in docs]
-    assert results["compact"] == results["datasketch"]
-    assert sum(r is not None and r[0] == "near_dup" for r in results["compact"]) >= 25
