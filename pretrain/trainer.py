@@ -199,8 +199,23 @@ def make_accelerator(t: TrainConfig, grad_accum: int):
     from accelerate.utils import DistributedDataParallelKwargs
 
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=t.find_unused_parameters)]
+    _allow_new_precision(mp)
     return Accelerator(mixed_precision=mp, gradient_accumulation_steps=grad_accum, cpu=cpu,
                        step_scheduler_with_optimizer=False, kwargs_handlers=handlers)
+
+
+def _allow_new_precision(mp: str | None) -> None:
+    """Let one process train runs of different precisions one after another (a study, a test suite,
+    ``bench/gpu_check.py``): accelerate keeps one process-wide ``AcceleratorState`` and refuses an
+    ``Accelerator`` whose ``mixed_precision`` differs from the first one's. In a single, non-launched
+    process nothing else hangs on that state, so it is reset; a launched (distributed) process keeps
+    its state (its precision comes from the launcher or the first run)."""
+    from accelerate.state import AcceleratorState
+
+    if mp is None or not AcceleratorState._shared_state or os.environ.get("WORLD_SIZE", "1") != "1":
+        return
+    if getattr(AcceleratorState(), "mixed_precision", mp) != mp:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def end_processes() -> None:

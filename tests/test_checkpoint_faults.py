@@ -287,7 +287,9 @@ def test_sigterm_during_the_final_export_exits_143_without_a_half_export(tmp_pat
 # ---- several processes (gloo on CPU) -------------------------------------------------------------------
 # Accelerate enables FSDP only with CUDA (on CPU it reports DistributedType.NO even under torchrun), so
 # a DDP -> FSDP resume cannot run here; what runs: a world-size change and a fallback agreed by 2 ranks.
-MP_OVERRIDES = ["train.micro_batch_size=4", "train.steps=4", "train.eval_every=2", "train.save_every=2"]
+# fp32 (as the launcher's --mixed_precision no): the comparison of 2 processes with 1 is at 1e-5
+MP_OVERRIDES = ["train.micro_batch_size=4", "train.steps=4", "train.eval_every=2", "train.save_every=2",
+                "train.mixed_precision=no"]
 
 MP_SCRIPT = """
 import sys
@@ -384,3 +386,17 @@ def test_resuming_under_another_kind_of_strategy_is_one_line(tmp_path, monkeypat
     monkeypatch.setattr(ck, "_sharded", lambda acc: True)
     with pytest.raises(UserError, match=r"written by a one process or DDP .* run, this run uses "):
         train(cfg, loader_factory=SyntheticLoader, do_export=False)
+
+
+def test_one_process_trains_runs_of_different_precisions(tmp_path):
+    """accelerate keeps one process-wide state and refused a second Accelerator with another
+    mixed_precision (a study or the suite trains fp32 and bf16 runs in one process); the trainer
+    resets it outside a launched run."""
+    a = train(tiny_cfg(tmp_path / "a", "mlm", "train.steps=2", "train.mixed_precision=no"),
+              loader_factory=SyntheticLoader, do_export=False)
+    b = train(tiny_cfg(tmp_path / "b", "mlm", "train.steps=2", "train.mixed_precision=bf16"),
+              loader_factory=SyntheticLoader, do_export=False)
+    assert a.step == 2 and b.step == 2
+    from accelerate.state import AcceleratorState
+
+    assert AcceleratorState().mixed_precision == "bf16"
