@@ -172,7 +172,7 @@ def test_family_study_through_make_and_resume(regime_run, tmp_path):
         "lrs": [1.0e-3, 3.0e-3], "epochs": [1], "batch_size": 8}
     (work / "study.yaml").write_text(yaml.safe_dump(study, allow_unicode=True))
     args = ["RUN=t", "SEEDS=0 1", "MULTIVOCAB_ROWS=mlm amber al_mvp", "MULTIVOCAB_STUDY=study.yaml",
-            "STUDY_CHARS=600", "STUDY_PRETRAIN_ARGS=" + " ".join(SMALL)]
+            "STUDY_CHARS=600", "SEEDED_ARGS=" + " ".join(SMALL)]
     out = _make(work, "study-multivocab", *args)
     assert out.count("-m pretrain") == 6
     metas = {}
