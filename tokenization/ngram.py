@@ -118,6 +118,23 @@ def max_match(ids: np.ndarray, lexicon: Lexicon, word_start: np.ndarray | None =
     return unit_len, unit_ngram
 
 
+def ngram_starts(bad: np.ndarray, last: np.ndarray, word_start: np.ndarray | None, n: int) -> np.ndarray:
+    """Start positions of the valid n-grams of a concatenated stream: no excluded token (``bad``),
+    no document end before the n-gram's last token (``last``: True on a document's last token) and,
+    with ``word_start`` given, no word start after its first token. The one rule of the counters."""
+    m = len(bad)
+    if m < n:
+        return np.zeros(0, np.int64)
+    k_end = m - n + 1
+    ok = ~bad[:k_end].copy()
+    for k in range(1, n):
+        ok &= ~bad[k:k_end + k]
+        ok &= ~last[k - 1:k_end + k - 1]  # token k-1 may not end a document
+        if word_start is not None:
+            ok &= ~word_start[k:k_end + k]
+    return np.nonzero(ok)[0]
+
+
 def count_ngrams(streams: Iterable[tuple[np.ndarray, np.ndarray]], max_n: int, excluded: set[int],
                  within_words: bool = False) -> tuple[list[Counter], Counter, int]:
     """Counts of n-grams (n = 2..max_n) and unigrams over documents ``(ids, word_start)``.
@@ -150,16 +167,7 @@ def count_ngrams(streams: Iterable[tuple[np.ndarray, np.ndarray]], max_n: int, e
     bad[list(excluded)] = True
     bad = bad[ids]
     for n in range(2, max_n + 1):
-        if m < n:
-            break
-        k_end = m - n + 1
-        ok = ~bad[:k_end].copy()
-        for k in range(1, n):
-            ok &= ~bad[k:k_end + k]
-            ok &= ~last[k - 1:k_end + k - 1]  # token k-1 may not end a document
-            if within_words:
-                ok &= ~wsa[k:k_end + k]
-        idx = np.nonzero(ok)[0]
+        idx = ngram_starts(bad, last, wsa if within_words else None, n)
         if len(idx) == 0:
             continue
         if vmax ** n < 2 ** 62:
@@ -292,16 +300,7 @@ class NgramCounter:
         self.total += m
         bad = self.bad[ids]
         for n in range(2, self.max_n + 1):
-            if m < n:
-                break
-            k_end = m - n + 1
-            ok = ~bad[:k_end].copy()
-            for k in range(1, n):
-                ok &= ~bad[k:k_end + k]
-                ok &= ~last[k - 1:k_end + k - 1]
-                if self.within_words:
-                    ok &= ~wsa[k:k_end + k]
-            idx = np.nonzero(ok)[0]
+            idx = ngram_starts(bad, last, wsa if self.within_words else None, n)
             if len(idx) == 0:
                 continue
             keys = _pack(np.stack([ids[idx + k] for k in range(n)], axis=1), self.base)
