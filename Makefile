@@ -160,8 +160,8 @@ STUDY_SEEDS = [$(subst $(study_empty) $(study_empty),$(study_comma),$(strip $(SE
 pretrain-seeds: $(call seeded,$(SEEDED_OBJECTIVES))  ## pre-train SEEDED_OBJECTIVES once per seed of SEEDS (runs/RUN/pretrain/OBJ-sSEED/)
 
 study-headline:  ## issue 21's headline pair: mlm (regime) vs random init, 3 pre-training seeds, 4 low-resource tasks
-	$(MAKE) --no-print-directory pretrain-seeds SEEDED_OBJECTIVES=mlm RUN=headline SEEDS="0 1 2" CONFIG=tiny
-	$(PY) -m evaluate study configs/studies/headline.yaml
+	$(MAKE) --no-print-directory pretrain-seeds SEEDED_OBJECTIVES=mlm RUN=$(RUN) SEEDS="0 1 2" CONFIG=tiny SEEDED_CHARS=$(STUDY_CHARS)
+	$(PY) -m evaluate study configs/studies/headline.yaml run=$(RUN)
 
 # ---- family studies in the regime (issue 21 step 3; docs/evaluate.md) ----------------------------
 # Every row sees the same number of characters, STUDY_CHARS: what mlm-tiny's 1,000 steps of 32 x 128

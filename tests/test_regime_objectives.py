@@ -208,7 +208,7 @@ def test_family_study_through_make_and_resume(regime_run, tmp_path):
     # the other family: pre-training folders as dirs (ngram_recovery reads the explicit head from the
     # checkpoint), one shared twin; mlm's pre-trainings are re-used
     ce = yaml.safe_load((ROOT / "configs" / "studies" / "clower_ernie.yaml").read_text())
-    ce["models"] = [m for m in ce["models"] if m["name"] in ("mlm", "ernie_gram_explicit", "random-init")]
+    ce["models"] = [m for m in ce["models"] if m["name"] in ("mlm", "ernie_gram_explicit", "mlm-rand")]
     ce["evaluations"]["probes"] = {"max_train": 40, "max_test": 30, "probe_steps": 3, "max_types": 30,
                                    "masked_types": 10, "masked_queries": 20}
     ce["evaluations"]["ngram_recovery"]["batches"] = 1
@@ -218,8 +218,13 @@ def test_family_study_through_make_and_resume(regime_run, tmp_path):
     out4 = _make(work, "study-clower-ernie", *args[:2], "CLOWER_ERNIE_ROWS=mlm ernie_gram_explicit",
                  "CLOWER_ERNIE_STUDY=ce.yaml", *args[4:])
     assert out4.count("-m pretrain") == 2  # ernie_gram_explicit-s0/s1 only
+    # the shared rows (same names and folders as multivocab.yaml): fine-tuned once per run, read back
+    for m in ("mlm", "mlm-rand"):
+        for s in (0, 1):
+            assert f"finetune {m} seed {s}: stored, fresh" in out4
+    assert "finetune ernie_gram_explicit seed 0: computed" in out4
     res = json.loads((run / "studies" / "clower_ernie" / "results.json").read_text())
     assert set(res["aggregate"]) == {"probes", "ngram_recovery", "finetune"}
     assert res["aggregate"]["ngram_recovery"]["ernie_gram_explicit"]["ngram_exact"]["n"] == 2
     rep = (run / "studies" / "clower_ernie" / "report.md").read_text()
-    assert "| ernie_gram_explicit vs random-init |" in rep and "ERNIE-Gram (Xiao et al., NAACL 2021)" in rep
+    assert "| ernie_gram_explicit vs mlm-rand |" in rep and "ERNIE-Gram (Xiao et al., NAACL 2021)" in rep

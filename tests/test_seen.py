@@ -53,6 +53,18 @@ def test_char_budget_sets_the_steps(root):
         apply_char_budget(TrainConfig(batch_size=8, steps=500, warmup_steps=400, chars=20_000), ld)
 
 
+def test_chars_per_window_is_the_epoch_mean_not_a_prefix(root):
+    """The budget's estimate reads the whole of epoch 0 (up to CPW_WINDOWS windows). The old one read
+    the first 256 windows: on the demo corpus 1-4 % off, so a study's rows saw different text."""
+    ld = PackedLoader(root / "t" / "shards", "char", "train", 8, 8, seed=3)  # short windows: many of them
+    n = len(ld.epoch_draws(0)[0])
+    assert n > 256
+    exact = sum(batch_counts(ld.window(0, p))[1] for p in range(n)) / n
+    assert chars_per_window(ld) == pytest.approx(exact, rel=1e-12)
+    prefix = sum(batch_counts(ld.window(0, p))[1] for p in range(256)) / 256
+    assert chars_per_window(ld, 256) == pytest.approx(prefix, rel=1e-12)
+
+
 @pytest.mark.slow
 def test_training_budgeted_in_characters_logs_real_counts(root, tmp_path):
     cfg = load_config(PretrainConfig, None, [
