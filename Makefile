@@ -141,7 +141,8 @@ study:  ## a study (models x seeds x evaluations) -> runs/RUN/studies/NAME/repor
 # study's models are file targets (the export's pretrain_meta.json; shards order-only, so touching
 # them does not re-train). An interrupted pre-training is run again and resumes from its checkpoint.
 # SEEDED_CHARS: budget in characters seen (train.chars), empty: the config's steps; SEEDED_ARGS: more
-# overrides (a smoke run: "train.steps=20 train.warmup_steps=2").
+# overrides (a smoke run: "train.steps=20 train.warmup_steps=2"; with make -jN add "train.threads=1":
+# N runs of torch's default threads on the same cores spin in each other's OpenMP barriers).
 SEEDED_OBJECTIVES ?= mlm
 SEEDED_CHARS      ?=
 SEEDED_ARGS       ?=

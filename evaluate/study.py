@@ -158,6 +158,15 @@ def verdict(diff: float, p: float | None) -> str:
     return "higher" if diff > 0 else "lower"
 
 
+def pooled_std(a: dict, b: dict) -> float | None:
+    """√((s_a² + s_b²) / 2) of two :func:`evaluate.aggregate.stats` dicts (the seed standard deviation
+    pooled over both rows, issue 21's yardstick); None without a spread (fewer than 2 seeds, or none)."""
+    if a.get("n", 0) < 2 or b.get("n", 0) < 2:
+        return None
+    sd = ((a["std"] ** 2 + b["std"] ** 2) / 2) ** 0.5
+    return sd or None
+
+
 def _pair_rows(agg_ev: dict, pairs: list[tuple[str, str]], keys: list[str]) -> list[str]:
     from evaluate.aggregate import compare
 
@@ -173,7 +182,9 @@ def _pair_rows(agg_ev: dict, pairs: list[tuple[str, str]], keys: list[str]) -> l
                 continue
             d = sa["mean"] - sb["mean"]
             p = compare(agg_ev, a, b, k)["p"]
-            cells.append(f"{d:+.2f} (p {'n/a' if p is None else f'{p:.3f}'}, {verdict(d, p)})")
+            sd = pooled_std(sa, sb)
+            in_sd = f"{d / sd:+.1f} sd, " if sd else ""
+            cells.append(f"{d:+.2f} ({in_sd}p {'n/a' if p is None else f'{p:.3f}'}, {verdict(d, p)})")
         rows.append(f"| {a} vs {b} | " + " | ".join(cells) + " |")
     return rows
 
@@ -181,7 +192,8 @@ def _pair_rows(agg_ev: dict, pairs: list[tuple[str, str]], keys: list[str]) -> l
 def comparison_tables(cfg: StudyConfig, agg: dict, metrics: dict[str, list[str]]) -> list[str]:
     """Per evaluation: every model against the ``baseline`` and every model with a ``twin`` against
     it (the gain of pre-training): mean difference over the seeds, Welch's two-sided p and a verdict
-    (:func:`verdict`: higher / lower at p < 0.05, else within noise). Markdown lines."""
+    (:func:`verdict`: higher / lower at p < 0.05, else within noise), and the difference in pooled
+    seed standard deviations (:func:`pooled_std`, "sd"). Markdown lines."""
     lines: list[str] = []
     for ev, agg_ev in agg.items():
         keys = metrics.get(ev) or []
@@ -192,7 +204,8 @@ def comparison_tables(cfg: StudyConfig, agg: dict, metrics: dict[str, list[str]]
             rows = _pair_rows(agg_ev, pairs, keys)
             if rows:
                 lines += [f"## {ev}: {title}", "",
-                          f"Mean difference over the seeds, Welch's two-sided p, verdict at p < {ALPHA}:", "",
+                          f"Mean difference over the seeds (in pooled seed standard deviations, sd = √((s₁² + s₂²)/2)), "
+                          f"Welch's two-sided p, verdict at p < {ALPHA}:", "",
                           "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)] + rows + [""]
     return lines
 

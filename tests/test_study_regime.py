@@ -64,6 +64,12 @@ def test_twins_table_and_run_in_dirs(tmp_path):
     lines = comparison_tables(cfg, agg, {"finetune": ["pd_pos"]})
     row = [x for x in lines if x.startswith("| mlm vs mlm-rand")][0]
     assert "+6.00" in row and "p 0.0" in row and "higher" in row  # 6 points apart, std 1 on both sides: p ~ 0.002
+    assert "+6.0 sd" in row  # pooled std √((1² + 1²)/2) = 1
+    from evaluate.aggregate import stats
+    from evaluate.study import pooled_std
+
+    assert pooled_std(stats([1.0, 3.0]), stats([5.0, 5.0, 8.0])) == pytest.approx(((2.0 + 3.0) / 2) ** 0.5)
+    assert pooled_std(stats([1.0]), stats([2.0, 3.0])) is None and pooled_std(stats([1.0, 1.0]), stats([2.0, 2.0])) is None
     assert verdict(-1.0, 0.01) == "lower" and verdict(3.0, 0.2) == "within noise" and verdict(3.0, None) == "within noise"
     with pytest.raises(Exception, match="folder not found: runs/r/pretrain/mlm-s1/export"):
         cfg.models[0].folder(1)
