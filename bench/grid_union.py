@@ -1,6 +1,6 @@
 """Per-model lr selection over the UNION of the grids of several stored fine-tuning studies.
 
-    python bench/grid_union.py runs/headline/eval/finetune runs/headline-lr/eval/finetune \
+    python bench/grid_union.py runs/demo/eval/finetune runs/headline-lr/eval/finetune \
         --models mlm mlm-rand --seeds 0 1 2 --tasks pd_pos pd_cws
 
 A study's ``finetune`` evaluation stores, per (model, seed), every grid point's dev and test score
