@@ -43,7 +43,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: help setup demo test bench corpus vocab shards pretrain finetune publish clean-run compare \
         inspect retrieval attention-diag evidence-meap adversarial probes ngram-eval \
-        study study-meap study-headline pretrain-seeds study-multivocab study-clower-ernie
+        study study-meap study-headline study-headline-mean pretrain-seeds study-multivocab study-clower-ernie
 
 help:  ## list targets and variables
 	@echo "Targets:"
@@ -163,6 +163,10 @@ pretrain-seeds: $(call seeded,$(SEEDED_OBJECTIVES))  ## pre-train SEEDED_OBJECTI
 study-headline:  ## issue 21's headline pair: mlm (regime) vs random init, 3 pre-training seeds, 4 low-resource tasks
 	$(MAKE) --no-print-directory pretrain-seeds SEEDED_OBJECTIVES=mlm RUN=$(RUN) SEEDS="0 1 2" CONFIG=tiny SEEDED_CHARS=$(STUDY_CHARS)
 	$(PY) -m evaluate study configs/studies/headline.yaml run=$(RUN)
+
+study-headline-mean:  ## the headline pair's sentiment with a mean-pooled head (after study-headline)
+	$(MAKE) --no-print-directory pretrain-seeds SEEDED_OBJECTIVES=mlm RUN=$(RUN) SEEDS="0 1 2" CONFIG=tiny SEEDED_CHARS=$(STUDY_CHARS)
+	$(PY) -m evaluate study configs/studies/headline-mean.yaml run=$(RUN)
 
 # ---- family studies in the regime (issue 21 step 3; docs/evaluate.md) ----------------------------
 # Every row sees the same number of characters, STUDY_CHARS: what mlm-tiny's 1,000 steps of 32 x 128

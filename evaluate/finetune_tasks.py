@@ -75,6 +75,8 @@ class FinetuneTasks(Evaluation):
         suite = {k: v for k, v in asdict(self.suite).items() if k not in NOT_SETTINGS}
         if not suite.get("freeze_encoder"):  # fine-tuned (not probed): stored results keep their fingerprints
             suite.pop("freeze_encoder", None)
+        if suite.get("pooling") == "cls":  # the default head: stored results keep their fingerprints
+            suite.pop("pooling", None)
         # a task without robustness conditions leaves ``perturb`` out: stored results keep their fingerprints
         suite["tasks"] = [{k: v for k, v in asdict(t).items() if not (k == "perturb" and v is None)} for t in self.task_cfgs]
         return {"suite": suite}

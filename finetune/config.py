@@ -43,6 +43,9 @@ class FinetuneConfig:
     # on the concatenation, summed cross-entropies + agreement_weight * ||p_fine - p_coarse||_2
     view_heads: bool = True
     agreement_weight: float = 1.0   # AMBERT's lambda; its value is not in the paper text we read
+    # the state sentence-level heads (classification, pairs, multiple choice) read: cls = [CLS] (a
+    # decoder's last token), mean = the mean of the character states (finetune.kinds.base.sentence_state)
+    pooling: Literal["cls", "mean"] = "cls"
     # run code shipped in the model folders (a .py file or an auto_map other than the project's own
     # classes); without it such folders are refused. --trust-remote-code sets it (docs/reliability.md)
     trust_remote_code: bool = False

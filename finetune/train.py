@@ -171,7 +171,7 @@ def kind_options(cfg: FinetuneConfig, tcfg: TaskConfig, encoder) -> KindOptions:
     """The head options of one task for one encoder (two-view encoders get per-view heads)."""
     return KindOptions(dropout=cfg.dropout, max_chars=tcfg.max_chars, max_chars_b=tcfg.max_chars_b,
                        view_sizes=tuple(getattr(encoder, "pooled_view_sizes", ())) if cfg.view_heads else (),
-                       agreement_weight=cfg.agreement_weight)
+                       agreement_weight=cfg.agreement_weight, pooling=cfg.pooling)
 
 
 def freeze(encoder: nn.Module) -> None:
@@ -246,6 +246,8 @@ def settings_fingerprint(tcfg: TaskConfig, cfg: FinetuneConfig, random_init: boo
         keys["precision"] = mp
     if freeze_encoder:  # likewise: fine-tuned results keep theirs
         keys["freeze_encoder"] = True
+    if cfg.pooling != "cls":  # likewise: [CLS]-pooled results keep theirs
+        keys["pooling"] = cfg.pooling
     return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

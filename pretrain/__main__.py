@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with stage_lock(Path(cfg.runs_root) / cfg.run, f"pretrain-{cfg.out_name}"):  # one training per folder
             code = train(cfg).exit_code
-    end_processes()  # every process returned from train(): end the process group before the exit
+    end_processes(code)  # every process returned from train(): end the process group, then (launched) the process
     return code
 
 

@@ -218,7 +218,7 @@ def _allow_new_precision(mp: str | None) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
-def end_processes() -> None:
+def end_processes(exit_code: int | None = None) -> None:
     """End a launched run's process group: each process waits for the others, then destroys it.
 
     Called by the entry points (``python -m pretrain``, scripts under ``accelerate launch`` /
@@ -229,13 +229,33 @@ def end_processes() -> None:
     failed run (the intermittent failures of the two-process CPU tests). The barrier also keeps a
     process that stops (exit 143) from exiting while another is still returning from ``train()``: the
     launcher answers the first non-zero exit by sending SIGTERM to the others. Nothing to do in one process.
+
+    ``exit_code``: also end the process, with that code, right after the group (entry points only).
+    Even with the group destroyed, a loaded machine still saw a launched CPU process abort in the
+    interpreter's finalisation now and then ("terminate called without an active exception": a gloo
+    thread object destroyed while joinable), turning a finished run into a failed one. Everything the
+    run writes is already on disk (atomic writes, checkpoints, metrics), so a launched process flushes
+    its logs and streams and leaves with ``os._exit``, skipping that finalisation. One process (no
+    group, or a group of one) returns normally.
     """
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return
+    many = dist.get_world_size() > 1
     dist.barrier()
     dist.destroy_process_group()
+    if exit_code is not None and many:
+        import logging
+        import sys
+
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(exit_code)
 
 
 def world_size_hint() -> int:

@@ -300,7 +300,7 @@ from test_pretrain_synth import SyntheticLoader
 from pretrain.trainer import end_processes, train
 cfg = tiny_cfg(Path({root!r}), "ntp", *{overrides!r})
 code = train(cfg, loader_factory=SyntheticLoader, do_export=False, stop_at_step={stop!r}).exit_code
-end_processes()  # as python -m pretrain does: end the process group before the exit
+end_processes(code)  # as python -m pretrain does: end the process group, then the process
 sys.exit(code)
 """
 

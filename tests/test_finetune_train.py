@@ -322,6 +322,62 @@ def test_ambert_classification_loss_on_a_hand_built_batch():
     assert "loss" not in k(TwoView(), {"text": ["a"] * 4, "text_b": None})
 
 
+def test_mean_pooling_reads_the_real_characters_of_both_texts():
+    """``pooling: mean``: the head reads the masked mean of the character states (both texts of a
+    pair; padding ignored), not [CLS]; a two-view encoder's mean splits into its views."""
+    import torch
+
+    from finetune.encoders import EncodedBatch
+    from finetune.kinds.base import TaskData, sentence_state
+
+    cls = torch.tensor([[9.0, 9.0], [9.0, 9.0]])
+    a = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 5.0], [0.0, 0.0], [0.0, 0.0]]])
+    ma = torch.tensor([[True, True, False], [True, False, False]])
+    b = torch.tensor([[[5.0, 6.0]], [[7.0, 9.0]]])
+    mb = torch.tensor([[True], [True]])
+    enc = EncodedBatch(cls, a, ma, b, mb)
+    assert torch.equal(sentence_state(enc, "cls")[0], cls)
+    pooled, views = sentence_state(enc, "mean")
+    assert torch.allclose(pooled, torch.tensor([[3.0, 4.0], [6.0, 7.0]])) and views is None
+    enc2 = EncodedBatch(torch.zeros(2, 2), a, ma, pooled_views=(torch.zeros(2, 1), torch.zeros(2, 1)))
+    pooled, views = sentence_state(enc2, "mean")
+    assert torch.allclose(views[0], torch.tensor([[2.0], [5.0]])) and torch.allclose(views[1], torch.tensor([[3.0], [5.0]]))
+    with pytest.raises(ValueError, match="unknown pooling"):
+        sentence_state(enc, "max")
+
+    # the classification head: a changed character state moves the mean-pooled logits, not the [CLS] ones
+    task = TaskData("t", "classification", [], [], [], labels=["neg", "pos"])
+    moved = a.clone()
+    moved[0, 0] += 10.0
+
+    class Enc:
+        def __init__(self, states):
+            self.states = states
+
+        def encode(self, texts_a, texts_b=None, max_chars=None):
+            return EncodedBatch(cls, self.states, ma)
+
+    batch = {"text": ["a", "b"], "text_b": None, "labels": torch.tensor([0, 1])}
+    for pooling, changes in (("cls", False), ("mean", True)):
+        torch.manual_seed(0)
+        k = get_kind("classification")(task, 2, KindOptions(dropout=0.0, pooling=pooling)).eval()
+        l1, l2 = k(Enc(a), batch)["logits"], k(Enc(moved), batch)["logits"]
+        assert (not torch.allclose(l1[0], l2[0])) is changes
+        assert torch.allclose(l1[1], l2[1])
+
+
+def test_pooling_is_a_setting_only_when_not_the_default():
+    """``pooling: mean`` changes the result fingerprint (a stored [CLS] result is not reused for it);
+    the default keeps the fingerprints results had before the option existed."""
+    from finetune.tasks import TaskConfig
+    from finetune.train import settings_fingerprint
+
+    t = TaskConfig(name="sentiment")
+    base, cls, mean = FinetuneConfig(), FinetuneConfig(pooling="cls"), FinetuneConfig(pooling="mean")
+    assert settings_fingerprint(t, base, False) == settings_fingerprint(t, cls, False)
+    assert settings_fingerprint(t, base, False) != settings_fingerprint(t, mean, False)
+
+
 def test_frozen_encoder_trains_only_the_head(setup, monkeypatch):
     """A linear probe goes through the same loop: the encoder's weights stay those of the export, the head's change."""
     import torch

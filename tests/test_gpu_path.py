@@ -132,7 +132,7 @@ cfg = tiny_cfg(Path({root!r}), "ntp", "train.micro_batch_size=4", "train.steps=1
 stop = 5 if os.environ.get("RANK", "0") == "0" else None  # only rank 0 is asked to stop
 r = train(cfg, loader_factory=SyntheticLoader, stop_at_step=stop, do_export=False)
 print(f"rank {{os.environ.get('RANK')}} returned at step {{r.step}} with {{r.exit_code}}", file=sys.stderr, flush=True)
-end_processes()  # as python -m pretrain does: end the process group before the exit
+end_processes(r.exit_code)  # as python -m pretrain does: end the process group, then the process
 sys.exit(r.exit_code)
 """
 

@@ -58,6 +58,7 @@ class KindOptions:
     max_chars_b: int | None = None  # second text / question (default: max_chars)
     view_sizes: tuple[int, ...] = ()  # per-view pooled widths of a two-view encoder (AMBERT); () = one view
     agreement_weight: float = 1.0     # AMBERT's lambda (classification kinds)
+    pooling: str = "cls"              # sentence-level heads: "cls" (first / decoder's last state) or "mean"
 
 
 class TaskKind(nn.Module):
@@ -117,6 +118,41 @@ def registered_kinds() -> dict[str, type[TaskKind]]:
     from finetune import kinds  # noqa: F401
 
     return dict(_KINDS)
+
+
+POOLINGS = ("cls", "mean")
+
+
+def sentence_state(enc, pooling: str = "cls"):
+    """The state a sentence-level head reads from an encoded batch: ``"cls"``, the encoder's pooled
+    state (``[CLS]``, a decoder's last token; two-view encoders: per view); ``"mean"``, the mean of
+    the character states over the real characters of both texts (``char_mask_a`` / ``_b``), split
+    into per-view parts when the encoder has views (AMBERT: ``[fine ; coarse]`` per character).
+    Returns ``(pooled, views)``; ``views`` is None for a one-view encoder.
+
+    Why ``mean`` exists: MLM never trains ``[CLS]``, and in the headline study sentiment read from
+    it was significantly worse after pre-training than from random init (docs/regime.md); a
+    mean-pooled head reads the states MLM did train. Which one a paper's classifier used is that
+    paper's choice; ``cls`` stays the default (BERT's)."""
+    if pooling == "cls":
+        return enc.pooled, enc.pooled_views
+    if pooling != "mean":
+        raise ValueError(f"unknown pooling '{pooling}' (one of {', '.join(POOLINGS)})")
+    states, masks = [enc.char_states_a], [enc.char_mask_a]
+    if enc.char_states_b is not None:
+        states.append(enc.char_states_b)
+        masks.append(enc.char_mask_b)
+    s = torch.cat(states, dim=1)
+    m = torch.cat(masks, dim=1).to(s.dtype).unsqueeze(-1)
+    pooled = (s * m).sum(1) / m.sum(1).clamp(min=1.0)
+    views = None
+    if enc.pooled_views is not None:
+        sizes = [v.size(-1) for v in enc.pooled_views]
+        if sum(sizes) == pooled.size(-1):
+            views = tuple(pooled.split(sizes, dim=-1))
+        else:  # character states not laid out as the views' concatenation: only the joint head
+            views = None
+    return pooled, views
 
 
 def classifier(hidden: int, n_out: int, dropout: float) -> nn.Module:

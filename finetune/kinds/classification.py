@@ -6,6 +6,9 @@ per view and one on the concatenation, the last term an agreement regulariser be
 views' predicted distributions (mean over the batch). Predictions come from the concatenation's
 classifier. Which prediction AMBERT reports, and its lambda, are not in the text we read
 (methods.md §3.1): both are our choice (``agreement_weight`` in the fine-tuning config).
+
+The sentence state is ``[CLS]`` by default; ``pooling: mean`` in the fine-tuning config reads the
+mean of the character states instead (:func:`finetune.kinds.base.sentence_state`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.kinds.base import TaskKind, classifier, register_kind
+from finetune.kinds.base import TaskKind, classifier, register_kind, sentence_state
 from finetune.metrics import accuracy
 
 
@@ -63,12 +66,13 @@ class Classification(SingleLabelKind):
 
     def forward(self, encoder, batch):
         enc = encoder.encode(batch["text"], batch["text_b"])
-        out = self.logits_output(self.head(enc.pooled), batch)
-        if len(self.view_heads) and enc.pooled_views is not None and "loss" in out:
-            if len(enc.pooled_views) != len(self.view_heads):
-                raise ValueError(f"encoder gave {len(enc.pooled_views)} pooled views, the head expects "
+        pooled, views = sentence_state(enc, self.opts.pooling)
+        out = self.logits_output(self.head(pooled), batch)
+        if len(self.view_heads) and views is not None and "loss" in out:
+            if len(views) != len(self.view_heads):
+                raise ValueError(f"encoder gave {len(views)} pooled views, the head expects "
                                  f"{len(self.view_heads)}")
-            view_logits = [h(p) for h, p in zip(self.view_heads, enc.pooled_views)]
+            view_logits = [h(p) for h, p in zip(self.view_heads, views)]
             labels = batch["labels"].to(out["logits"].device)
             out["loss"] = out["loss"] + sum(F.cross_entropy(v, labels) for v in view_logits)
             if len(view_logits) == 2 and self.opts.agreement_weight:

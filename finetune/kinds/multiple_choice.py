@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from finetune.kinds.base import classifier, register_kind
+from finetune.kinds.base import classifier, register_kind, sentence_state
 from finetune.kinds.classification import SingleLabelKind
 
 
@@ -38,5 +38,5 @@ class MultipleChoice(SingleLabelKind):
 
     def forward(self, encoder, batch):
         enc = encoder.encode(batch["text"], batch["text_b"])
-        logits = self.head(enc.pooled).view(-1, batch["K"])
+        logits = self.head(sentence_state(enc, self.opts.pooling)[0]).view(-1, batch["K"])
         return self.logits_output(logits.masked_fill(~batch["valid"].to(logits.device), -1e4), batch)
