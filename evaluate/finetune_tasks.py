@@ -79,6 +79,14 @@ class FinetuneTasks(Evaluation):
             suite.pop("pooling", None)
         # a task without robustness conditions leaves ``perturb`` out: stored results keep their fingerprints
         suite["tasks"] = [{k: v for k, v in asdict(t).items() if not (k == "perturb" and v is None)} for t in self.task_cfgs]
+        # the precision the runs will use, not only the config's word: `auto` resolves by machine and
+        # policy (pretrain.config.FINETUNE_CPU_AUTO_BF16), and a stored fp32 result must not stand for a
+        # bf16 one. Only when not fp32, so fp32 results keep their fingerprints.
+        from finetune.train import pick_device, precision
+
+        resolved = precision(self.suite, pick_device(self.suite.device))
+        if resolved != "no":
+            suite["precision"] = resolved
         return {"suite": suite}
 
     def _task(self, tc):

@@ -160,3 +160,22 @@ def test_study_finetune_robustness_conditions(tmp_path):
     assert stored["chnsenticorp@random@0.5_drop"] == stored["chnsenticorp"] - stored["chnsenticorp@random@0.5"]
     assert 0.3 < stored["chnsenticorp@random@0.5_realised_rate"] <= 0.6
     assert "chnsenticorp@random@0.5_drop" in (tmp_path / "runs" / "st" / "studies" / "rob" / "report.md").read_text(encoding="utf-8")
+
+
+def test_finetune_settings_name_the_resolved_precision(tmp_path, monkeypatch):
+    """`mixed_precision: auto` resolves by machine and policy: a stored fp32 result under `auto` is not
+    reused once `auto` means bf16 (the fingerprint names the resolved precision when it is not fp32)."""
+    import yaml
+
+    import pretrain.config as pc
+
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump({"tasks": [{"name": "sentiment"}], "mixed_precision": "auto"}),
+                                      encoding="utf-8")
+    monkeypatch.setattr(pc, "cpu_bf16_features", lambda *a, **k: {"avx512_bf16": True, "amx_bf16": False})
+    monkeypatch.setitem(pc.FINETUNE_CPU_AUTO_BF16, "avx512_bf16", False)
+    ev = build_evaluation("finetune", {"config": str(tmp_path / "ft.yaml")})
+    fp32 = ev.settings()
+    assert "precision" not in fp32["suite"]  # fp32: the fingerprints of earlier results hold
+    monkeypatch.setitem(pc.FINETUNE_CPU_AUTO_BF16, "avx512_bf16", True)
+    bf16 = ev.settings()
+    assert bf16["suite"]["precision"] == "bf16" and bf16 != fp32
