@@ -36,7 +36,7 @@ class FinetuneConfig:
     baseline: Optional[str] = None  # model name the report's deltas are taken against (default: the first)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: Optional[int] = None   # torch CPU threads (None: torch's default)
-    # bf16 autocast: auto = on a GPU with bf16; on a CPU per pretrain.config.FINETUNE_CPU_AUTO_BF16 (fp32 for now)
+    # bf16 autocast: auto = on a GPU with bf16; on a CPU per pretrain.config.FINETUNE_CPU_AUTO_BF16 (fp32: parity shown, no speed-up at tiny size; docs/regime.md)
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     alignment: Literal["auto", "offsets", "words"] = "auto"  # token -> character map (finetune.charmap)
     # two-view encoders (amber): AMBERT's classification fine-tuning -- a classifier per view plus one

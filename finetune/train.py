@@ -70,7 +70,7 @@ def precision(cfg: FinetuneConfig, device: torch.device) -> str:
     """``"bf16"`` or ``"no"``: ``cfg.mixed_precision`` with ``auto`` resolved for ``device``.
 
     ``auto`` follows :func:`pretrain.config.resolve_mixed_precision` (bf16 on a GPU with bf16; on a
-    CPU as ``pretrain.config.FINETUNE_CPU_AUTO_BF16`` says: fp32 until a fine-tuning parity run);
+    CPU as ``pretrain.config.FINETUNE_CPU_AUTO_BF16`` says: fp32, see its comment);
     an ``accelerate launch`` setting does not apply to fine-tuning.
     """
     from pretrain import config as pc
