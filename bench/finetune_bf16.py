@@ -31,25 +31,22 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from finetune.stats import select_per_model, welch_t  # noqa: E402
+from grid_union import stored_grid  # noqa: E402
 from pipeline.errors import UserError, main_guard  # noqa: E402
 
 
 def load_points(store: Path, model: str, seed: int, task: str) -> tuple[dict, dict[float, dict]]:
     """The stored seed result's ``TASK_grid`` (scores) as the selection wants it, and the work
     folder's grid files by lr (losses, speeds)."""
-    f = store / model / f"seed-{seed}.json"
-    if not f.is_file():
-        raise UserError(f"{f}: no stored result (run the study first)")
-    res = json.loads(f.read_text(encoding="utf-8"))["results"]
-    if f"{task}_grid" not in res:
-        raise UserError(f"{f}: no grid for task '{task}'")
+    grid = stored_grid(store, model, seed, task)
     files = {}
     for g in sorted((store / model / f"seed-{seed}.work" / task / "grid").glob("lr-*.json")):
         d = json.loads(g.read_text(encoding="utf-8"))
         files[float(d["lr"])] = d
-    return {"seed": seed, "grid": res[f"{task}_grid"]}, files
+    return {"seed": seed, "grid": grid}, files
 
 
 def final_loss(point: dict) -> float | None:

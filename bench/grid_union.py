@@ -26,16 +26,22 @@ from finetune.stats import select_per_model, welch_t  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 
 
+def stored_grid(store: Path, model: str, seed: int, task: str) -> list[dict]:
+    """The ``TASK_grid`` of a stored fine-tuning result (``STORE/MODEL/seed-S.json``); a missing file
+    or task is a one-line user error."""
+    f = store / model / f"seed-{seed}.json"
+    if not f.is_file():
+        raise UserError(f"{f}: no stored result (run the study first)")
+    res = json.loads(f.read_text(encoding="utf-8"))["results"]
+    if f"{task}_grid" not in res:
+        raise UserError(f"{f}: no grid for task '{task}'")
+    return res[f"{task}_grid"]
+
+
 def pooled_grid(stores: list[Path], model: str, seed: int, task: str) -> list[dict]:
     grid: dict[tuple, dict] = {}
     for store in stores:
-        f = store / model / f"seed-{seed}.json"
-        if not f.is_file():
-            raise UserError(f"{f}: no stored result (run the study first)")
-        res = json.loads(f.read_text(encoding="utf-8"))["results"]
-        if f"{task}_grid" not in res:
-            raise UserError(f"{f}: no grid for task '{task}'")
-        for g in res[f"{task}_grid"]:
+        for g in stored_grid(store, model, seed, task):
             grid.setdefault((float(g["lr"]), int(g["epochs"])), g)  # the first store wins a duplicate point
     return sorted(grid.values(), key=lambda g: (float(g["lr"]), int(g["epochs"])))
 
