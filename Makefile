@@ -47,7 +47,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 help:  ## list targets and variables
 	@echo "Targets:"
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables (current value):"
 	@echo "  RUN=$(RUN)  run folder runs/RUN/"
@@ -55,6 +55,8 @@ help:  ## list targets and variables
 	@echo "  OBJECTIVES=$(OBJECTIVES)  objectives that 'make pretrain' trains"
 	@echo "  LAUNCH=$(LAUNCH)  e.g. LAUNCH=\"$(VENV)/bin/accelerate launch --config_file configs/accelerate/ddp.yaml\""
 	@echo "  TORCH=$(TORCH)  torch requirement used by setup (override for a CUDA build)"
+	@echo "  STUDY_CHARS=$(STUDY_CHARS)  characters each family-study row pre-trains on (1x)"
+	@echo "  HEADLINE_RUN=$(HEADLINE_RUN) HEADLINE_CHARS=$(HEADLINE_CHARS)  the headline pair's run folder and budget (the study regime)"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
