@@ -201,7 +201,9 @@ study-clower-ernie: $(call seeded,$(CLOWER_ERNIE_ROWS))  ## CLOWER / ERNIE-Gram 
 # MEAP evidence (configs/studies/meap.yaml): ntp and meap once per seed of SEEDS, then the study (its
 # results resume from runs/RUN/eval/). MEAP_STUDY_ARGS: overrides of the study (a smoke run:
 # "evaluations.retrieval.options.sft_items=16").
+# The rows see STUDY_CHARS characters each, like the encoder families (2,001 steps of 16 x 128 at 1x).
 MEAP_STUDY_ARGS    ?=
+study-meap $(R)/studies/meap/report.md: SEEDED_CHARS = $(STUDY_CHARS)
 $(R)/studies/meap/report.md: $(call seeded,ntp meap) configs/studies/meap.yaml $(RETRIEVAL_CONFIG)
 	$(PY) -m evaluate study configs/studies/meap.yaml run=$(RUN) 'seeds=$(STUDY_SEEDS)' evaluations.retrieval.config=$(RETRIEVAL_CONFIG) $(MEAP_STUDY_ARGS)
 

@@ -4,6 +4,9 @@ The items and their scoring are :mod:`finetune.retrieval` (a ``RetrievalConfig``
 ``configs/finetune/retrieval-tiny.yaml``, named by ``config``; ``options`` overrides its keys).
 For one model and one seed, every entry of the config's ``variants`` is evaluated on the same items
 (drawn from the eval split with the config's ``seed``): ``none`` is the pre-trained model as it is;
+a study's ``random_init: true`` row (the random-init twin) is the export's config with fresh weights
+drawn from the seed, the same draw for every variant, and runs only ``twin_variants`` (default zero-shot
+and plain NTP SFT: the floor of what pre-training adds);
 ``ntp``, ``meap_copy`` and ``meap_concat`` first fine-tune a fresh copy of it on ``sft_items`` items
 of the train split (the ``decoder_sft`` task kind trained by the one fine-tuning loop,
 :func:`finetune.decoder_sft.fit_sft`), with the run's seed for the items, mask positions and order.
@@ -30,12 +33,14 @@ from evaluate.retrieval_report import report_lines
 from pipeline.errors import UserError
 
 
-def load_decoder(model_dir: Path, device: str, trust_remote_code: bool):
+def load_decoder(model_dir: Path, device: str, trust_remote_code: bool, random_init: bool = False):
     """``(model, encode, ids)`` of a causal-LM export through ``pretrain.exports.load_export``;
-    ``ids``: pad, bos (``[CLS]``), eos (``[SEP]``) and mask (-1: none) by the vocabulary contract."""
+    ``ids``: pad, bos (``[CLS]``), eos (``[SEP]``) and mask (-1: none) by the vocabulary contract.
+    ``random_init``: the export's config and tokenizer with fresh weights (from torch's RNG state)."""
     from pretrain.exports import load_export, special_id
 
-    ex = load_export(model_dir, task="causal_lm", trust_remote_code=trust_remote_code, model_type="decoder")
+    ex = load_export(model_dir, task="causal_lm", trust_remote_code=trust_remote_code, model_type="decoder",
+                     random_init=random_init)
     tok = ex.tokenizer
     tok.model_max_length = 1 << 30  # whole documents are encoded, then cut into fillers
     meta = ex.meta.to_dict()
@@ -59,12 +64,17 @@ class Retrieval(Evaluation):
     """Synthetic needle / MDQA retrieval of a decoder, zero-shot and after NTP / MEAP SFT (docs/meap.md)."""
 
     name = "retrieval"
+    random_init_ok = True  # the random-init twin: the export's config with fresh weights drawn from the seed
     metrics_doc = "T_V (exact match) and T_tok_V (answer-token accuracy) per task T and variant V of the config"
 
     @dataclass
     class Config:
         config: str = "configs/finetune/retrieval-tiny.yaml"  # a RetrievalConfig file
         options: dict[str, Any] = field(default_factory=dict)  # overrides of its keys ({"sft": {"epochs": 2}})
+        # the variants a random-init row (a study's twin) runs, of the config's: the floor zero-shot and
+        # after plain NTP SFT; MEAP SFT of fresh weights answers no question of the study and costs two
+        # thirds of it
+        twin_variants: list[str] = field(default_factory=lambda: ["none", "ntp"])
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -74,6 +84,12 @@ class Retrieval(Evaluation):
         if not Path(cfg.config).is_file():
             raise UserError(f"evaluation 'retrieval': config file not found: {cfg.config}")
         self.rc = load_config(RetrievalConfig, cfg.config, [f"{k}={json.dumps(v)}" for k, v in _flat(cfg.options)])
+        from finetune.retrieval import SFT_VARIANTS
+
+        bad = [v for v in cfg.twin_variants if v != "none" and v not in SFT_VARIANTS]
+        if bad:
+            raise UserError(f"evaluation 'retrieval': twin_variants: '{bad[0]}' is not a variant "
+                            f"(none, {', '.join(SFT_VARIANTS)})")
 
     @property
     def metrics(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -84,7 +100,7 @@ class Retrieval(Evaluation):
 
         rc = asdict(self.rc)
         rc.pop("batch_size")  # speed only
-        return {"retrieval": rc}
+        return {"retrieval": rc, "twin_variants": list(self.cfg.twin_variants)}
 
     def run(self, model_dir: Path, seed: int, ctx: EvalContext) -> dict:
         from evaluate.frozen import resolve_export
@@ -93,11 +109,11 @@ class Retrieval(Evaluation):
 
         model_dir = resolve_export(model_dir)
         out: dict = {"cells": {}, "sft": {}}
-        for v in self.rc.variants:
+        for v in (self.rc.variants if not ctx.random_init else [v for v in self.rc.variants if v in self.cfg.twin_variants]):
             drop = ("variants",) + (("sft", "sft_items", "train_split") if v == "none" else ())  # zero-shot: no SFT
             st = {k: x for k, x in self.settings()["retrieval"].items() if k not in drop}
             fp = fingerprint({"settings": st, "variant": v, "seed": seed, "dir": str(model_dir),
-                              "model_state": model_state(model_dir)})
+                              "model_state": model_state(model_dir)} | ({"random_init": True} if ctx.random_init else {}))
             part = Path(ctx.work_dir) / f"{v}.json" if ctx.work_dir is not None else None
             if part is not None and part.is_file() and read_json(part).get("fingerprint") == fp:
                 r = read_json(part)["result"]
@@ -123,7 +139,9 @@ class Retrieval(Evaluation):
 
         rc = self.rc
         device = "cuda" if ctx.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-        model, encode, ids = load_decoder(model_dir, device, ctx.trust_remote_code)
+        if ctx.random_init:
+            torch.manual_seed(seed)  # the twin's fresh weights: one draw per seed, the same for every variant
+        model, encode, ids = load_decoder(model_dir, device, ctx.trust_remote_code, random_init=ctx.random_init)
         enc, corpus = Encoder(encode), corpus_of(model_dir)
 
         def generator(split: str) -> TaskGenerator:

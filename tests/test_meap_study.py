@@ -37,7 +37,10 @@ def test_meap_study_end_to_end_and_resume(tmp_path):
             "evaluations.attention.seq_len=24", "evaluations.attention.n_seqs=2"]
     cfg = load_study("configs/studies/meap.yaml", over)
     assert [m.dir for m in cfg.models] == [f"{tmp_path / 'runs'}/t/pretrain/ntp-s{{seed}}",
-                                           f"{tmp_path / 'runs'}/t/pretrain/meap-s{{seed}}"]
+                                           f"{tmp_path / 'runs'}/t/pretrain/meap-s{{seed}}",
+                                           f"{tmp_path / 'runs'}/t/pretrain/ntp-s{{seed}}"]
+    assert [(m.name, m.random_init, m.twin) for m in cfg.models] == [
+        ("ntp", False, "ntp-rand"), ("meap", False, "ntp-rand"), ("ntp-rand", True, "")]
     report = run_study(cfg)
     assert report == run / "studies" / "meap" / "report.md"
     text = report.read_text()
@@ -50,6 +53,13 @@ def test_meap_study_end_to_end_and_resume(tmp_path):
     for v in ("none", "ntp", "meap_copy", "meap_concat"):
         for m in ("ntp", "meap"):
             assert ret[m][f"needle_{v}"]["n"] == 2 and ret[m][f"mdqa_tok_{v}"]["n"] == 2
+        # the twin runs its twin_variants only: zero-shot and plain NTP SFT
+        assert ret["ntp-rand"][f"needle_{v}"]["n"] == (2 if v in ("none", "ntp") else 0)
+    # the twin (retrieval only) is the ntp export's config with fresh weights: its SFT starts elsewhere
+    assert "ntp-rand" not in res["attention"] and "ntp-rand" not in res["valid_loss"]
+    sft = {m: json.loads((run / "eval" / "retrieval" / m / "seed-1.json").read_text())["results"]["sft"]["ntp"]
+           for m in ("ntp", "ntp-rand")}
+    assert sft["ntp"]["final_loss"] != sft["ntp-rand"]["final_loss"]
     vl = res["valid_loss"]
     assert vl["ntp"]["loss"]["values"] == [4.0, 5.0] and vl["meap"]["loss"]["values"] == [5.0, 6.0]
     assert vl["meap"]["chars_seen"]["values"] == [1000, 1001]  # characters seen per row, per seed
@@ -57,7 +67,7 @@ def test_meap_study_end_to_end_and_resume(tmp_path):
     assert (run / "studies" / "meap" / "needle_by_depth.png").stat().st_size > 0
     # resume: a second run reads every stored result back (no file rewritten) and writes the same report
     stored = sorted((run / "eval").rglob("seed-*.json"))
-    assert len(stored) == 3 * 2 * 2
+    assert len(stored) == 2 * 2 * 2 + 3 * 2  # attention and valid_loss: ntp, meap; retrieval: + the twin
     before = {p: p.stat().st_mtime_ns for p in stored}
     run_study(load_study("configs/studies/meap.yaml", over))
     assert {p: p.stat().st_mtime_ns for p in stored} == before
@@ -68,3 +78,13 @@ def test_meap_study_end_to_end_and_resume(tmp_path):
     run_study(load_study("configs/studies/meap.yaml", over))
     changed = {p for p in stored if p.stat().st_mtime_ns != before[p]}
     assert changed == {run / "eval" / ev / "meap" / "seed-1.json" for ev in ("retrieval", "attention", "valid_loss")}
+
+
+def test_twin_variants_must_be_variants_of_the_config():
+    import pytest
+
+    from evaluate.base import build_evaluation
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="twin_variants: 'meap_x' is not a variant"):
+        build_evaluation("retrieval", {"config": "configs/finetune/retrieval-tiny.yaml", "twin_variants": ["none", "meap_x"]})
