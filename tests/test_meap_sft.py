@@ -322,3 +322,34 @@ def test_decoder_sft_task_through_the_suite_loop(tmp_path):
     assert r["test"] == r["test_metrics"]["token_acc"] and len(r["curve"]) == 4
     assert r["dev"] == max(c["dev"]["token_acc"] for c in r["curve"])
     assert r["curve"][-1]["train_loss"] < r["curve"][0]["train_loss"]  # it learns the answers
+
+
+@pytest.mark.parametrize("variant", ["ntp", "meap_concat"])
+def test_training_loss_at_labelled_positions_equals_the_models_loss_and_gradients(variant):
+    """The kind's training forward applies the LM head only where a label is predicted: the same loss
+    and the same gradients as the model's own full-logits loss (padded rows of unequal length)."""
+    from finetune.kinds.base import KindOptions, get_kind
+    from finetune.kinds.decoder_sft import SftTask, labelled_head_ok
+
+    cfg, items = shipped_items()
+    rows = sft_rows([(it.prompt, it.answer) for it in items], variant, cfg.sft, eos_id=SEP, mask_id=MASK, seed=0)
+    batch = pad_rows(rows, pad_id=0)
+    assert (batch["attention_mask"] == 0).any()  # unequal lengths: padding inside the batch
+    task = SftTask(name="t", kind="decoder_sft", train=[], dev=[], test=[], sft=cfg.sft, mask_id=MASK, pad_id=0)
+    kind = get_kind("decoder_sft")(task, 0, KindOptions())
+    model = tiny_llama().train()
+    assert labelled_head_ok(model)
+    out = kind(model, batch)
+    assert out["logits"] is None  # the fast path ran
+    out["loss"].backward()
+    fast = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref = model(**batch).loss
+    ref.backward()
+    assert torch.allclose(out["loss"], ref, rtol=1e-6, atol=1e-6)
+    for n, p in model.named_parameters():
+        assert torch.allclose(fast[n], p.grad, rtol=1e-5, atol=1e-7), n
+    # evaluation keeps the full logits (token accuracy reads them)
+    model.eval()
+    with torch.no_grad():
+        assert kind(model, batch)["logits"].shape[:2] == batch["input_ids"].shape
