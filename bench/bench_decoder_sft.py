@@ -33,7 +33,7 @@ def rows_of(variant: str, vocab: int, n: int, seed: int = 0):
     from finetune.retrieval import Encoder, FillerPool, RetrievalConfig, TaskGenerator, train_items
     from pipeline.config import load_config
 
-    cfg = load_config(RetrievalConfig, "configs/finetune/retrieval-tiny.yaml")
+    cfg = load_config(RetrievalConfig, str(REPO / "configs/finetune/retrieval-tiny.yaml"))
     ids: dict[str, int] = {}
     enc = Encoder(lambda text: [ids.setdefault(c, 5 + len(ids) % (vocab - 5)) for c in text])
     text = (REPO / "README.md").read_text(encoding="utf-8")

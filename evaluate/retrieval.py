@@ -90,6 +90,10 @@ class Retrieval(Evaluation):
         if bad:
             raise UserError(f"evaluation 'retrieval': twin_variants: '{bad[0]}' is not a variant "
                             f"(none, {', '.join(SFT_VARIANTS)})")
+        if not [v for v in cfg.twin_variants if v in self.rc.variants]:
+            raise UserError(f"evaluation 'retrieval': twin_variants {list(cfg.twin_variants)}: none of them is "
+                            f"among the config's variants {list(self.rc.variants)}, so a random-init twin "
+                            "would run nothing")
 
     @property
     def metrics(self) -> tuple[str, ...]:  # type: ignore[override]

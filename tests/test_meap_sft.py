@@ -353,3 +353,18 @@ def test_training_loss_at_labelled_positions_equals_the_models_loss_and_gradient
     model.eval()
     with torch.no_grad():
         assert kind(model, batch)["logits"].shape[:2] == batch["input_ids"].shape
+
+
+def test_labelled_head_only_for_the_transformers_llama_class():
+    """A class that only reports ``model_type: llama`` (remote code with its own forward or loss) keeps
+    the model's own loss: the fast path is for the ``transformers`` Llama class."""
+    from transformers import LlamaForCausalLM
+
+    from finetune.kinds.decoder_sft import labelled_head_ok
+
+    class OwnLoss(LlamaForCausalLM):  # e.g. a trust_remote_code class with a scaled loss
+        pass
+
+    model = tiny_llama()
+    assert labelled_head_ok(model)
+    assert not labelled_head_ok(OwnLoss(model.config))

@@ -88,3 +88,19 @@ def test_twin_variants_must_be_variants_of_the_config():
 
     with pytest.raises(UserError, match="twin_variants: 'meap_x' is not a variant"):
         build_evaluation("retrieval", {"config": "configs/finetune/retrieval-tiny.yaml", "twin_variants": ["none", "meap_x"]})
+
+
+def test_twin_variants_must_overlap_the_configs_variants():
+    """A twin whose variants are all absent from the config would store an empty row: refused."""
+    import pytest
+
+    from evaluate.base import build_evaluation
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="none of them is among the config's variants"):
+        build_evaluation("retrieval", {"config": "configs/finetune/retrieval-tiny.yaml",
+                                       "options": {"variants": ["none", "meap_concat"]}, "twin_variants": ["ntp"]})
+    with pytest.raises(UserError, match="none of them"):
+        build_evaluation("retrieval", {"config": "configs/finetune/retrieval-tiny.yaml", "twin_variants": []})
+    # the default (zero-shot, plain NTP SFT) is fine with a config that has zero-shot only
+    build_evaluation("retrieval", {"config": "configs/finetune/retrieval-tiny.yaml", "options": {"variants": ["none"]}})
